@@ -1,0 +1,1 @@
+"""Webhook tokens, the callback store and the receiver app."""

@@ -1,0 +1,1 @@
+"""A local Modelbit-compatible server."""

@@ -1,0 +1,116 @@
+"""Errors raised by the Modelbit provider.
+
+Every error a user can cause is a :class:`ModelbitError`, so a DAG can catch one class, and
+each kind has its own subclass so callers can tell a refused key from a failing model.
+Messages name the deployment, version and HTTP status where known, and never the API key.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class ModelbitError(AirflowException):
+    """
+    Base of every error raised by the Modelbit provider.
+
+    :param message: what went wrong, for people.
+    :param deployment: the deployment called, if any.
+    :param version: the version, alias or ``latest`` called, if any.
+    :param status: the HTTP status answered, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deployment: str | None = None,
+        version: str | int | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.deployment = deployment
+        self.version = version
+        self.status = status
+
+    def __reduce__(self):  # keep keyword attributes across pickling (multiprocessing, executors)
+        return (
+            _rebuild_error,
+            (type(self), self.message, self.deployment, self.version, self.status, self.__dict__),
+        )
+
+
+def _rebuild_error(cls, message, deployment, version, status, state):
+    error = cls.__new__(cls)
+    ModelbitError.__init__(error, message, deployment=deployment, version=version, status=status)
+    error.__dict__.update(state)
+    return error
+
+
+class ModelbitInputError(ModelbitError, ValueError):
+    """A value given by the user (name, version, data, file, setting) is invalid; nothing was sent."""
+
+
+class ModelbitConnectionError(ModelbitError):
+    """The Airflow Connection is missing or misconfigured."""
+
+
+class ModelbitAuthError(ModelbitError):
+    """Modelbit refused the API key (missing, unknown or malformed)."""
+
+
+class ModelbitNotFound(ModelbitError):
+    """The workspace, deployment, branch, version or alias does not exist."""
+
+
+class ModelbitBadRequest(ModelbitError):
+    """Modelbit rejected the request as invalid (HTTP 400)."""
+
+
+class ModelbitPayloadTooLarge(ModelbitBadRequest):
+    """The request body exceeded the server's size limit (HTTP 413)."""
+
+
+class ModelbitRateLimited(ModelbitError):
+    """
+    A rate or concurrency limit rejected the request (HTTP 429) and retries ran out.
+
+    :param retry_after: seconds the server asked to wait, if it said.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ModelbitDeploymentError(ModelbitError):
+    """
+    The deployment raised an exception.
+
+    The message is the last line of the traceback; the whole text is kept in ``traceback``.
+    """
+
+    def __init__(self, message: str, *, traceback: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.traceback = traceback
+
+
+class ModelbitTimeout(ModelbitError):
+    """The inference ran past ``timeout_seconds``, or the HTTP answer did not arrive in time."""
+
+
+class ModelbitTransportError(ModelbitError):
+    """The request did not get a usable answer: connection failure, gateway error, or a body that is not JSON."""
+
+
+class ModelbitLinkExpired(ModelbitError):
+    """A results link answered 403: it expired (links live one hour) or its signature is invalid."""
+
+
+class ModelbitIncompleteBatch(ModelbitError):
+    """A batch answer or download lacks rows, has unexpected IDs, or was cut short."""
+
+
+class ModelbitCallbackError(ModelbitError):
+    """An async-callback job failed: a delivery carried an error, or deliveries did not arrive in time."""

@@ -1,0 +1,1 @@
+"""Readers, writers and encoders for inputs and results."""
