@@ -1,0 +1,90 @@
+"""All-or-nothing writes to local paths and object storage.
+
+A file is written under a hidden temporary name beside its destination and moved into place only
+once it is complete, so a failed or killed task never leaves a half-written file where readers
+look for results. Writes go through :meth:`ObjectStoragePath.open` so Airflow records the output
+for lineage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import BinaryIO
+
+from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+
+def resolve_output(path: str | ObjectStoragePath, conn_id: str | None = None) -> ObjectStoragePath:
+    """
+    Turn a user-given location into an :class:`ObjectStoragePath`.
+
+    :param path: a URL (``s3://bucket/key``, ``file:///tmp/x``), a local path (made absolute), or a path.
+    :param conn_id: the Airflow connection for the object store, when the URL does not name one.
+    """
+    if isinstance(path, ObjectStoragePath):
+        if conn_id and not path.conn_id:
+            return ObjectStoragePath(str(path), conn_id=conn_id)
+        return path
+    text = os.fspath(path)
+    if "://" in text:
+        return ObjectStoragePath(text, conn_id=conn_id)
+    # Relative paths would otherwise depend on the worker's working directory.
+    return ObjectStoragePath(os.path.abspath(os.path.expanduser(text)), protocol="file", conn_id=conn_id)
+
+
+def temporary_sibling(path: ObjectStoragePath) -> ObjectStoragePath:
+    """Return a unique hidden name beside ``path``, so the final move stays within one directory."""
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+
+
+@contextmanager
+def atomic_output(path: str | ObjectStoragePath, *, lineage: bool = True) -> Iterator[BinaryIO]:
+    """
+    Open ``path`` for writing so that it appears complete or not at all.
+
+    On success the temporary file replaces ``path``; on any exception it is removed and a file that
+    already existed at ``path`` is left untouched.
+
+    :param path: the destination, local or any ObjectStoragePath URL.
+    :param lineage: record the write as a lineage output; off for internal files such as checkpoints.
+    """
+    destination = resolve_output(path)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(destination)
+    try:
+        with open_binary(temporary, "wb", lineage=lineage) as stream:
+            yield stream
+        _move_into_place(temporary, destination)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def open_binary(path: ObjectStoragePath, mode: str, *, lineage: bool = True) -> BinaryIO:
+    """Open a file in binary ``mode``, through Airflow's lineage tracking unless ``lineage`` is off."""
+    if lineage:
+        return path.open(mode)
+    return path.fs.open(path.path, mode)
+
+
+def _move_into_place(temporary: ObjectStoragePath, destination: ObjectStoragePath) -> None:
+    if temporary.protocol in ("", "file", "local"):
+        # os.replace is atomic on POSIX and overwrites an existing destination in one step.
+        os.replace(temporary.path, destination.path)
+        return
+    # Object stores have no rename: move is a server-side copy (which replaces the destination in one
+    # step) followed by deleting the temporary object.
+    temporary.move(destination)
+
+
+def _remove_quietly(path: ObjectStoragePath) -> None:
+    with suppress(FileNotFoundError, OSError):
+        if path.exists():
+            path.unlink()
+            log.debug("Removed incomplete file %s", path)

@@ -1,0 +1,168 @@
+"""Input tables checked and cut into Modelbit batch rows.
+
+Everything a user can get wrong about an input table is found here before the first request:
+columns whose type JSON cannot carry, and row IDs that are missing or repeated (each ID must come
+back exactly once, so a repeat would make results ambiguous). Then record batches are cut into
+chunks of exactly ``batch_size`` rows — the same chunks on every attempt, which is what lets a
+retry skip the chunks an earlier attempt finished — and each chunk becomes rows ``[id, *args]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from airflow_provider_modelbit.exceptions import ModelbitInputError
+
+ARGUMENT_STYLES = ("object", "positional")
+ROW_POSITION_ID = "id"
+
+
+@dataclass(frozen=True)
+class InputChunk:
+    """
+    A chunk of consecutive input rows.
+
+    :param index: the chunk's position in the table, from 0.
+    :param first_row: the table position of the chunk's first row.
+    :param table: the chunk's input columns (model inputs, ID and pass-through columns).
+    """
+
+    index: int
+    first_row: int
+    table: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+
+def refuse_unsendable_columns(schema: pa.Schema, columns: Sequence[str], where: str) -> None:
+    """
+    Refuse model input columns whose values JSON cannot carry (binary data, maps, unions).
+
+    :raises ModelbitInputError: naming the column, its type and ``where`` (the input table).
+    """
+    for name in columns:
+        data_type = schema.field(name).type
+        unsendable = _unsendable_part(data_type)
+        if unsendable is not None:
+            raise ModelbitInputError(
+                f"Column {name!r} of {where} has type {data_type}, which cannot be sent as JSON "
+                f"({unsendable}). Drop it from columns, or convert it first (for example binary data "
+                "to a base64 string, or upload it and send its URL)."
+            )
+
+
+def _unsendable_part(data_type: pa.DataType) -> str | None:
+    if pa.types.is_dictionary(data_type):
+        return _unsendable_part(data_type.value_type)
+    if pa.types.is_struct(data_type):
+        return next(filter(None, (_unsendable_part(field.type) for field in data_type)), None)
+    if (
+        pa.types.is_list(data_type)
+        or pa.types.is_large_list(data_type)
+        or pa.types.is_fixed_size_list(data_type)
+    ):
+        return _unsendable_part(data_type.value_type)
+    if (
+        pa.types.is_binary(data_type)
+        or pa.types.is_large_binary(data_type)
+        or pa.types.is_fixed_size_binary(data_type)
+        or pa.types.is_binary_view(data_type)
+    ):
+        return "binary data"
+    if pa.types.is_map(data_type) or pa.types.is_union(data_type) or pa.types.is_interval(data_type):
+        return f"{data_type} values"
+    return None
+
+
+def refuse_bad_id_type(schema: pa.Schema, id_column: str, where: str) -> None:
+    """Accept only integer and string IDs: Modelbit returns them as JSON, where they round-trip exactly."""
+    data_type = schema.field(id_column).type
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    if not (
+        pa.types.is_integer(data_type) or pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+    ):
+        raise ModelbitInputError(
+            f"ID column {id_column!r} of {where} has type {data_type}; IDs must be integers or strings. "
+            "Cast the column, or leave id_column unset to use row positions."
+        )
+
+
+def count_and_check_ids(id_batches: Iterable[pa.Array], id_column: str, where: str) -> int:
+    """
+    Check that every ID is present and unique, and count the rows.
+
+    Holds one set entry per row: fine for tens of millions of IDs on a worker; beyond that, leave
+    ``id_column`` unset and join on row position instead.
+
+    :param id_batches: the ID column, in order, a batch at a time.
+    :return: the number of rows.
+    :raises ModelbitInputError: naming the first null or repeated ID and its row.
+    """
+    seen: set[Any] = set()
+    position = 0
+    for ids in id_batches:
+        if ids.null_count:
+            first_null = position + ids.is_null().to_pylist().index(True)
+            raise ModelbitInputError(
+                f"ID column {id_column!r} of {where} is empty at row {first_null}; every row needs an ID."
+            )
+        for row_id in ids.to_pylist():
+            if row_id in seen:
+                raise ModelbitInputError(
+                    f"ID {row_id!r} appears more than once in column {id_column!r} of {where} "
+                    f"(again at row {position}); IDs must be unique so each result finds its row."
+                )
+            seen.add(row_id)
+            position += 1
+    return position
+
+
+def exact_chunks(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[InputChunk]:
+    """Regroup record batches of any sizes into chunks of exactly ``batch_size`` rows (the last shorter)."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    index = first_row = 0
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= batch_size:
+            table = pa.Table.from_batches(pending)
+            yield InputChunk(index, first_row, table.slice(0, batch_size).combine_chunks())
+            rest = table.slice(batch_size)
+            pending, pending_rows = rest.to_batches(), rest.num_rows
+            index, first_row = index + 1, first_row + batch_size
+    if pending_rows:
+        yield InputChunk(index, first_row, pa.Table.from_batches(pending).combine_chunks())
+
+
+def chunk_ids(chunk: InputChunk, id_column: str | None) -> pa.Array:
+    """Return the chunk's IDs: the ID column, or row positions in the table."""
+    if id_column is not None:
+        return chunk.table.column(id_column).combine_chunks()
+    return pa.array(range(chunk.first_row, chunk.first_row + chunk.num_rows), type=pa.int64())
+
+
+def batch_rows(
+    chunk: InputChunk, *, columns: Sequence[str], id_column: str | None, argument_style: str
+) -> list[list[Any]]:
+    """
+    Turn a chunk into batch rows.
+
+    ``object`` sends each row as one argument ``{column: value}`` (how Modelbit's client sends a
+    DataFrame); ``positional`` sends the column values as separate arguments, in ``columns`` order.
+    """
+    ids = chunk_ids(chunk, id_column).to_pylist()
+    values = [chunk.table.column(name).to_pylist() for name in columns]
+    if argument_style == "positional":
+        return [[row_id, *row] for row_id, *row in zip(ids, *values, strict=True)]
+    names = list(columns)
+    return [[row_id, dict(zip(names, row, strict=True))] for row_id, *row in zip(ids, *values, strict=True)]

@@ -1,0 +1,149 @@
+"""Documents downloaded from Modelbit result links, read without loading them whole.
+
+A links answer points at a JSON document holding what ``data`` would have held: for a batch,
+``[[id, result], ...]``, possibly wrapped as ``{"data": [...]}``. Batch documents can be far larger
+than memory, so they are parsed incrementally (ijson's C backend) and written to Parquet a row
+group at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+import ijson
+import orjson
+
+from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
+from airflow_provider_modelbit.io.arrow_results import results_table
+from airflow_provider_modelbit.io.result_writer import ResultWriter
+
+# A wrapped batch starts like this; enough of the document is peeked at to tell.
+_WRAPPED_BATCH = re.compile(rb'^\{\s*"data"\s*:\s*\[')
+_PEEK_BYTES = 64
+
+
+def link_rows_to_parquet(chunks: Iterable[bytes], output: BinaryIO, *, rows_per_group: int = 50_000) -> int:
+    """
+    Stream a batch answer ``[[id, result], ...]`` (or ``{"data": [...]}``) into a Parquet file.
+
+    The output has columns ``id`` and ``result``, typed as :mod:`.arrow_results` describes.
+
+    :param chunks: the document's bytes, in pieces (e.g. an HTTP response's ``iter_bytes()``).
+    :param output: a binary stream to write Parquet to.
+    :param rows_per_group: rows parsed before they are converted and spooled; bounds memory.
+    :return: the number of rows written.
+    :raises ModelbitIncompleteBatch: the document is cut short, malformed, or not a batch answer.
+    """
+    with ResultWriter(row_group_rows=rows_per_group) as writer:
+        for ids, results in _row_groups(_batch_rows(chunks), rows_per_group):
+            writer.write(results_table(ids, results))
+        return writer.write_parquet(output, empty_schema=results_table([], []).schema)
+
+
+def read_link_value(chunks: Iterable[bytes]) -> Any:
+    """
+    Read a small links document whole and return its value, unwrapping ``{"data": ...}``.
+
+    :param chunks: the document's bytes, in pieces.
+    :raises ModelbitIncompleteBatch: the document is not valid JSON (for example, cut short).
+    """
+    body = b"".join(chunks)
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ModelbitIncompleteBatch(
+            f"The results link returned {len(body):,} bytes that are not complete JSON ({error}); "
+            "the download was probably cut short; run the task again."
+        ) from error
+    return unwrap_data(value)
+
+
+def unwrap_data(value: Any) -> Any:
+    """Return ``value["data"]`` for a ``{"data": ...}`` envelope, else the value itself."""
+    if isinstance(value, dict) and value.keys() == {"data"}:
+        return value["data"]
+    return value
+
+
+def _batch_rows(chunks: Iterable[bytes]) -> Iterator[Any]:
+    stream = _ChunkReader(chunks)
+    prefix = _batch_prefix(stream.peek(_PEEK_BYTES))
+    try:
+        # use_float keeps numbers as floats instead of Decimal, as any JSON reader would.
+        for position, row in enumerate(ijson.items(stream, prefix, use_float=True)):
+            yield _checked_row(row, position)
+    except ijson.common.IncompleteJSONError as error:
+        raise ModelbitIncompleteBatch(
+            f"The results document ended early or is not valid JSON ({error}); "
+            "the download was probably cut short; run the task again."
+        ) from error
+
+
+def _batch_prefix(start: bytes) -> str:
+    """Tell where the rows are: the whole document, or the array under ``data``."""
+    if start.startswith(b"["):
+        return "item"
+    if _WRAPPED_BATCH.match(start):
+        return "data.item"
+    raise ModelbitIncompleteBatch(
+        f"The results document starts with {start[:_PEEK_BYTES]!r} instead of a batch answer "
+        '[[id, result], ...] or {"data": [[id, result], ...]}.'
+    )
+
+
+def _checked_row(row: Any, position: int) -> Any:
+    if not isinstance(row, list) or len(row) != 2:
+        raise ModelbitIncompleteBatch(
+            f"Row {position} of the results document is {row!r:.200}; each row of a batch answer "
+            "must be [id, result]."
+        )
+    return row
+
+
+def _row_groups(rows: Iterator[list[Any]], size: int) -> Iterator[tuple[list[Any], list[Any]]]:
+    ids: list[Any] = []
+    results: list[Any] = []
+    for row_id, result in rows:
+        ids.append(row_id)
+        results.append(result)
+        if len(ids) >= size:
+            yield ids, results
+            ids, results = [], []
+    if ids:
+        yield ids, results
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterable of byte strings, so ijson can pull from a download."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def peek(self, size: int) -> bytes:
+        """Return up to ``size`` bytes from the first non-blank one on, without consuming them."""
+        while len(self._buffer.lstrip()) < size:
+            piece = next(self._chunks, None)
+            if piece is None:
+                break
+            self._buffer += piece
+        self._buffer = self._buffer.lstrip()
+        return self._buffer[:size]
+
+    def readinto(self, target: Any) -> int:
+        while self._offset >= len(self._buffer):
+            piece = next(self._chunks, None)
+            if piece is None:
+                return 0
+            self._buffer, self._offset = bytes(piece), 0
+        size = min(len(target), len(self._buffer) - self._offset)
+        target[:size] = self._buffer[self._offset : self._offset + size]
+        self._offset += size
+        return size

@@ -1,0 +1,410 @@
+"""
+Score a whole table with a Modelbit deployment: :class:`ModelbitBatchInferenceOperator`.
+
+The table is streamed: read a record batch at a time, cut into chunks, sent with a bounded
+number of requests in flight, and each finished chunk is saved beside the output as it arrives.
+The Parquet output is assembled from those saved chunks at the end and moved into place in one
+step. Because finished chunks survive a failed attempt, a retry scores only what is left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from airflow.sdk import Asset, BaseOperator, conf
+
+from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.io.arrow_results import result_field
+from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
+from airflow_provider_modelbit.io.batch_inputs import (
+    ARGUMENT_STYLES,
+    ROW_POSITION_ID,
+    InputChunk,
+    batch_rows,
+    chunk_ids,
+    count_and_check_ids,
+    exact_chunks,
+    refuse_bad_id_type,
+    refuse_unsendable_columns,
+)
+from airflow_provider_modelbit.io.chunk_store import ChunkStore
+from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN, ResultWriter
+from airflow_provider_modelbit.io.tables import TableSource, open_table
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+
+#: Bumped when the checkpoint layout or chunking changes, so old checkpoints are not reused.
+CHECKPOINT_FORMAT = 1
+#: Rows read from the input at a time when only the ID column is checked.
+_ID_SCAN_ROWS = 262_144
+
+
+class ModelbitBatchInferenceOperator(BaseOperator):
+    """
+    Score every row of a table with a Modelbit deployment and write the results as Parquet.
+
+    The input is a Parquet file, a directory of Parquet files, a CSV file or a JSON Lines file,
+    on a local path or any ObjectStoragePath URL (``s3://``, ``gs://``, ``file://``...). Each row
+    is sent as one object ``{column: value}`` — how Modelbit's own client sends a DataFrame — or,
+    with ``argument_style="positional"``, as separate arguments in ``columns`` order. Values are
+    sent as JSON: NaN and infinities become ``null``, dates and timestamps ISO 8601 strings,
+    decimals floats. Columns JSON cannot carry (binary, maps, unions) are refused.
+
+    Before the first request the operator checks that the columns exist, that the model input
+    columns can be sent, and that the IDs in ``id_column`` are present and unique (this keeps one
+    entry per row in memory: fine for tens of millions of rows; leave ``id_column`` unset to use
+    row positions instead). A failed check names the column or row and sends nothing.
+
+    The output has one row per input row, in input order: the ID (named as ``id_column``, or
+    ``id`` holding the row position; its input type kept), the ``result`` typed from JSON (numbers,
+    strings, booleans, lists, objects as structs; a column of genuinely mixed types is kept as
+    JSON text with field metadata ``modelbit.encoding=json``) or, with ``expand_result``, one column
+    ``result_<field>`` per object field, then the ``passthrough_columns``. Empty input gives an
+    empty file with those columns. The file is written atomically: a failed task leaves nothing
+    at ``output_path``.
+
+    Finished chunks are kept in ``<output_path>.checkpoint/`` until the output is written. A retry
+    with the same input and settings reuses them and scores only the rest; a checkpoint made from
+    a different input or different settings is discarded with a warning. With
+    ``version="latest"`` a new version deployed between attempts would score the remaining
+    chunks only — pin a version when that matters.
+
+    Progress (rows done, rows per second, ETA) is logged every ``progress_interval_seconds``.
+    The task returns ``{"path", "rows", "chunks", "seconds", "rows_per_second"}``, never results.
+
+    ``deferrable=True`` (default from ``[operators] default_deferrable``) is recorded here and
+    implemented by the deferrable variant in ``operators/deferrable.py``, which reuses
+    :meth:`_iter_chunks`, :meth:`_record_chunk` and :meth:`_write_results`.
+
+    :param deployment: name of the Modelbit deployment. (templated)
+    :param input_path: the input table, local path or URL. (templated)
+    :param output_path: where the Parquet result is written, local path or URL. (templated)
+    :param id_column: column holding unique row IDs; ``None`` uses row positions. (templated)
+    :param columns: the columns sent to the model; ``None`` sends every column but the ID. (templated)
+    :param argument_style: ``"object"`` (one ``{column: value}`` per row) or ``"positional"``.
+    :param passthrough_columns: input columns copied unchanged into the output.
+    :param expand_result: write the fields of object results as columns ``result_<field>``.
+    :param version: ``latest``, a version number or an alias. (templated)
+    :param branch: git branch; ``None`` uses the connection's. (templated)
+    :param modelbit_conn_id: the Modelbit connection. (templated)
+    :param timeout_seconds: inference time limit per request (1-300); ``None`` uses the connection's.
+    :param batch_size: rows per chunk; a chunk is the unit of requests and of resuming.
+    :param batch_bytes: most bytes per request body; larger chunks are split into several requests.
+    :param max_concurrency: requests in flight at once.
+    :param response_format: ``None``, or ``"links"`` to receive each chunk's results as a download.
+    :param idempotent: the model may safely run twice on the same rows, so requests are re-sent
+        after read timeouts, deployment errors and dropped connections too.
+    :param input_conn_id: Airflow connection for the input's object store, if the URL names none.
+    :param output_conn_id: Airflow connection for the output's object store, if the URL names none.
+    :param asset: an Asset (or its URI) updated when the output is written, so downstream DAGs can
+        be scheduled on fresh scores.
+    :param deferrable: free the worker while chunks are scored (see above).
+    :param progress_interval_seconds: seconds between progress lines in the task log.
+    """
+
+    template_fields: Sequence[str] = (
+        "deployment",
+        "input_path",
+        "output_path",
+        "version",
+        "branch",
+        "modelbit_conn_id",
+        "columns",
+        "id_column",
+    )
+    ui_color = "#e8f1fb"
+
+    def __init__(
+        self,
+        *,
+        deployment: str,
+        input_path: str | ObjectStoragePath,
+        output_path: str | ObjectStoragePath,
+        id_column: str | None = None,
+        columns: Sequence[str] | None = None,
+        argument_style: str = "object",
+        passthrough_columns: Sequence[str] | None = None,
+        expand_result: bool = False,
+        version: str | int = "latest",
+        branch: str | None = None,
+        modelbit_conn_id: str = "modelbit_default",
+        timeout_seconds: int | None = None,
+        batch_size: int = 3000,
+        batch_bytes: int = 20_000_000,
+        max_concurrency: int = 4,
+        response_format: str | None = None,
+        idempotent: bool = False,
+        input_conn_id: str | None = None,
+        output_conn_id: str | None = None,
+        asset: Asset | str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        progress_interval_seconds: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        if asset is not None:
+            kwargs["outlets"] = [*(kwargs.get("outlets") or []), _as_asset(asset)]
+        super().__init__(**kwargs)
+        _check_settings(argument_style, batch_size, batch_bytes, max_concurrency)
+        self.deployment = deployment
+        self.input_path = input_path
+        self.output_path = output_path
+        self.id_column = id_column
+        self.columns = columns
+        self.argument_style = argument_style
+        self.passthrough_columns = list(passthrough_columns or [])
+        self.expand_result = expand_result
+        self.version = version
+        self.branch = branch
+        self.modelbit_conn_id = modelbit_conn_id
+        self.timeout_seconds = timeout_seconds
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.max_concurrency = max_concurrency
+        self.response_format = response_format
+        self.idempotent = idempotent
+        self.input_conn_id = input_conn_id
+        self.output_conn_id = output_conn_id
+        self.asset = _as_asset(asset) if asset is not None else None
+        self.deferrable = deferrable
+        self.progress_interval_seconds = progress_interval_seconds
+
+    @cached_property
+    def hook(self) -> ModelbitHook:
+        from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+
+        return ModelbitHook(
+            self.modelbit_conn_id,
+            batch_size=self.batch_size,
+            batch_bytes=self.batch_bytes,
+            max_concurrency=self.max_concurrency,
+        )
+
+    # The run, synchronous path --------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        started = time.monotonic()
+        total_rows = self._prepare()
+        finished = self.checkpoint.start(self._manifest())
+        if finished:
+            self.log.info("Resuming: %d chunk(s) finished by an earlier attempt are reused.", len(finished))
+        progress = _Progress(self.log, total_rows, self.progress_interval_seconds)
+        self._score_pending(finished, progress)
+        return self._write_results(context, started)
+
+    def _score_pending(self, finished: set[int], progress: _Progress) -> None:
+        """Send every chunk not finished yet and save each answer as it arrives."""
+        in_flight: deque[InputChunk] = deque()
+        results = self.hook.infer_chunks(
+            self.deployment,
+            self._requests(finished, in_flight, progress),
+            version=self.version,
+            branch=self.branch,
+            timeout_seconds=self.timeout_seconds,
+            response_format=self.response_format,
+            idempotent=self.idempotent,
+            max_concurrency=self.max_concurrency,
+            batch_bytes=self.batch_bytes,
+        )
+        for chunk_result in results:
+            chunk = in_flight.popleft()
+            self._record_chunk(chunk, chunk_result.rows)
+            progress.advance(chunk.num_rows)
+
+    def _requests(
+        self, finished: set[int], in_flight: deque[InputChunk], progress: _Progress
+    ) -> Iterator[list[list[Any]]]:
+        """Yield the batch rows of each unfinished chunk, remembering which chunk each request is."""
+        for chunk in self._iter_chunks():
+            if chunk.index in finished:
+                progress.advance(chunk.num_rows, reused=True)
+                continue
+            in_flight.append(chunk)
+            yield batch_rows(
+                chunk,
+                columns=self._model_columns,
+                id_column=self.id_column,
+                argument_style=self.argument_style,
+            )
+
+    # Building blocks shared with the deferrable path -----------------------------------------
+
+    @cached_property
+    def source(self) -> TableSource:
+        """The input table, opened with the columns the run needs."""
+        # Without explicit columns every column is a model input, so all of them are read.
+        needed = None if self.columns is None else [*self.columns, *self.passthrough_columns]
+        source = open_table(
+            self.input_path, columns=needed, id_column=self.id_column, conn_id=self.input_conn_id
+        )
+        source.require_columns([*self.passthrough_columns, *([self.id_column] if self.id_column else [])])
+        return source
+
+    @cached_property
+    def output_location(self) -> ObjectStoragePath:
+        """Where the Parquet result goes (``output`` is the task's XComArg, as on every operator)."""
+        return resolve_output(self.output_path, self.output_conn_id)
+
+    @cached_property
+    def checkpoint(self) -> ChunkStore:
+        """Finished chunks of this output, kept beside it until the output is written."""
+        return ChunkStore.beside(self.output_location)
+
+    def _iter_chunks(self) -> Iterator[InputChunk]:
+        """Yield the input in chunks of ``batch_size`` rows, the same chunks on every attempt."""
+        return exact_chunks(self.source.iter_batches(max_rows=max(self.batch_size, 65_536)), self.batch_size)
+
+    def _record_chunk(self, chunk: InputChunk, rows: list[list[Any]]) -> None:
+        """Save a chunk's answer ``[[id, result], ...]`` (in the chunk's order) as a finished chunk."""
+        if len(rows) != chunk.num_rows:
+            raise ModelbitIncompleteBatch(
+                f"Deployment {self.deployment!r} answered {len(rows)} rows for chunk {chunk.index} "
+                f"of {chunk.num_rows} rows starting at input row {chunk.first_row}; the chunk was not used.",
+                deployment=self.deployment,
+                version=self.version,
+            )
+        self.checkpoint.put(chunk.index, self._chunk_table(chunk, [row[1] for row in rows]))
+
+    def _write_results(self, context: Context, started: float) -> dict[str, Any]:
+        """Assemble the finished chunks into the Parquet output, atomically, and clean up."""
+        chunks = len(self.checkpoint.indices())
+        with atomic_output(self.output_location) as sink:
+            rows = ResultWriter(self.checkpoint, expand_result=self.expand_result).write_parquet(
+                sink, empty_schema=self._empty_schema()
+            )
+        self.checkpoint.remove()
+        seconds = time.monotonic() - started
+        self._announce_asset(context, rows)
+        self.log.info("Wrote %d rows to %s in %.1f s.", rows, self.output_location, seconds)
+        return {
+            "path": str(self.output_location),
+            "rows": rows,
+            "chunks": chunks,
+            "seconds": round(seconds, 3),
+            "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
+        }
+
+    # Checks and descriptions -----------------------------------------------------------------
+
+    def _prepare(self) -> int | None:
+        """Check the input before anything is sent; return its row count when known."""
+        where = f"input {self.source.location}"
+        if not self._model_columns:
+            raise ModelbitInputError(f"No model input columns: {where} has only the ID column.")
+        refuse_unsendable_columns(self.source.schema, self._model_columns, where)
+        if self.id_column is None:
+            return self.source.num_rows
+        refuse_bad_id_type(self.source.schema, self.id_column, where)
+        return count_and_check_ids(self._id_batches(self.id_column), self.id_column, where)
+
+    def _id_batches(self, id_column: str) -> Iterable[pa.Array]:
+        id_only = open_table(self.source.location, columns=[id_column], format=self.source.format)
+        return (batch.column(0) for batch in id_only.iter_batches(max_rows=_ID_SCAN_ROWS))
+
+    @cached_property
+    def _model_columns(self) -> list[str]:
+        if self.columns is not None:
+            return list(self.columns)
+        return [name for name in self.source.schema.names if name != self.id_column]
+
+    @property
+    def _id_name(self) -> str:
+        return self.id_column or ROW_POSITION_ID
+
+    @property
+    def _output_passthrough(self) -> list[str]:
+        return [name for name in self.passthrough_columns if name != self.id_column]
+
+    def _chunk_table(self, chunk: InputChunk, results: list[Any]) -> pa.Table:
+        field, array = result_field(RESULT_COLUMN, results)
+        passthrough = [chunk.table.column(name) for name in self._output_passthrough]
+        schema = pa.schema(
+            [pa.field(self._id_name, chunk_ids(chunk, self.id_column).type), field]
+            + [chunk.table.schema.field(name) for name in self._output_passthrough]
+        )
+        return pa.Table.from_arrays([chunk_ids(chunk, self.id_column), array, *passthrough], schema=schema)
+
+    def _empty_schema(self) -> pa.Schema:
+        id_type = self.source.schema.field(self.id_column).type if self.id_column else pa.int64()
+        passthrough = [self.source.schema.field(name) for name in self._output_passthrough]
+        return pa.schema([pa.field(self._id_name, id_type), pa.field(RESULT_COLUMN, pa.null()), *passthrough])
+
+    def _manifest(self) -> dict[str, Any]:
+        """What the chunks are computed from; a checkpoint with a different manifest is stale."""
+        return {
+            "checkpoint_format": CHECKPOINT_FORMAT,
+            "input": self.source.fingerprint(),
+            "input_schema": self.source.schema.to_string(show_schema_metadata=False),
+            "deployment": self.deployment,
+            "version": str(self.version),
+            "branch": self.branch,
+            "columns": self._model_columns,
+            "id_column": self.id_column,
+            "argument_style": self.argument_style,
+            "passthrough_columns": self._output_passthrough,
+            "batch_size": self.batch_size,
+            "batch_bytes": self.batch_bytes,
+        }
+
+    def _announce_asset(self, context: Context, rows: int) -> None:
+        if self.asset is None:
+            return
+        outlet_events = context.get("outlet_events")
+        if outlet_events is not None:
+            outlet_events[self.asset].extra = {"path": str(self.output_location), "rows": rows}
+
+
+class _Progress:
+    """Log rows done, rate and ETA at most every ``interval`` seconds."""
+
+    def __init__(self, log: Any, total_rows: int | None, interval: float) -> None:
+        self._log = log
+        self._total = total_rows
+        self._interval = interval
+        self._started = self._last = time.monotonic()
+        self._done = self._scored = 0
+
+    def advance(self, rows: int, *, reused: bool = False) -> None:
+        self._done += rows
+        self._scored += 0 if reused else rows
+        now = time.monotonic()
+        if now - self._last >= self._interval or (self._total is not None and self._done >= self._total):
+            self._last = now
+            self._report(now - self._started)
+
+    def _report(self, elapsed: float) -> None:
+        rate = self._scored / elapsed if elapsed > 0 else 0.0
+        if self._total is None:
+            self._log.info("Scored %d rows (%.0f rows/s).", self._done, rate)
+            return
+        left = max(self._total - self._done, 0)
+        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
+        percent = 100.0 * self._done / self._total if self._total else 100.0
+        self._log.info(
+            "Scored %d / %d rows (%.1f%%), %.0f rows/s, ETA %s.", self._done, self._total, percent, rate, eta
+        )
+
+
+def _as_asset(asset: Asset | str) -> Asset:
+    return asset if isinstance(asset, Asset) else Asset(asset)
+
+
+def _check_settings(argument_style: str, batch_size: int, batch_bytes: int, max_concurrency: int) -> None:
+    if argument_style not in ARGUMENT_STYLES:
+        raise ModelbitInputError(
+            f"argument_style must be one of {', '.join(ARGUMENT_STYLES)}, got {argument_style!r}."
+        )
+    for name, value in (
+        ("batch_size", batch_size),
+        ("batch_bytes", batch_bytes),
+        ("max_concurrency", max_concurrency),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ModelbitInputError(f"{name} must be a positive integer, got {value!r}.")

@@ -1,0 +1,88 @@
+"""Outputs appear complete or not at all, on local disk and on object storage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from airflow.sdk import ObjectStoragePath
+from airflow.sdk.io import attach
+from fsspec.implementations.memory import MemoryFileSystem
+
+from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
+
+
+@pytest.fixture
+def memory_store() -> Iterator[ObjectStoragePath]:
+    """A memory:// object store registered with Airflow, emptied after the test."""
+    filesystem = MemoryFileSystem()
+    attach("memory", fs=filesystem)
+    root = ObjectStoragePath("memory://bucket/atomic")
+    yield root
+    if filesystem.exists("/bucket"):
+        filesystem.rm("/bucket", recursive=True)
+
+
+def _locations(tmp_path: Path, memory_store: ObjectStoragePath) -> dict[str, str | ObjectStoragePath]:
+    return {
+        "local path": str(tmp_path / "out" / "scores.parquet"),
+        "file URL": f"file://{tmp_path}/out/scores.parquet",
+        "memory URL": memory_store / "scores.parquet",
+    }
+
+
+@pytest.mark.parametrize("kind", ["local path", "file URL", "memory URL"])
+class TestAtomicOutput:
+    def test_success_moves_the_file_into_place(
+        self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath
+    ) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        with atomic_output(target) as stream:
+            stream.write(b"complete")
+        resolved = resolve_output(target)
+        assert resolved.read_bytes() == b"complete"
+        assert [path.name for path in resolved.parent.iterdir()] == ["scores.parquet"]
+
+    def test_failure_leaves_nothing(self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        with pytest.raises(RuntimeError), atomic_output(target) as stream:
+            stream.write(b"half")
+            raise RuntimeError("model failed")
+        resolved = resolve_output(target)
+        assert not resolved.exists()
+        assert list(resolved.parent.iterdir()) == []
+
+    def test_failure_keeps_the_previous_file(
+        self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath
+    ) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        with atomic_output(target) as stream:
+            stream.write(b"yesterday")
+        with pytest.raises(RuntimeError), atomic_output(target) as stream:
+            stream.write(b"half")
+            raise RuntimeError("model failed")
+        assert resolve_output(target).read_bytes() == b"yesterday"
+
+    def test_replaces_an_existing_file(
+        self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath
+    ) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        for content in (b"yesterday", b"today"):
+            with atomic_output(target) as stream:
+                stream.write(content)
+        assert resolve_output(target).read_bytes() == b"today"
+
+
+class TestResolveOutput:
+    def test_relative_paths_become_absolute_file_paths(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        resolved = resolve_output("scores/out.parquet")
+        assert resolved.protocol == "file"
+        assert resolved.path == str(tmp_path / "scores" / "out.parquet")
+
+    def test_keeps_a_url_and_adds_the_connection(self) -> None:
+        resolved = resolve_output("s3://bucket/key.parquet", conn_id="aws_data")
+        assert (resolved.protocol, resolved.conn_id, resolved.key) == ("s3", "aws_data", "key.parquet")

@@ -1,0 +1,106 @@
+"""Input tables are checked before sending and cut into the same chunks on every attempt."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+
+import pyarrow as pa
+import pytest
+
+from airflow_provider_modelbit.exceptions import ModelbitInputError
+from airflow_provider_modelbit.io.batch_inputs import (
+    InputChunk,
+    batch_rows,
+    count_and_check_ids,
+    exact_chunks,
+    refuse_bad_id_type,
+    refuse_unsendable_columns,
+)
+
+
+class TestRefuseUnsendableColumns:
+    @pytest.mark.parametrize(
+        "data_type",
+        [
+            pa.binary(),
+            pa.large_binary(),
+            pa.binary(4),
+            pa.list_(pa.binary()),
+            pa.map_(pa.string(), pa.int64()),
+        ],
+    )
+    def test_refuses_types_json_cannot_carry(self, data_type: pa.DataType) -> None:
+        schema = pa.schema([("photo", data_type)])
+        with pytest.raises(ModelbitInputError, match=r"Column 'photo' of input t.parquet has type"):
+            refuse_unsendable_columns(schema, ["photo"], "input t.parquet")
+
+    @pytest.mark.parametrize(
+        "data_type",
+        [pa.int32(), pa.float64(), pa.string(), pa.timestamp("us", "UTC"), pa.date32(), pa.decimal128(10, 2),
+         pa.list_(pa.int64()), pa.struct([("a", pa.string())]), pa.dictionary(pa.int8(), pa.string())],
+    )  # fmt: skip
+    def test_accepts_types_that_encode(self, data_type: pa.DataType) -> None:
+        refuse_unsendable_columns(pa.schema([("x", data_type)]), ["x"], "input")
+
+
+class TestIds:
+    @pytest.mark.parametrize("data_type", [pa.float64(), pa.timestamp("s"), pa.binary()])
+    def test_id_column_must_hold_integers_or_strings(self, data_type: pa.DataType) -> None:
+        with pytest.raises(ModelbitInputError, match="ID column 'key' of input has type"):
+            refuse_bad_id_type(pa.schema([("key", data_type)]), "key", "input")
+
+    def test_counts_unique_ids_across_batches(self) -> None:
+        assert count_and_check_ids([pa.array([1, 2]), pa.array([3])], "key", "input") == 3
+
+    def test_names_a_repeated_id_and_its_row(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"ID 'b' appears more than once .* \(again at row 3\)"):
+            count_and_check_ids([pa.array(["a", "b"]), pa.array(["c", "b"])], "key", "input")
+
+    def test_names_the_row_of_a_missing_id(self) -> None:
+        with pytest.raises(ModelbitInputError, match="is empty at row 4"):
+            count_and_check_ids([pa.array([1, 2, 3]), pa.array([4, None])], "key", "input")
+
+
+class TestExactChunks:
+    @pytest.mark.parametrize("batch_sizes", [[10], [3, 3, 4], [1] * 10, [7, 0, 3]])
+    def test_chunks_do_not_depend_on_how_the_input_is_batched(self, batch_sizes: list[int]) -> None:
+        offsets = [sum(batch_sizes[:i]) for i in range(len(batch_sizes))]
+        batches = [
+            pa.record_batch({"x": pa.array(range(o, o + n), type=pa.int64())})
+            for o, n in zip(offsets, batch_sizes, strict=True)
+        ]
+        chunks = list(exact_chunks(batches, 4))
+        assert [(c.index, c.first_row, c.table.column("x").to_pylist()) for c in chunks] == [
+            (0, 0, [0, 1, 2, 3]),
+            (1, 4, [4, 5, 6, 7]),
+            (2, 8, [8, 9]),
+        ]
+
+
+class TestBatchRows:
+    CHUNK = InputChunk(
+        index=1,
+        first_row=10,
+        table=pa.table({"age": [31, 45], "plan": ["pro", None], "key": ["a", "b"]}),
+    )
+
+    def test_object_style_sends_one_object_per_row(self) -> None:
+        rows = batch_rows(self.CHUNK, columns=["age", "plan"], id_column="key", argument_style="object")
+        assert rows == [["a", {"age": 31, "plan": "pro"}], ["b", {"age": 45, "plan": None}]]
+
+    def test_positional_style_sends_arguments_in_column_order(self) -> None:
+        rows = batch_rows(self.CHUNK, columns=["plan", "age"], id_column="key", argument_style="positional")
+        assert rows == [["a", "pro", 31], ["b", None, 45]]
+
+    def test_without_id_column_the_row_position_is_the_id(self) -> None:
+        rows = batch_rows(self.CHUNK, columns=["age"], id_column=None, argument_style="positional")
+        assert [row[0] for row in rows] == [10, 11]
+
+    def test_values_arrive_as_python_values_for_the_encoder(self) -> None:
+        chunk = InputChunk(
+            0, 0, pa.table({"when": [datetime.date(2026, 1, 2)], "price": [decimal.Decimal("1.50")]})
+        )
+        assert batch_rows(chunk, columns=["when", "price"], id_column=None, argument_style="positional") == [
+            [0, datetime.date(2026, 1, 2), decimal.Decimal("1.50")]
+        ]

@@ -1,0 +1,325 @@
+"""ModelbitBatchInferenceOperator end to end: real Airflow (``dag.test()``), the local Modelbit
+server, real Parquet, CSV and JSON Lines files.
+
+The server returns batch results sorted by ID, so a chunk's answer is in a different order from
+its request whenever the IDs are not already sorted: the output must still follow the input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
+from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
+
+# A DAG file building one DAG per JSON spec found beside it: each test writes its own spec.
+SPEC_DAGS = """
+import json, pathlib
+from airflow.sdk import DAG
+from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
+
+for spec_file in sorted(pathlib.Path(__file__).parent.glob("batch_spec_*.json")):
+    with DAG(spec_file.stem, schedule=None) as dag:
+        ModelbitBatchInferenceOperator(task_id="score", **json.loads(spec_file.read_text()))
+    globals()[spec_file.stem] = dag
+"""
+
+# ``flaky`` echoes its argument but fails the first time it sees 13: a failure in mid-table.
+FLAKY_DEPLOYMENTS = """
+import pathlib
+
+MARKER = pathlib.Path({marker!r})
+
+
+def flaky(x):
+    if x == 13 and not MARKER.exists():
+        MARKER.write_text("failed once")
+        raise RuntimeError("transient failure on x=13")
+    return x
+
+
+def register(registry):
+    registry.add("flaky", flaky)
+"""
+
+ROWS = 20
+# IDs in descending order: sorting by ID reverses every chunk's answer.
+KEYS = [f"k{ROWS - i:03d}" for i in range(ROWS)]
+TABLE = pa.table({"key": KEYS, "x": list(range(ROWS)), "segment": ["a", "b"] * (ROWS // 2)})
+
+
+@pytest.fixture(scope="module")
+def dags_folder() -> Path:
+    """The Airflow DAGs folder with the spec-driven DAG file, and an initialised metadata database."""
+    from airflow.utils.db import initdb
+
+    initdb()
+    folder = Path(os.environ["AIRFLOW_HOME"]) / "dags"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "batch_specs.py").write_text(SPEC_DAGS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulator]:
+    """The local Modelbit server answering batches sorted by ID, with the ``flaky`` deployment."""
+    folder = tmp_path_factory.mktemp("deployments")
+    deployments = folder / "flaky.py"
+    deployments.write_text(FLAKY_DEPLOYMENTS.format(marker=str(folder / "flaky-failed-once")))
+    with run_emulator(sort_results_by_id=True, deployments_file=str(deployments)) as running:
+        previous = os.environ.get("AIRFLOW_CONN_MODELBIT_DEFAULT")
+        os.environ["AIRFLOW_CONN_MODELBIT_DEFAULT"] = json.dumps(
+            {"conn_type": "modelbit", "host": running.url}
+        )
+        yield running
+        if previous is None:
+            os.environ.pop("AIRFLOW_CONN_MODELBIT_DEFAULT", None)
+        else:
+            os.environ["AIRFLOW_CONN_MODELBIT_DEFAULT"] = previous
+
+
+@pytest.fixture
+def run_batch(dags_folder: Path, server: RunningEmulator, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Run the operator with the given arguments in a one-task DAG with ``dag.test()``; return its state."""
+    dag_id = "batch_spec_" + re.sub(r"\W+", "_", request.node.name)[:120]
+    spec_file = dags_folder / f"{dag_id}.json"
+
+    def run(**arguments: Any) -> str:
+        from airflow.dag_processing.dagbag import DagBag
+
+        spec_file.write_text(json.dumps({"max_concurrency": 2, **arguments}))
+        dag = DagBag(str(dags_folder)).dags[dag_id]
+        return str(dag.test().state)
+
+    yield run
+    spec_file.unlink(missing_ok=True)
+
+
+def echo_spec(tmp_path: Path, input_path: Path | str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "deployment": "echo",
+        "input_path": str(input_path),
+        "output_path": str(tmp_path / "out" / "scores.parquet"),
+        "id_column": "key",
+        "columns": ["x"],
+        "argument_style": "positional",
+        "batch_size": 3,
+        **overrides,
+    }
+
+
+def write_input(tmp_path: Path, kind: str, table: pa.Table = TABLE) -> Path:
+    if kind == "parquet":
+        pq.write_table(table, tmp_path / "in.parquet", row_group_size=7)
+        return tmp_path / "in.parquet"
+    if kind == "parquet directory":
+        (tmp_path / "in").mkdir()
+        for number, start in enumerate(range(0, table.num_rows, 8)):
+            pq.write_table(table.slice(start, 8), tmp_path / "in" / f"part-{number}.parquet")
+        return tmp_path / "in"
+    if kind == "csv":
+        pa_csv.write_csv(table, tmp_path / "in.csv")
+        return tmp_path / "in.csv"
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    return tmp_path / "in.jsonl"
+
+
+def read_output(tmp_path: Path) -> pa.Table:
+    return pq.read_table(tmp_path / "out" / "scores.parquet")
+
+
+class TestScoring:
+    @pytest.mark.parametrize("kind", ["parquet", "parquet directory", "csv", "jsonl"])
+    def test_each_input_format_gives_one_row_per_input_in_order(
+        self, kind: str, tmp_path: Path, run_batch: Any
+    ) -> None:
+        assert run_batch(**echo_spec(tmp_path, write_input(tmp_path, kind))) == "success"
+        output = read_output(tmp_path)
+        assert output.column_names == ["key", "result"]
+        assert output.column("key").to_pylist() == KEYS
+        assert output.column("result").to_pylist() == list(range(ROWS))
+
+    def test_multi_chunk_answers_sorted_by_id_are_matched_back(
+        self, tmp_path: Path, run_batch: Any, server: RunningEmulator
+    ) -> None:
+        """Seven chunks, each answered in reverse order, with two requests in flight."""
+        assert run_batch(**echo_spec(tmp_path, write_input(tmp_path, "parquet"))) == "success"
+        assert read_output(tmp_path).column("result").to_pylist() == list(range(ROWS))
+        assert set(server.client.runs("echo")) >= set(KEYS)
+
+    def test_row_positions_are_the_ids_without_id_column(self, tmp_path: Path, run_batch: Any) -> None:
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"), id_column=None)
+        assert run_batch(**spec) == "success"
+        output = read_output(tmp_path)
+        assert output.column("id").to_pylist() == list(range(ROWS))
+        assert output.column("result").to_pylist() == list(range(ROWS))
+
+    def test_object_style_sends_one_object_per_row(self, tmp_path: Path, run_batch: Any) -> None:
+        spec = echo_spec(
+            tmp_path, write_input(tmp_path, "parquet"), columns=["x", "segment"], argument_style="object"
+        )
+        assert run_batch(**spec) == "success"
+        assert read_output(tmp_path).column("result").to_pylist()[:2] == [
+            {"x": 0, "segment": "a"},
+            {"x": 1, "segment": "b"},
+        ]
+
+    def test_passthrough_and_expanded_result_columns(self, tmp_path: Path, run_batch: Any) -> None:
+        spec = echo_spec(
+            tmp_path,
+            write_input(tmp_path, "parquet"),
+            columns=["x", "segment"],
+            argument_style="object",
+            passthrough_columns=["segment"],
+            expand_result=True,
+        )
+        assert run_batch(**spec) == "success"
+        output = read_output(tmp_path)
+        assert output.column_names == ["key", "result_x", "result_segment", "segment"]
+        assert output.column("result_x").to_pylist() == list(range(ROWS))
+        assert output.column("segment").to_pylist() == TABLE.column("segment").to_pylist()
+
+    def test_empty_input_gives_an_empty_file_with_the_columns(self, tmp_path: Path, run_batch: Any) -> None:
+        spec = echo_spec(
+            tmp_path, write_input(tmp_path, "parquet", TABLE.slice(0, 0)), passthrough_columns=["segment"]
+        )
+        assert run_batch(**spec) == "success"
+        output = read_output(tmp_path)
+        assert output.num_rows == 0
+        assert output.schema.names == ["key", "result", "segment"]
+        assert output.schema.field("key").type == pa.string()
+
+
+VALIDATION_CASES = {
+    "missing column": ({"columns": ["x", "age"]}, TABLE),
+    "duplicate ID": ({}, TABLE.set_column(0, "key", pa.array([*KEYS[:-1], KEYS[0]]))),
+    "null ID": ({}, TABLE.set_column(0, "key", pa.array([*KEYS[:-1], None]))),
+    "binary column": (
+        {"columns": ["x", "photo"]},
+        TABLE.append_column("photo", pa.array([b"\x89PNG"] * ROWS)),
+    ),
+    "missing pass-through column": ({"passthrough_columns": ["region"]}, TABLE),
+}
+
+
+class TestValidation:
+    @pytest.mark.parametrize("case", VALIDATION_CASES)
+    def test_invalid_input_fails_before_any_request_and_leaves_no_output(
+        self, case: str, tmp_path: Path, run_batch: Any, server: RunningEmulator
+    ) -> None:
+        overrides, table = VALIDATION_CASES[case]
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet", table), deployment="doubler", **overrides)
+        assert run_batch(**spec) == "failed"
+        assert server.client.runs("doubler") == {}
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+    @pytest.mark.parametrize(
+        ("overrides", "message"),
+        [
+            ({"columns": ["x", "age"]}, "has no column 'age'"),
+            ({}, "ID 'k020' appears more than once in column 'key'"),
+            ({"columns": ["x", "photo"]}, "Column 'photo' of input .* has type binary"),
+        ],
+    )
+    def test_messages_name_the_column_or_row(
+        self, overrides: dict[str, Any], message: str, tmp_path: Path
+    ) -> None:
+        table = TABLE.set_column(0, "key", pa.array([*KEYS[:-1], KEYS[0]])).append_column(
+            "photo", pa.array([b"\x00"] * ROWS)
+        )
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet", table), **overrides)
+        operator = ModelbitBatchInferenceOperator(task_id="score", **spec)
+        with pytest.raises(ValueError, match=message):
+            operator.execute({})
+
+
+class TestResume:
+    def test_a_retry_scores_only_unfinished_chunks_and_writes_the_same_file(
+        self, tmp_path: Path, run_batch: Any, server: RunningEmulator
+    ) -> None:
+        """x=13 fails once, in chunk 4 of 7; one request at a time so chunks 0-3 finish first."""
+        input_path = write_input(tmp_path, "parquet")
+        spec = echo_spec(tmp_path, input_path, deployment="flaky", max_concurrency=1)
+        assert run_batch(**spec) == "failed"
+        checkpoint = tmp_path / "out" / "scores.parquet.checkpoint"
+        assert sorted(path.name for path in checkpoint.glob("chunk-*")) == [
+            f"chunk-{i:08d}.arrow" for i in range(4)
+        ]
+        assert not (tmp_path / "out" / "scores.parquet").exists()
+
+        assert run_batch(**spec) == "success"
+        runs = server.client.runs("flaky")
+        finished_first = KEYS[:12]
+        assert all(runs[key] == 1 for key in finished_first), runs
+        assert not checkpoint.exists()
+
+        uninterrupted = tmp_path / "uninterrupted"
+        uninterrupted.mkdir()
+        assert run_batch(**echo_spec(uninterrupted, input_path)) == "success"
+        assert read_output(tmp_path).equals(read_output(uninterrupted))
+
+    def test_a_checkpoint_from_other_settings_is_discarded(
+        self, tmp_path: Path, run_batch: Any, server: RunningEmulator
+    ) -> None:
+        checkpoint = tmp_path / "out" / "scores.parquet.checkpoint"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "manifest.json").write_text(json.dumps({"batch_size": 99}))
+        pq.write_table(pa.table({"junk": [1]}), checkpoint / "chunk-00000000.arrow")
+        assert run_batch(**echo_spec(tmp_path, write_input(tmp_path, "parquet"))) == "success"
+        assert read_output(tmp_path).column("result").to_pylist() == list(range(ROWS))
+
+
+class TestReturnValue:
+    def test_returns_location_and_counts_not_results(self, tmp_path: Path, server: RunningEmulator) -> None:
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"))
+        summary = ModelbitBatchInferenceOperator(task_id="score", **spec).execute({})
+        assert set(summary) == {"path", "rows", "chunks", "seconds", "rows_per_second"}
+        assert (summary["rows"], summary["chunks"]) == (ROWS, 7)
+        assert summary["path"] == f"file://{tmp_path}/out/scores.parquet"
+
+
+class TestConstruction:
+    @pytest.mark.parametrize(
+        ("arguments", "message"),
+        [
+            ({"argument_style": "kwargs"}, "argument_style must be one of"),
+            ({"batch_size": 0}, "batch_size must be"),
+        ],
+    )
+    def test_invalid_settings_fail_when_the_dag_is_parsed(
+        self, arguments: dict[str, Any], message: str
+    ) -> None:
+        with pytest.raises(ValueError, match=message):
+            ModelbitBatchInferenceOperator(
+                task_id="score",
+                deployment="d",
+                input_path="in.parquet",
+                output_path="out.parquet",
+                **arguments,
+            )
+
+    def test_asset_is_added_to_outlets(self) -> None:
+        operator = ModelbitBatchInferenceOperator(
+            task_id="score",
+            deployment="d",
+            input_path="in.parquet",
+            output_path="o.parquet",
+            asset="churn_scores",
+        )
+        assert [outlet.name for outlet in operator.outlets] == ["churn_scores"]
+
+    def test_templated_fields(self) -> None:
+        assert set(ModelbitBatchInferenceOperator.template_fields) == {
+            "deployment", "input_path", "output_path", "version",
+            "branch", "modelbit_conn_id", "columns", "id_column",
+        }  # fmt: skip
