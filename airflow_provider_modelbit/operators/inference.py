@@ -1,0 +1,516 @@
+"""
+Call a Modelbit deployment from a task: :class:`ModelbitInferenceOperator`.
+
+The operator sends one input, a few batch rows or a small DataFrame to a deployment and hands
+the result on — through XCom when it is small, or as a Parquet file at ``output_path``. Tables
+too large to pass through a DAG file or XCom belong to ``ModelbitBatchInferenceOperator``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from airflow.sdk import BaseOperator, conf
+
+from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_modelbit.hooks.batching import ChunkResult
+    from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+
+#: Rows per request; the hook splits further by bytes. Matches Modelbit's own client.
+ROWS_PER_REQUEST = 3000
+#: Requests in flight at once for a batch; Modelbit's own client uses 3.
+MAX_CONCURRENT_REQUESTS = 3
+LINKS = "links"
+
+
+class ModelbitInferenceOperator(BaseOperator):
+    """
+    Run a Modelbit deployment on one input, batch rows or a DataFrame, and return the result.
+
+    ``data`` takes three shapes, as Modelbit does:
+
+    * a single input — any JSON value: ``10``, ``{"age": 31}``, or ``[1, "two", 3.0]`` for
+      positional arguments. The task returns the deployment's return value;
+    * batch rows ``[[id, *args], ...]`` — the task returns ``[[id, result], ...]`` in input order
+      (results are matched to inputs by ID, never by position). IDs must be unique strings or
+      numbers;
+    * a pandas DataFrame — each row is sent as ``[index, {column: value}]``, as Modelbit's own
+      client does; the index values are the IDs. NaN becomes ``null`` and timestamps ISO strings.
+
+    To feed the output of an upstream task, pass its ``XComArg`` (``upstream.output`` or the
+    object a ``@task`` call returns): the value arrives with its type — list, dict or DataFrame.
+    A Jinja template such as ``"{{ ti.xcom_pull('upstream') }}"`` renders to *text* unless the DAG
+    sets ``render_template_as_native_obj=True``; text is sent as one string input (the task log
+    warns when such text looks like a list or dict).
+
+    Without ``output_path`` the result goes to XCom, and a result larger than ``max_xcom_bytes``
+    of JSON fails the task rather than bloating the metadata database. With ``output_path`` the
+    results are written as Parquet — one row per input, columns ``id`` and ``result`` with JSON
+    types kept as Arrow types (a single input gets id ``0``) — and the task returns
+    ``{"path": ..., "rows": ..., "bytes": ...}``. The file appears only when the task succeeds.
+
+    ``response_format="links"`` asks Modelbit to return the results as a download link (for
+    answers too large to send inline). On its way to ``output_path`` the linked document is
+    streamed into Parquet, never held whole in memory; its IDs are checked against the input and
+    a cut-short download or an expired link fails the task.
+
+    :param deployment: name of the Modelbit deployment. (templated)
+    :param data: the input: a single JSON value, batch rows ``[[id, *args], ...]``, or a pandas
+        DataFrame. (templated)
+    :param version: ``"latest"``, a version number, or an alias such as ``"official"``. (templated)
+    :param branch: git branch of the deployment; default: the connection's branch, else ``main``.
+        (templated)
+    :param modelbit_conn_id: the Airflow Connection of type ``modelbit``. (templated)
+    :param timeout_seconds: inference time limit sent to Modelbit (1-300); default: the
+        connection's, else Modelbit's (300).
+    :param response_format: ``None`` for inline results, or ``"links"`` for results returned
+        through a download link (for large answers).
+    :param output_path: where to write the results as Parquet: a local path or any
+        ``ObjectStoragePath`` URL (``s3://...``, ``file://...``). ``None`` returns them via XCom.
+        (templated)
+    :param output_conn_id: Airflow Connection used to reach ``output_path``, if it needs one.
+    :param idempotent: declare that scoring the same input twice is harmless, which lets requests
+        be re-sent after a read timeout or a dropped connection (rows may then run twice).
+    :param max_xcom_bytes: largest JSON result, in bytes, returned through XCom.
+    :param deferrable: wait for the result in the triggerer through a Modelbit webhook instead of
+        holding a worker slot; default ``[operators] default_deferrable``. The deferred path is
+        provided by the mixin in ``operators/deferrable.py``; this class runs synchronously.
+    """
+
+    template_fields: Sequence[str] = (
+        "deployment",
+        "data",
+        "version",
+        "branch",
+        "output_path",
+        "modelbit_conn_id",
+    )
+    # "py" rather than "json": data may be a DataFrame, whose repr is the readable rendering.
+    template_fields_renderers = {"data": "py"}
+    ui_color = "#e3f2fd"
+
+    def __init__(
+        self,
+        *,
+        deployment: str,
+        data: Any,
+        version: str | int = "latest",
+        branch: str | None = None,
+        modelbit_conn_id: str = "modelbit_default",
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        output_path: str | ObjectStoragePath | None = None,
+        output_conn_id: str | None = None,
+        idempotent: bool = False,
+        max_xcom_bytes: int = 1_000_000,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.deployment = deployment
+        self.data = data
+        self.version = version
+        self.branch = branch
+        self.modelbit_conn_id = modelbit_conn_id
+        self.timeout_seconds = timeout_seconds
+        self.response_format = response_format
+        self.output_path = output_path
+        self.output_conn_id = output_conn_id
+        self.idempotent = idempotent
+        self.max_xcom_bytes = max_xcom_bytes
+        self.deferrable = deferrable
+        # Remembered before rendering replaces it: a template can only produce text.
+        self._data_is_template = isinstance(data, str) and "{{" in data
+
+    @cached_property
+    def hook(self) -> ModelbitHook:
+        """Return the hook for ``modelbit_conn_id`` (the connection is read on first request)."""
+        from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+
+        return ModelbitHook(modelbit_conn_id=self.modelbit_conn_id)
+
+    def execute(self, context: Context) -> Any:
+        self._check_arguments()
+        if self.deferrable:
+            self.log.warning("Deferrable mode is not wired into this operator; running synchronously.")
+        started = time.monotonic()
+        if self.response_format == LINKS and self.output_path is not None:
+            # Streamed from the link to Parquet; results bound for XCom are small enough for the hook.
+            outcome = self._write_link_results(context, self._request_links())
+        else:
+            outcome = self._write_results(context, self._infer())
+        self.log.info(
+            "Scored %d input(s) on %s (version %s) in %.2f s",
+            self._input_count,
+            self.deployment,
+            self.version,
+            time.monotonic() - started,
+        )
+        return outcome
+
+    # ------------------------------------------------------------------ input side
+
+    @cached_property
+    def _batch_rows(self) -> list[list[Any]] | None:
+        """Return ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` for a single input."""
+        return batch_rows(self.data, deployment=self.deployment)
+
+    @property
+    def _is_single(self) -> bool:
+        return self._batch_rows is None
+
+    @property
+    def _input_count(self) -> int:
+        return 1 if self._batch_rows is None else len(self._batch_rows)
+
+    def _iter_chunks(self) -> Iterator[Any]:
+        """
+        Yield the ``data`` of each request, in input order.
+
+        A single input is one chunk; batch rows are cut into chunks of at most
+        :data:`ROWS_PER_REQUEST` rows. Shared by the synchronous and the deferred path.
+        """
+        if self._batch_rows is None:
+            yield self.data
+            return
+        for start in range(0, len(self._batch_rows), ROWS_PER_REQUEST):
+            yield self._batch_rows[start : start + ROWS_PER_REQUEST]
+
+    def _check_arguments(self) -> None:
+        if self.response_format not in (None, LINKS):
+            raise ModelbitInputError(
+                f"response_format must be None or {LINKS!r}, got {self.response_format!r}.",
+                deployment=self.deployment,
+            )
+        if isinstance(self.max_xcom_bytes, bool) or not isinstance(self.max_xcom_bytes, int):
+            raise ModelbitInputError(f"max_xcom_bytes must be an integer, got {self.max_xcom_bytes!r}.")
+        self._warn_if_data_rendered_to_text()
+
+    def _warn_if_data_rendered_to_text(self) -> None:
+        if self._data_is_template and isinstance(self.data, str) and self.data.lstrip()[:1] in ("[", "{"):
+            self.log.warning(
+                "data was rendered from a template into text that looks like a list or dict; it is "
+                "sent as one string. Pass the upstream task's XComArg (upstream.output) as data, or "
+                "set render_template_as_native_obj=True on the DAG, to send the value itself."
+            )
+
+    # ------------------------------------------------------------------ requests
+
+    def _request_options(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "branch": self.branch,
+            "timeout_seconds": self.timeout_seconds,
+            "idempotent": self.idempotent,
+        }
+
+    def _infer(self) -> Iterator[ChunkResult]:
+        """Send the input and yield the parsed results per chunk, in input order."""
+        if self._is_single:
+            yield self._infer_single()
+            return
+        yield from self.hook.infer_chunks(
+            self.deployment,
+            self._iter_chunks(),
+            response_format=self.response_format,
+            max_concurrency=MAX_CONCURRENT_REQUESTS,
+            **self._request_options(),
+        )
+
+    def _infer_single(self) -> ChunkResult:
+        from airflow_provider_modelbit.hooks.batching import ChunkResult
+
+        started = time.monotonic()
+        value = self.hook.get_inference(
+            self.deployment, self.data, response_format=self.response_format, **self._request_options()
+        )
+        return ChunkResult(
+            index=0,
+            rows=[[0, value]],
+            seconds=time.monotonic() - started,
+            response_bytes=len(_json_bytes(value)),
+        )
+
+    def _request_links(self) -> Iterator[str]:
+        """Send each chunk asking for a results link, and yield the link URLs in input order."""
+        for chunk in self._iter_chunks():
+            yield self.hook.request_link(self.deployment, chunk, **self._request_options())
+
+    # ------------------------------------------------------------------ output side
+
+    def _write_results(self, context: Context, chunk_results: Iterable[ChunkResult]) -> Any:
+        """
+        Turn per-chunk results into the task's return value.
+
+        Without ``output_path``: the value (single input) or ``[[id, result], ...]`` (batch),
+        refused when over ``max_xcom_bytes``. With it: a Parquet file, summarised as
+        ``{"path", "rows", "bytes"}``. Shared by the synchronous and the deferred path.
+        """
+        if self.output_path is not None:
+            return self._write_parquet(_result_tables(chunk_results))
+        rows = [row for chunk in chunk_results for row in chunk.rows]
+        value = rows[0][1] if self._is_single else rows
+        self._check_xcom_size(len(_json_bytes(value)))
+        return value
+
+    def _write_link_results(self, context: Context, link_urls: Iterable[str]) -> Any:
+        """
+        Download results links into the task's return value, streaming each document.
+
+        ``link_urls`` holds one link per chunk of :meth:`_iter_chunks`, in the same order. Without
+        ``output_path`` the downloads stop as soon as they pass ``max_xcom_bytes``. Used by the
+        synchronous path for Parquet output, and by the deferred path, whose webhook deliveries
+        carry links.
+        """
+        if self.output_path is None:
+            return self._read_links_for_xcom(link_urls)
+        if self._is_single:
+            return self._write_parquet([self._single_link_table(next(iter(link_urls)))])
+        with tempfile.TemporaryDirectory(prefix="modelbit-links-") as scratch:
+            return self._write_parquet(self._batch_link_tables(link_urls, Path(scratch)))
+
+    def _read_links_for_xcom(self, link_urls: Iterable[str]) -> Any:
+        from airflow_provider_modelbit.io.links import read_link_value
+
+        meter = _DownloadMeter(self.max_xcom_bytes, on_exceeded=self._check_xcom_size)
+        values = []
+        for url in link_urls:
+            with self.hook.open_link(url) as stream:
+                values.append(read_link_value(meter.count(stream)))
+        if self._is_single:
+            return values[0]
+        rows = [row for chunk_rows in values for row in chunk_rows]
+        return self._checked_batch_rows(rows, self._batch_rows or [])
+
+    def _single_link_table(self, url: str) -> pa.Table:
+        from airflow_provider_modelbit.io.arrow_results import results_table
+        from airflow_provider_modelbit.io.links import read_link_value
+
+        with self.hook.open_link(url) as stream:
+            return results_table([0], [read_link_value(stream)])
+
+    def _batch_link_tables(self, link_urls: Iterable[str], scratch: Path) -> Iterator[pa.Table]:
+        """Yield each link's rows as a table in input order; one chunk is in memory at a time."""
+        for index, (url, chunk) in enumerate(zip(link_urls, self._iter_chunks(), strict=True)):
+            yield self._download_link_part(url, chunk, scratch / f"part-{index:05d}.parquet")
+
+    def _download_link_part(self, url: str, chunk: list[list[Any]], part: Path) -> pa.Table:
+        """Stream one batch link to a local Parquet part, then check its IDs against the chunk."""
+        import pyarrow.parquet as pq
+
+        from airflow_provider_modelbit.io.links import link_rows_to_parquet
+
+        started = time.monotonic()
+        with self.hook.open_link(url) as stream, part.open("wb") as sink:
+            link_rows_to_parquet(stream, sink)
+        self.log.info(
+            "Downloaded results link of %d rows from %s (version %s): %d bytes in %.2f s",
+            len(chunk),
+            self.deployment,
+            self.version,
+            part.stat().st_size,
+            time.monotonic() - started,
+        )
+        return _in_input_order(pq.read_table(part), chunk, deployment=self.deployment)
+
+    def _write_parquet(self, tables: Iterable[pa.Table]) -> dict[str, Any]:
+        """
+        Write result tables, in order, as one Parquet file at ``output_path``.
+
+        Every table is spooled before the file is opened, so a failure on any chunk leaves
+        nothing at ``output_path``; types that differ between chunks are reconciled.
+        """
+        from airflow_provider_modelbit.io.arrow_results import results_table
+        from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
+        from airflow_provider_modelbit.io.result_writer import ResultWriter
+
+        assert self.output_path is not None
+        destination = resolve_output(self.output_path, self.output_conn_id)
+        with ResultWriter() as writer:
+            for table in tables:
+                writer.write(table)
+            with atomic_output(destination) as sink:
+                rows = writer.write_parquet(sink, empty_schema=results_table([], []).schema)
+        size = destination.stat().st_size
+        self.log.info("Wrote %d result rows (%d bytes) to %s", rows, size, destination)
+        return {"path": str(destination), "rows": rows, "bytes": size}
+
+    def _check_xcom_size(self, size: int) -> None:
+        if size > self.max_xcom_bytes:
+            raise ModelbitError(
+                f"The result of {self.deployment!r} (version {self.version}) is over "
+                f"{self.max_xcom_bytes} bytes of JSON, too large to return through XCom. Set "
+                "output_path to write it as Parquet (or raise max_xcom_bytes).",
+                deployment=self.deployment,
+                version=self.version,
+            )
+
+    def _checked_batch_rows(self, rows: list[list[Any]], inputs: list[list[Any]]) -> list[list[Any]]:
+        """Return ``rows`` matched to ``inputs`` by ID, in input order; refuse missing or extra IDs."""
+        by_id = {_id_key(row[0]): row for row in rows}
+        expected = [_id_key(row[0]) for row in inputs]
+        _check_ids(expected, list(by_id), len(rows), deployment=self.deployment)
+        return [by_id[key] for key in expected]
+
+
+# ---------------------------------------------------------------------- input normalisation
+
+
+def batch_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
+    """
+    Return ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` when it is a single input.
+
+    Follows Modelbit's rule: a batch is a list whose first element is a list (``[]`` is an empty
+    batch); a DataFrame is sent row by row as ``[index, {column: value}]``.
+
+    :raises ModelbitInputError: a row is not a non-empty list, or an ID is missing, not a string
+        or number, or repeated.
+    """
+    if _is_dataframe(data):
+        rows = _dataframe_rows(data)
+    elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], (list, tuple))):
+        rows = [_batch_row(row, position, deployment) for position, row in enumerate(data)]
+    else:
+        return None
+    _check_unique_ids(rows, deployment)
+    return rows
+
+
+def _is_dataframe(value: Any) -> bool:
+    # A DataFrame can only exist once pandas is imported; looking it up in sys.modules keeps
+    # pandas out of DAG parsing for the DAGs that never use it.
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
+
+
+def _dataframe_rows(frame: Any) -> list[list[Any]]:
+    records = frame.rename(columns=str).to_dict(orient="records")
+    return [[index, record] for index, record in zip(frame.index.tolist(), records, strict=True)]
+
+
+def _batch_row(row: Any, position: int, deployment: str) -> list[Any]:
+    if not isinstance(row, (list, tuple)) or not row:
+        raise ModelbitInputError(
+            f"Batch row {position} for {deployment!r} is {row!r}; every row must be a list "
+            "[id, *args]. To send one input that is itself a list, wrap it as [[0, value]].",
+            deployment=deployment,
+        )
+    return list(row)
+
+
+def _check_unique_ids(rows: list[list[Any]], deployment: str) -> None:
+    seen: set[Any] = set()
+    for position, row in enumerate(rows):
+        key = _valid_id(row[0], position, deployment)
+        if key in seen:
+            raise ModelbitInputError(
+                f"Row {position} for {deployment!r} repeats ID {row[0]!r}; IDs match results to "
+                "inputs, so each must be unique (for a DataFrame: its index).",
+                deployment=deployment,
+            )
+        seen.add(key)
+
+
+def _valid_id(row_id: Any, position: int, deployment: str) -> Any:
+    is_number = isinstance(row_id, numbers.Real) and not isinstance(row_id, bool)
+    if isinstance(row_id, str) or (is_number and math.isfinite(row_id)):
+        return _id_key(row_id)
+    raise ModelbitInputError(
+        f"Row {position} for {deployment!r} has ID {row_id!r} ({type(row_id).__name__}); an ID "
+        "must be a string or a finite number (for a DataFrame: reset or set its index).",
+        deployment=deployment,
+    )
+
+
+def _id_key(row_id: Any) -> tuple[str, Any]:
+    # JSON makes 1 and 1.0 the same number but "1" a different ID; keep strings apart.
+    return ("s", row_id) if isinstance(row_id, str) else ("n", row_id)
+
+
+def _check_ids(expected: list[Any], returned: list[Any], returned_rows: int, *, deployment: str) -> None:
+    missing = set(expected) - set(returned)
+    unexpected = set(returned) - set(expected)
+    if missing or unexpected or returned_rows != len(expected):
+        raise ModelbitIncompleteBatch(
+            f"The results of {deployment!r} do not match the input: {len(expected)} rows sent, "
+            f"{returned_rows} returned; missing IDs {_sample(missing)}, unexpected IDs "
+            f"{_sample(unexpected)}. Re-run the task; if it persists, check the deployment.",
+            deployment=deployment,
+        )
+
+
+def _sample(keys: set[tuple[str, Any]]) -> str:
+    return str(sorted(str(key[1]) for key in keys)[:5])
+
+
+# ---------------------------------------------------------------------- results
+
+
+def _json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _in_input_order(table: pa.Table, chunk: list[list[Any]], *, deployment: str) -> pa.Table:
+    """Return ``table`` (columns id, result) reordered to ``chunk``'s input order, IDs checked."""
+    returned = [_id_key(row_id) for row_id in _id_values(table)]
+    expected = [_id_key(row[0]) for row in chunk]
+    _check_ids(expected, returned, table.num_rows, deployment=deployment)
+    position = {key: index for index, key in enumerate(returned)}
+    return table.take([position[key] for key in expected])
+
+
+def _id_values(table: pa.Table) -> list[Any]:
+    from airflow_provider_modelbit.io.arrow_results import is_json_text
+
+    ids = table.column("id").to_pylist()
+    # IDs of mixed types (numbers and strings) are stored as JSON text to keep them apart.
+    if is_json_text(table.schema.field("id")):
+        return [orjson.loads(row_id) for row_id in ids]
+    return ids
+
+
+def _result_tables(chunk_results: Iterable[ChunkResult]) -> Iterator[pa.Table]:
+    """Yield each chunk's results as a table with columns ``id`` and ``result``."""
+    from airflow_provider_modelbit.io.arrow_results import results_table
+
+    for chunk in chunk_results:
+        yield results_table([row[0] for row in chunk.rows], [row[1] for row in chunk.rows])
+
+
+class _DownloadMeter:
+    """
+    Count the bytes of one or more downloads, calling ``on_exceeded(total)`` once past ``limit``.
+
+    :param limit: bytes allowed in total before ``on_exceeded`` is called.
+    :param on_exceeded: called with the running total; raises to stop the download.
+    """
+
+    def __init__(self, limit: int, *, on_exceeded: Callable[[int], None]) -> None:
+        self._limit = limit
+        self._on_exceeded = on_exceeded
+        self.total = 0
+
+    def count(self, stream: Iterable[bytes]) -> Iterator[bytes]:
+        """Yield ``stream``'s pieces, adding their size to the total."""
+        for piece in stream:
+            self.total += len(piece)
+            if self.total > self._limit:
+                self._on_exceeded(self.total)
+            yield piece
+
+
+__all__ = ["ROWS_PER_REQUEST", "ModelbitInferenceOperator", "batch_rows"]
