@@ -1,0 +1,200 @@
+"""Where webhook deliveries wait between the receiver, the triggerer and the workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import IO, Any, Literal
+
+from fsspec import AbstractFileSystem, filesystem
+
+from airflow_provider_modelbit.callbacks.signing import validate_chunk, validate_job_id
+
+DeliveryKind = Literal["data", "link", "error"]
+DELIVERY_KINDS: frozenset[str] = frozenset({"data", "link", "error"})
+
+_META_NAME = re.compile(r"chunk-(\d+)\.meta\.json$")
+_MANIFEST = "manifest.json"
+
+
+def default_store_location() -> str:
+    """Return ``[modelbit] callback_store``, or ``$AIRFLOW_HOME/modelbit/callbacks`` when it is empty."""
+    from airflow.sdk import conf
+
+    configured = conf.get("modelbit", "callback_store", fallback="") or ""
+    if configured.strip():
+        return configured.strip()
+    airflow_home = conf.get("core", "airflow_home", fallback="") or os.environ.get("AIRFLOW_HOME", "")
+    home = airflow_home or os.path.expanduser("~/airflow")
+    return os.path.join(home, "modelbit", "callbacks")
+
+
+def _resolve_filesystem(location: str) -> tuple[AbstractFileSystem, str]:
+    """Return the filesystem and root path for ``location``, through Airflow's ObjectStoragePath."""
+    from airflow.sdk import ObjectStoragePath
+
+    path = ObjectStoragePath(location)
+    try:
+        return path.fs, path.path.rstrip("/") or "/"
+    except ValueError:
+        # Schemes Airflow has no store for (memory://, ...) still work through fsspec's own registry.
+        return filesystem(path.protocol), path.path.rstrip("/") or "/"
+
+
+class CallbackStore:
+    """
+    Webhook deliveries, kept per job and chunk on an ObjectStoragePath location.
+
+    The receiver writes deliveries, the trigger watches for them and the worker reads them, so
+    all three must see the same location. The default is a local folder
+    (``$AIRFLOW_HOME/modelbit/callbacks``, or the ``[modelbit] callback_store`` option), which
+    suits a single machine. In multi-machine deployments point ``callback_store`` at shared
+    object storage: any ObjectStoragePath URL such as ``s3://aws_default@bucket/modelbit-callbacks``
+    or ``gs://...``, or any other fsspec URL.
+
+    Layout::
+
+        <location>/<job_id>/chunk-<n>.json        the delivered body, byte for byte
+        <location>/<job_id>/chunk-<n>.meta.json   {"batch_id", "received_at", "size", "kind"}
+        <location>/<job_id>/manifest.json         what the operator submitted
+
+    A delivery counts only once its meta file exists; both files are written to a temporary
+    name and moved into place, so readers never see half a delivery.
+
+    :param location: folder or object-storage URL; ``None`` uses :func:`default_store_location`.
+    """
+
+    def __init__(self, location: str | None = None) -> None:
+        self.location = str(location) if location is not None else default_store_location()
+        self._fs, self._root = _resolve_filesystem(self.location)
+        self._write_lock = threading.Lock()
+        self._in_progress: set[tuple[str, int]] = set()
+
+    def __repr__(self) -> str:
+        return f"CallbackStore({self.location!r})"
+
+    def put_delivery(
+        self,
+        job_id: str,
+        chunk: int,
+        batch_id: str,
+        body_chunks: Iterable[bytes],
+        kind: DeliveryKind = "data",
+    ) -> bool:
+        """
+        Store one delivery; return ``False`` when this chunk is already stored (a redelivery).
+
+        :param body_chunks: the request body, streamed piece by piece.
+        :param kind: ``data`` (inline results), ``link`` (a results URL) or ``error``.
+        """
+        if kind not in DELIVERY_KINDS:
+            raise ValueError(f"Unknown delivery kind {kind!r}; expected one of {sorted(DELIVERY_KINDS)}.")
+        key = (validate_job_id(job_id), validate_chunk(chunk))
+        if not self._claim(key):
+            return False
+        try:
+            if self._fs.exists(self._meta_path(job_id, chunk)):
+                return False
+            size = self._write_atomic(self._body_path(job_id, chunk), body_chunks)
+            meta = {"batch_id": batch_id, "received_at": time.time(), "size": size, "kind": kind}
+            self._write_atomic(self._meta_path(job_id, chunk), [json.dumps(meta).encode()])
+            return True
+        finally:
+            with self._write_lock:
+                self._in_progress.discard(key)
+
+    def _claim(self, key: tuple[str, int]) -> bool:
+        """Reserve a chunk for this process's writer; concurrent redeliveries see it taken."""
+        with self._write_lock:
+            if key in self._in_progress:
+                return False
+            self._in_progress.add(key)
+            return True
+
+    def delivered_chunks(self, job_id: str) -> set[int]:
+        """Return the chunk numbers of ``job_id`` whose delivery is complete."""
+        job_dir = self._job_dir(job_id)
+        self._fs.invalidate_cache(job_dir)
+        try:
+            names = self._fs.ls(job_dir, detail=False)
+        except FileNotFoundError:
+            return set()
+        return {int(match.group(1)) for name in names if (match := _META_NAME.search(str(name)))}
+
+    def delivery_meta(self, job_id: str, chunk: int) -> dict[str, Any]:
+        """Return the meta record of a stored delivery (batch id, received time, size, kind)."""
+        with self._fs.open(self._meta_path(job_id, chunk), "rb") as meta_file:
+            return json.loads(meta_file.read())
+
+    def delivery_kind(self, job_id: str, chunk: int) -> DeliveryKind:
+        """Return whether a stored delivery holds ``data``, a ``link`` or an ``error``."""
+        return self.delivery_meta(job_id, chunk)["kind"]
+
+    def open_delivery(self, job_id: str, chunk: int) -> IO[bytes]:
+        """Open a stored delivery body for reading, as a binary file."""
+        return self._fs.open(self._body_path(job_id, chunk), "rb")
+
+    def remove_chunk(self, job_id: str, chunk: int) -> None:
+        """Forget one delivery (e.g. an error before its chunk is resubmitted); missing is fine."""
+        for path in (self._meta_path(job_id, chunk), self._body_path(job_id, chunk)):
+            self._remove_quietly(path)
+
+    def remove_job(self, job_id: str) -> None:
+        """Delete everything stored for ``job_id``; missing is fine."""
+        job_dir = self._job_dir(job_id)
+        if self._fs.exists(job_dir):
+            self._fs.rm(job_dir, recursive=True)
+
+    def write_manifest(self, job_id: str, manifest: dict[str, Any]) -> None:
+        """Atomically replace the job's manifest (a JSON object)."""
+        self._write_atomic(self._manifest_path(job_id), [json.dumps(manifest, sort_keys=True).encode()])
+
+    def has_manifest(self, job_id: str) -> bool:
+        """Return whether a task is (or was) waiting for ``job_id``: its manifest exists."""
+        return bool(self._fs.exists(self._manifest_path(job_id)))
+
+    def read_manifest(self, job_id: str) -> dict[str, Any] | None:
+        """Return the job's manifest, or ``None`` when none was written."""
+        try:
+            with self._fs.open(self._manifest_path(job_id), "rb") as manifest_file:
+                return json.loads(manifest_file.read())
+        except FileNotFoundError:
+            return None
+
+    def _write_atomic(self, target: str, pieces: Iterable[bytes]) -> int:
+        """Write ``pieces`` to a temporary sibling of ``target`` and move it into place; return the size."""
+        self._fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        temporary = f"{target}.{uuid.uuid4().hex}.tmp"
+        size = 0
+        try:
+            with self._fs.open(temporary, "wb") as out:
+                for piece in pieces:
+                    out.write(piece)
+                    size += len(piece)
+            self._fs.mv(temporary, target)
+        except BaseException:
+            self._remove_quietly(temporary)
+            raise
+        return size
+
+    def _remove_quietly(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(path)
+
+    def _job_dir(self, job_id: str) -> str:
+        return f"{self._root}/{validate_job_id(job_id)}"
+
+    def _body_path(self, job_id: str, chunk: int) -> str:
+        return f"{self._job_dir(job_id)}/chunk-{validate_chunk(chunk)}.json"
+
+    def _meta_path(self, job_id: str, chunk: int) -> str:
+        return f"{self._job_dir(job_id)}/chunk-{validate_chunk(chunk)}.meta.json"
+
+    def _manifest_path(self, job_id: str) -> str:
+        return f"{self._job_dir(job_id)}/{_MANIFEST}"

@@ -1,0 +1,254 @@
+"""``ModelbitCallbackTrigger``: wait in the triggerer until a job's webhook deliveries are in the store.
+
+A triggerer may hold thousands of these at once, so they do not poll on their own: every trigger
+in an event loop registers with one :class:`DeliveryWatcher`, which lists each watched job folder
+once per poll interval in a worker thread (file-system and object-storage calls block) and
+resolves the triggers whose deliveries are complete or whose deadline has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_modelbit.callbacks.signing import validate_chunk, validate_job_id
+from airflow_provider_modelbit.callbacks.store import CallbackStore
+
+log = logging.getLogger(__name__)
+
+TRIGGER_EVENT_STATUSES: frozenset[str] = frozenset({"success", "error", "timeout"})
+DEFAULT_POLL_INTERVAL = 2.0
+
+
+@dataclass(eq=False)
+class _Watch:
+    """One trigger's wait: which chunks of which job, until when, and the future that ends it."""
+
+    store_location: str
+    job_id: str
+    expected: frozenset[int]
+    deadline: float
+    poll_interval: float
+    outcome: asyncio.Future[dict[str, Any]]
+    next_scan: float = 0.0
+    delivered: set[int] = field(default_factory=set)
+
+
+class DeliveryWatcher:
+    """
+    Scan the callback store for every trigger waiting in one event loop.
+
+    Obtain it with :meth:`for_running_loop`; it runs a single background task while at least
+    one trigger waits and stops when none does.
+    """
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeliveryWatcher] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self._watches: set[_Watch] = set()
+        self._stores: dict[str, CallbackStore] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_running_loop(cls) -> DeliveryWatcher:
+        """Return the watcher of the running event loop, creating it on first use."""
+        loop = asyncio.get_running_loop()
+        watcher = cls._by_loop.get(loop)
+        if watcher is None:
+            watcher = cls._by_loop[loop] = cls()
+        return watcher
+
+    def watch(
+        self, store_location: str, job_id: str, chunks: Iterable[int], deadline: float, poll_interval: float
+    ) -> _Watch:
+        """Register a wait; its ``outcome`` future resolves to the trigger event payload."""
+        outcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        watch = _Watch(store_location, job_id, frozenset(chunks), deadline, poll_interval, outcome)
+        self._watches.add(watch)
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="modelbit-callback-watcher")
+        return watch
+
+    def unwatch(self, watch: _Watch) -> None:
+        """Forget a wait (its trigger finished or was cancelled)."""
+        self._watches.discard(watch)
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while self._watches:
+            now = time.time()
+            due = [watch for watch in self._watches if watch.next_scan <= now and not watch.outcome.done()]
+            if due:
+                outcomes = await asyncio.to_thread(self._scan, due, now)
+                for watch, outcome in outcomes:
+                    if outcome is not None and not watch.outcome.done():
+                        watch.outcome.set_result(outcome)
+            await self._sleep_until_next_scan()
+
+    async def _sleep_until_next_scan(self) -> None:
+        pending = [watch.next_scan for watch in self._watches if not watch.outcome.done()]
+        self._wakeup.clear()
+        # With nothing pending, wait for the next watch() or unwatch() rather than spin.
+        delay = max(0.0, min(pending) - time.time()) if pending else None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+
+    def _scan(self, due: list[_Watch], now: float) -> list[tuple[_Watch, dict[str, Any] | None]]:
+        """List each due job folder once (in a worker thread) and return the waits that are over."""
+        outcomes = []
+        for watch in due:
+            watch.next_scan = min(now + watch.poll_interval, watch.deadline)
+            outcomes.append((watch, self._check(watch, now)))
+        return outcomes
+
+    def _check(self, watch: _Watch, now: float) -> dict[str, Any] | None:
+        store = self._store(watch.store_location)
+        try:
+            watch.delivered = store.delivered_chunks(watch.job_id) & watch.expected
+            if watch.delivered == watch.expected:
+                errors = sorted(c for c in watch.expected if store.delivery_kind(watch.job_id, c) == "error")
+                return completion_event(watch.job_id, watch.store_location, watch.expected, errors)
+        except Exception as error:
+            # A storage hiccup is not a verdict on the job: keep waiting until the deadline.
+            log.warning(
+                "Could not read callback store %s for job %s: %s", store.location, watch.job_id, error
+            )
+        if now >= watch.deadline:
+            return timeout_event(watch.job_id, watch.store_location, watch.expected, watch.delivered)
+        return None
+
+    def _store(self, location: str) -> CallbackStore:
+        store = self._stores.get(location)
+        if store is None:
+            store = self._stores[location] = CallbackStore(location)
+        return store
+
+
+def completion_event(
+    job_id: str, store_location: str, chunks: Iterable[int], errors: list[int]
+) -> dict[str, Any]:
+    """Return the event payload once every expected chunk has a delivery."""
+    expected = sorted(chunks)
+    if errors:
+        message = (
+            f"Job {job_id}: {len(errors)} of {len(expected)} chunk(s) were delivered as errors: {errors}."
+        )
+    else:
+        message = f"Job {job_id}: all {len(expected)} deliveries arrived."
+    status = "error" if errors else "success"
+    return _event(status, job_id, store_location, expected, errors, message)
+
+
+def timeout_event(
+    job_id: str, store_location: str, chunks: Iterable[int], delivered: set[int]
+) -> dict[str, Any]:
+    """Return the event payload when the deadline passes with deliveries missing."""
+    expected = sorted(chunks)
+    missing = [chunk for chunk in expected if chunk not in delivered]
+    message = (
+        f"Job {job_id}: {len(delivered)} of {len(expected)} deliveries arrived before the deadline; "
+        f"missing chunk(s) {missing}."
+    )
+    return _event("timeout", job_id, store_location, expected, [], message)
+
+
+def _event(
+    status: str, job_id: str, store_location: str, chunks: list[int], errors: list[int], message: str
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "job_id": job_id,
+        "store_location": store_location,
+        "chunks": chunks,
+        "errors": errors,
+        "message": message,
+    }
+
+
+class ModelbitCallbackTrigger(BaseTrigger):
+    """
+    Wait until every expected webhook delivery of a job is in the callback store, then emit one event.
+
+    The event is ``{"status": "success" | "error" | "timeout", "job_id", "store_location",
+    "chunks", "errors", "message"}``: ``errors`` lists chunks delivered as errors (the operator
+    decides whether to resubmit them). It carries locations, never result data. The kwargs hold
+    only identifiers, so the trigger is restart-safe: run from scratch, it finds deliveries that
+    arrived meanwhile.
+
+    :param job_id: the callback job, as in the webhook URLs and the store folder.
+    :param chunks: chunk numbers whose deliveries are awaited.
+    :param store_location: the callback store (ObjectStoragePath URL or folder).
+    :param deadline: absolute unix time after which a ``timeout`` event is emitted. A wall-clock
+        deadline, unlike a monotonic duration, survives the trigger moving to another triggerer.
+    :param poll_interval: seconds between looks at the store.
+    :param conn_id: the Modelbit connection the job was submitted with (for the reader's context only).
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        chunks: Iterable[int],
+        store_location: str,
+        deadline: float,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        conn_id: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.job_id = validate_job_id(job_id)
+        self.chunks = sorted({validate_chunk(int(chunk)) for chunk in chunks})
+        if not self.chunks:
+            raise ValueError(
+                f"ModelbitCallbackTrigger for job {job_id!r} needs at least one chunk to wait for."
+            )
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}.")
+        self.store_location = str(store_location)
+        self.deadline = float(deadline)
+        self.poll_interval = float(poll_interval)
+        self.conn_id = conn_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the classpath and the identifier-only kwargs the triggerer rebuilds the trigger from."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job_id": self.job_id,
+                "chunks": list(self.chunks),
+                "store_location": self.store_location,
+                "deadline": self.deadline,
+                "poll_interval": self.poll_interval,
+                "conn_id": self.conn_id,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait through the loop's shared watcher and yield exactly one event."""
+        deadline_text = datetime.fromtimestamp(self.deadline, tz=timezone.utc).isoformat()
+        self.log.info(
+            "Waiting for %d Modelbit deliveries of job %s in %s until %s",
+            len(self.chunks), self.job_id, self.store_location, deadline_text,
+        )  # fmt: skip
+        watcher = DeliveryWatcher.for_running_loop()
+        watch = watcher.watch(
+            self.store_location, self.job_id, self.chunks, self.deadline, self.poll_interval
+        )
+        try:
+            outcome = await watch.outcome
+        finally:
+            watcher.unwatch(watch)
+        self.log.info("%s", outcome["message"])
+        yield TriggerEvent(outcome)

@@ -1,0 +1,132 @@
+"""The callback store: atomic, idempotent deliveries on local folders and fsspec URLs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_modelbit.callbacks.store import CallbackStore, default_store_location
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CallbackStore]:
+    """A store on a local folder and one on an fsspec ``memory://`` URL."""
+    if request.param == "local":
+        yield CallbackStore(str(tmp_path / "callbacks"))
+    else:
+        location = f"memory://modelbit-tests/{uuid.uuid4().hex}"
+        yield CallbackStore(location)
+
+
+class TestPutDelivery:
+    def test_stores_body_and_meta_once(self, store: CallbackStore) -> None:
+        assert store.put_delivery("job-1", 0, "batch-a", [b'{"data": ', b"[[1, 2]]}"]) is True
+        with store.open_delivery("job-1", 0) as body:
+            assert json.loads(body.read()) == {"data": [[1, 2]]}
+        meta = store.delivery_meta("job-1", 0)
+        assert (meta["batch_id"], meta["size"], meta["kind"]) == ("batch-a", 18, "data")
+
+    def test_redelivery_of_a_stored_chunk_is_not_stored_again(self, store: CallbackStore) -> None:
+        store.put_delivery("job-1", 0, "batch-a", [b'{"data": 1}'])
+        assert store.put_delivery("job-1", 0, "batch-a", [b'{"data": 2}']) is False
+        with store.open_delivery("job-1", 0) as body:
+            assert body.read() == b'{"data": 1}'
+
+    @pytest.mark.parametrize("kind", ["data", "link", "error"])
+    def test_kind_is_recorded(self, store: CallbackStore, kind: str) -> None:
+        store.put_delivery("job-1", 2, "b", [b"{}"], kind)  # type: ignore[arg-type]
+        assert store.delivery_kind("job-1", 2) == kind
+
+    def test_failed_write_leaves_no_delivery_and_no_temporary_file(self, store: CallbackStore) -> None:
+        """A body stream that breaks midway stores nothing, so the chunk can be delivered again."""
+
+        def broken_body() -> Iterator[bytes]:
+            yield b'{"data": '
+            raise ConnectionResetError("client went away")
+
+        with pytest.raises(ConnectionResetError):
+            store.put_delivery("job-1", 0, "b", broken_body())
+        assert store.delivered_chunks("job-1") == set()
+        assert [p for p in store._fs.ls(store._job_dir("job-1"), detail=False) if "tmp" in p] == []
+        assert store.put_delivery("job-1", 0, "b", [b'{"data": 1}']) is True
+
+    def test_concurrent_redeliveries_store_exactly_once(self, store: CallbackStore) -> None:
+        results: list[bool] = []
+        barrier = threading.Barrier(8)
+
+        def deliver() -> None:
+            barrier.wait()
+            results.append(store.put_delivery("job-1", 5, "b", [b'{"data": 1}']))
+
+        threads = [threading.Thread(target=deliver) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert sorted(results) == [False] * 7 + [True]
+
+    def test_invalid_kind_is_refused(self, store: CallbackStore) -> None:
+        with pytest.raises(ValueError, match="Unknown delivery kind"):
+            store.put_delivery("job-1", 0, "b", [b"{}"], "other")  # type: ignore[arg-type]
+
+
+class TestListingAndRemoval:
+    def test_delivered_chunks_of_unknown_job_is_empty(self, store: CallbackStore) -> None:
+        assert store.delivered_chunks("never-seen") == set()
+
+    def test_delivered_chunks_lists_complete_deliveries_of_that_job_only(self, store: CallbackStore) -> None:
+        for chunk in (0, 3, 11):
+            store.put_delivery("job-1", chunk, "b", [b"{}"])
+        store.put_delivery("job-2", 1, "b", [b"{}"])
+        store.write_manifest("job-1", {"chunks": 12})
+        assert store.delivered_chunks("job-1") == {0, 3, 11}
+
+    def test_remove_chunk_forgets_one_delivery(self, store: CallbackStore) -> None:
+        store.put_delivery("job-1", 0, "b", [b"{}"])
+        store.put_delivery("job-1", 1, "b", [b"{}"])
+        store.remove_chunk("job-1", 0)
+        store.remove_chunk("job-1", 9)  # missing is fine
+        assert store.delivered_chunks("job-1") == {1}
+        assert store.put_delivery("job-1", 0, "b2", [b"{}"]) is True
+
+    def test_remove_job_deletes_everything(self, store: CallbackStore) -> None:
+        store.put_delivery("job-1", 0, "b", [b"{}"])
+        store.write_manifest("job-1", {"chunks": 1})
+        store.remove_job("job-1")
+        store.remove_job("job-1")  # missing is fine
+        assert store.delivered_chunks("job-1") == set()
+        assert store.read_manifest("job-1") is None
+
+
+class TestManifest:
+    def test_manifest_round_trip_and_replacement(self, store: CallbackStore) -> None:
+        assert store.read_manifest("job-1") is None
+        store.write_manifest("job-1", {"batch_ids": {"0": "a"}})
+        store.write_manifest("job-1", {"batch_ids": {"0": "b"}})
+        assert store.read_manifest("job-1") == {"batch_ids": {"0": "b"}}
+
+
+class TestLocation:
+    @pytest.mark.parametrize("job_id", ["../escape", "a/b"])
+    def test_job_ids_cannot_escape_the_store(self, store: CallbackStore, job_id: str) -> None:
+        with pytest.raises(ValueError, match="Invalid callback job id"):
+            store.put_delivery(job_id, 0, "b", [b"{}"])
+
+    def test_default_location_follows_config(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", str(tmp_path / "elsewhere"))
+        assert default_store_location() == str(tmp_path / "elsewhere")
+        assert CallbackStore().location == str(tmp_path / "elsewhere")
+
+    def test_empty_config_means_airflow_home(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", "")
+        assert default_store_location().endswith("/modelbit/callbacks")
+
+    def test_object_storage_path_with_registered_scheme(self, tmp_path: Path) -> None:
+        store = CallbackStore(f"file://{tmp_path}/cb")
+        store.put_delivery("job-1", 0, "b", [b"{}"])
+        assert (tmp_path / "cb" / "job-1" / "chunk-0.meta.json").exists()

@@ -1,0 +1,226 @@
+"""The async-callback path: submit with signed webhooks, wait in the trigger, assemble like the sync path.
+
+Runs real Airflow (``dag.test()``, which runs triggers inline) against the local Modelbit server,
+with the callback receiver app listening on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pendulum
+import pytest
+import uvicorn
+from airflow.sdk import DAG, task
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
+from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.emulator import RunningEmulator
+from airflow_provider_modelbit.exceptions import ModelbitCallbackError, ModelbitDeploymentError
+from airflow_provider_modelbit.operators.deferrable import (
+    XCOM_BATCH_IDS_KEY,
+    ModelbitDeferrableMixin,
+    callback_job_id,
+    validate_callback_event,
+)
+from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
+from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
+
+SECRET = "deferrable-test-secret-0123"
+NOT_RECEIVED = object()
+
+
+class DeferredInference(ModelbitDeferrableMixin, ModelbitInferenceOperator):
+    """The inference operator on the deferred path, polling fast for tests."""
+
+    callback_poll_interval = 0.2
+    callback_delivery_margin = 30
+
+    def execute(self, context: Any) -> Any:
+        return self.execute_deferrable(context)
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated metadata database in the session's temporary AIRFLOW_HOME (dag.test() needs one)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CallbackStore:
+    """The configured callback store, shared by receiver, trigger and operator as in a deployment."""
+    monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", str(tmp_path / "callbacks"))
+    return CallbackStore()
+
+
+@pytest.fixture
+def receiver_url(store: CallbackStore) -> Iterator[str]:
+    """The stand-alone receiver app on 127.0.0.1, reading secrets from Airflow connections."""
+    app = create_callback_app(store=store, secrets=ConnectionSecretSource())
+    server = _ThreadedServer(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "receiver did not start within 10 s"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(
+    airflow_db: None,
+    modelbit_emulator_session: RunningEmulator,
+    modelbit_connection: Callable[..., str],
+    receiver_url: str,
+) -> Iterator[RunningEmulator]:
+    """The local Modelbit server, with ``modelbit_default`` carrying the callback settings."""
+    modelbit_emulator_session.client.reset()
+    modelbit_emulator_session.client.configure(allow_http_webhooks=True, webhook_time_scale=0.01)
+    extra = {"callback_base_url": receiver_url, "callback_secret": SECRET}
+    modelbit_connection(host=modelbit_emulator_session.url, extra=extra)
+    yield modelbit_emulator_session
+    modelbit_emulator_session.client.reset()
+
+
+@dataclass
+class TaskOutcome:
+    state: str
+    value: Any
+    error: BaseException | None
+
+
+def run_deferred(**operator_kwargs: Any) -> TaskOutcome:
+    """Run one DeferredInference task with ``dag.test()`` and record its XCom value or exception."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    seen: dict[str, Any] = {}
+    with DAG(
+        f"test_deferrable_{uuid.uuid4().hex[:10]}", schedule=None, start_date=pendulum.datetime(2026, 1, 1)
+    ) as dag:
+        operator = DeferredInference(task_id="score", **operator_kwargs)
+        operator.on_failure_callback = [lambda context: seen.setdefault("error", context["exception"])]
+
+        @task
+        def receive(value: Any) -> None:
+            seen["value"] = value
+
+        receive(operator.output)
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    run = dag.test()
+    state = run.get_task_instance(operator.task_id).state
+    return TaskOutcome(str(state), seen.get("value", NOT_RECEIVED), seen.get("error"))
+
+
+class TestDeferredInference:
+    def test_single_input_result_equals_the_synchronous_path(self, server: RunningEmulator, store) -> None:
+        outcome = run_deferred(deployment="doubler", data=21)
+        assert (outcome.state, outcome.value) == ("success", 42), outcome.error
+        assert len(server.client.batches()) == 1, "one async submission, no synchronous call"
+        assert list(Path(store.location).iterdir()) == [], "the store is cleaned after success"
+
+    def test_batch_rows_are_matched_by_id(self, server: RunningEmulator) -> None:
+        server.client.configure(sort_results_by_id=True)
+        outcome = run_deferred(deployment="doubler", data=[[3, 1], [1, 2], [2, 3]])
+        assert outcome.value == [[3, 2], [1, 4], [2, 6]], outcome.error
+
+    def test_links_delivery_is_downloaded(self, server: RunningEmulator) -> None:
+        outcome = run_deferred(deployment="doubler", data=[[1, 5], [2, 6]], response_format="links")
+        assert outcome.value == [[1, 10], [2, 12]], outcome.error
+
+    def test_error_delivery_is_resubmitted_then_fails_with_the_deployment_message(self, server) -> None:
+        """A chunk delivered as an error is tried max_chunk_attempts (3) times in all."""
+        outcome = run_deferred(deployment="raiser", data=7)
+        assert outcome.state == "failed"
+        assert isinstance(outcome.error, ModelbitDeploymentError), repr(outcome.error)
+        assert "ValueError: boom: 7" in str(outcome.error)
+        assert "after 3 attempt(s)" in str(outcome.error)
+        assert len(server.client.batches()) == 3
+        assert SECRET not in str(outcome.error)
+
+    def test_deliveries_that_never_arrive_fail_with_a_callback_error(
+        self, server: RunningEmulator, modelbit_connection
+    ) -> None:
+        unreachable = {"callback_base_url": "http://127.0.0.1:9", "callback_secret": SECRET}
+        modelbit_connection(host=server.url, extra=unreachable)
+        DeferredInference.callback_delivery_margin = 1
+        try:
+            outcome = run_deferred(deployment="doubler", data=1, timeout_seconds=1)
+        finally:
+            DeferredInference.callback_delivery_margin = 30
+        assert outcome.state == "failed"
+        assert isinstance(outcome.error, ModelbitCallbackError), repr(outcome.error)
+        assert "missing chunk(s) [0]" in str(outcome.error)
+
+
+class _TaskInstance:
+    """The task-instance fields the mixin reads, for driving execute/execute_complete directly."""
+
+    def __init__(self, run_id: str) -> None:
+        self.dag_id, self.task_id, self.run_id, self.map_index = "dag", "score", run_id, -1
+        self.try_number, self.max_tries = 1, 1
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+
+async def _trigger_event(trigger: ModelbitCallbackTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("trigger ended without an event")
+
+
+class TestRetryReuse:
+    def test_a_retry_reuses_arrived_deliveries_and_submits_nothing_again(self, server, store) -> None:
+        ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
+        context: Any = {"ti": ti}
+        first = DeferredInference(task_id="score", deployment="doubler", data=[[1, 1], [2, 2]])
+        with pytest.raises(TaskDeferred) as deferred:
+            first.execute(context)
+        assert ti.xcom[XCOM_BATCH_IDS_KEY] and len(server.client.batches()) == 1
+        event = asyncio.run(_trigger_event(deferred.value.trigger))
+        assert event["status"] == "success"
+
+        ti.try_number = 2  # the task failed after the delivery arrived and is retried
+        retry = DeferredInference(task_id="score", deployment="doubler", data=[[1, 1], [2, 2]])
+        with pytest.raises(TaskDeferred) as deferred_again:
+            retry.execute(context)
+        assert len(server.client.batches()) == 1, "nothing is paid for twice"
+        event = asyncio.run(_trigger_event(deferred_again.value.trigger))
+        assert retry.execute_complete(context, event) == [[1, 2], [2, 4]]
+        assert not store.has_manifest(callback_job_id("dag", "score", ti.run_id, -1))
+
+
+class TestEventValidation:
+    @pytest.mark.parametrize("event", [None, {}, {"status": "weird"}, {"status": "success"}])
+    def test_unknown_or_incomplete_events_are_refused(self, event) -> None:
+        with pytest.raises(ModelbitCallbackError):
+            validate_callback_event(event)
+
+    def test_job_id_is_deterministic_per_task_instance(self) -> None:
+        assert callback_job_id("d", "t", "r", 0) == callback_job_id("d", "t", "r", 0)
+        assert callback_job_id("d", "t", "r", 0) != callback_job_id("d", "t", "r", 1)
