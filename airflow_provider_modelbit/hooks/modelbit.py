@@ -1,0 +1,995 @@
+"""The Modelbit protocol: URLs, authentication, error mapping, retries, links and async submission.
+
+:class:`ModelbitHook` (requests, a pooled session) serves workers; :class:`ModelbitAsyncHook`
+(httpx) serves triggers and async operators. Both read answers through
+:func:`~airflow_provider_modelbit.hooks.responses.parse_answer` (re-exported here) and retry
+through :mod:`~airflow_provider_modelbit.hooks.retries`, so an answer means the same thing
+wherever it is read — a webhook delivery included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pandas as pd
+import requests
+from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
+
+from airflow_provider_modelbit.exceptions import (
+    ModelbitConnectionError,
+    ModelbitError,
+    ModelbitIncompleteBatch,
+    ModelbitInputError,
+)
+from airflow_provider_modelbit.get_provider_info import UI_FIELD_BEHAVIOUR
+from airflow_provider_modelbit.hooks.batching import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_CONCURRENCY,
+    ChunkResult,
+    EncodedChunk,
+    dataframe_rows,
+    encode_chunk,
+    is_batch,
+    reassemble,
+    refuse_duplicate_ids,
+    rows_in_chunks,
+    split_by_bytes,
+)
+from airflow_provider_modelbit.hooks.responses import (
+    SYNC_TIMEOUT_LIMIT,
+    InferenceCall,
+    SendFailed,
+    answer_failure,
+    batch_id_of,
+    check_link_status,
+    connection_test_verdict,
+    data_of,
+    expected_length,
+    httpx_failure,
+    incomplete_link,
+    link_location,
+    link_unreachable,
+    parse_answer,
+    requests_failure,
+    unreachable_message,
+    unwrap_link_document,
+)
+from airflow_provider_modelbit.hooks.retries import (
+    RetryPolicy,
+    RetrySchedule,
+    RetryStats,
+    retry_verdict,
+)
+from airflow_provider_modelbit.hooks.settings import (
+    DEFAULT_BRANCH,
+    ModelbitSettings,
+    settings_from_connection,
+)
+from airflow_provider_modelbit.io.encoding import encode_json, join_rows, request_body
+
+__all__ = [
+    "ChunkResult",
+    "ModelbitAsyncHook",
+    "ModelbitHook",
+    "ModelbitSettings",
+    "RetryPolicy",
+    "deployment_url",
+    "link_location",
+    "parse_answer",
+    "unwrap_link_document",
+]
+
+LATEST = "latest"
+LINKS = "links"
+CONNECTION_TEST_DEPLOYMENT = "__modelbit_connection_test__"
+ASYNC_TIMEOUT_LIMIT = 900
+CONNECT_TIMEOUT = 10.0
+# An async submission only waits for the short acknowledgement, never for the model.
+SUBMIT_READ_TIMEOUT = 60.0
+LINK_READ_TIMEOUT = 300.0
+LINK_PIECE_BYTES = 1 << 16
+
+_DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9_]+")
+_VERSION_NAME = re.compile(r"[A-Za-z0-9_:+=][A-Za-z0-9._:+=-]*")
+_BRANCH_NAME = re.compile(r"[A-Za-z0-9_:+=][A-Za-z0-9._/:+=-]*")
+_NEGATIVE_NUMBER = re.compile(r"-\d+")
+
+
+# --- URLs --------------------------------------------------------------------------------------
+
+
+def deployment_url(
+    base_url: str, deployment: str, version: str | int = LATEST, branch: str | None = None
+) -> str:
+    """
+    Return the inference URL of a deployment, validating every part before any request.
+
+    :param base_url: the workspace URL, e.g. ``https://acme.us-east-2.aws.modelbit.com``.
+    :param deployment: deployment name (letters, digits, underscores).
+    :param version: ``latest``, a version number, or an alias such as ``official``.
+    :param branch: a git branch (``feature/x`` is sent as ``feature~x``); ``None`` means ``main``.
+    :raises ModelbitInputError: naming the part that is invalid.
+    """
+    path = [_deployment_segment(deployment)]
+    if branch is not None:
+        path.append(_branch_segment(branch))
+    path.append(_version_segment(version))
+    return f"{base_url.rstrip('/')}/v1/{'/'.join(path)}"
+
+
+def _deployment_segment(deployment: str) -> str:
+    if not isinstance(deployment, str) or not _DEPLOYMENT_NAME.fullmatch(deployment):
+        raise ModelbitInputError(
+            f"Deployment name {deployment!r} is invalid: use letters, digits and underscores only.",
+            deployment=str(deployment),
+        )
+    return deployment
+
+
+def _version_segment(version: str | int) -> str:
+    if isinstance(version, bool) or not isinstance(version, str | int):
+        raise ModelbitInputError(f"Version {version!r} is invalid: use 'latest', a number or an alias.")
+    text = str(version)
+    if isinstance(version, int) or text.isdigit() or _NEGATIVE_NUMBER.fullmatch(text):
+        if int(text) < 1:
+            raise ModelbitInputError(f"Version {version!r} is invalid: version numbers start at 1.")
+        return str(int(text))
+    if not _VERSION_NAME.fullmatch(text) or ".." in text:
+        raise ModelbitInputError(
+            f"Version {version!r} is invalid: use 'latest', a number, or an alias made of "
+            "letters, digits and . _ : + = - (no spaces, slashes or '..')."
+        )
+    return text
+
+
+def _branch_segment(branch: str) -> str:
+    valid = (
+        isinstance(branch, str)
+        and _BRANCH_NAME.fullmatch(branch) is not None
+        and ".." not in branch
+        and "//" not in branch
+        and not branch.endswith("/")
+    )
+    if not valid:
+        raise ModelbitInputError(
+            f"Branch {branch!r} is invalid: use letters, digits and . _ / : + = - "
+            "(no spaces, no '..', no empty path parts)."
+        )
+    return branch.replace("/", "~")
+
+
+# --- Shared hook behaviour ---------------------------------------------------------------------
+
+
+def _validate_options(
+    timeout_seconds: int | None, response_format: str | None, *, limit: int, call_name: str
+) -> None:
+    if timeout_seconds is not None and (
+        isinstance(timeout_seconds, bool)
+        or not isinstance(timeout_seconds, int)
+        or not 1 <= timeout_seconds <= limit
+    ):
+        raise ModelbitInputError(
+            f"timeout_seconds={timeout_seconds!r} is invalid for {call_name}: use a whole number of "
+            f"seconds from 1 to {limit}."
+        )
+    if response_format not in (None, LINKS):
+        raise ModelbitInputError(f"response_format={response_format!r} is invalid: use None or 'links'.")
+
+
+def _validate_concurrency(max_concurrency: int) -> None:
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ModelbitInputError(f"max_concurrency={max_concurrency!r} is invalid: use a whole number >= 1.")
+
+
+def _as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
+    """Return the batch rows of ``data`` (rows or a DataFrame), or ``None`` for a single input."""
+    if isinstance(data, pd.DataFrame):
+        return dataframe_rows(data)
+    if is_batch(data):
+        return list(data)
+    return None
+
+
+def _encode_single(data: Any, call: InferenceCall) -> bytes:
+    try:
+        return encode_json(data)
+    except TypeError as error:
+        raise ModelbitInputError(
+            f"{call.where}: the input cannot be sent as JSON ({error}); convert it to numbers, strings, "
+            "lists or dicts.",
+            deployment=call.deployment,
+            version=call.version,
+        ) from None
+
+
+def _parse_link_document(raw: bytes, url: str, call: InferenceCall) -> Any:
+    try:
+        return unwrap_link_document(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        raise ModelbitIncompleteBatch(
+            f"{call.where}: the results link {link_location(url)} did not hold a complete JSON document "
+            f"({len(raw)} bytes).",
+            deployment=call.deployment,
+            version=call.version,
+        ) from None
+
+
+class _ModelbitProtocolMixin:
+    """What the sync and async hooks share: settings, calls, retries and request logs."""
+
+    modelbit_conn_id: str
+    retry_policy: RetryPolicy
+    _retry_stats: RetryStats
+    log: Any
+
+    @property
+    def retry_stats(self) -> dict[str, int]:
+        """Retries made by this hook so far, by reason."""
+        return self._retry_stats.as_dict()
+
+    def _new_call(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        idempotent: bool,
+    ) -> InferenceCall:
+        effective_branch = branch if branch is not None else settings.branch
+        url_branch = None if branch is None and effective_branch == DEFAULT_BRANCH else effective_branch
+        url = deployment_url(settings.base_url, deployment, version, url_branch)
+        timeout = timeout_seconds if timeout_seconds is not None else settings.timeout_seconds
+        return InferenceCall(settings.conn_id, deployment, version, url_branch, url, timeout, idempotent)
+
+    def _retry_wait(self, schedule: RetrySchedule, failure: SendFailed, call: InferenceCall) -> float:
+        """Return the wait before re-sending, or raise the failure's error when it must not be re-sent."""
+        verdict = retry_verdict(failure.error, request_sent=failure.request_sent, idempotent=call.idempotent)
+        wait = schedule.next_wait(failure.retry_after) if verdict else None
+        if verdict is None or wait is None:
+            if verdict is not None:
+                self.log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
+            raise failure.error
+        self._retry_stats.record(verdict.reason)
+        if verdict.may_rescore:
+            self.log.warning(
+                "%s: re-sending after %s because the inference is declared idempotent; "
+                "rows may be scored twice.",
+                call.where,
+                type(failure.error).__name__,
+            )
+        self.log.warning(
+            "%s: attempt %d failed (%s); retrying in %.1f s.",
+            call.where,
+            schedule.attempt - 1,
+            verdict.reason,
+            wait,
+        )
+        return wait
+
+    def _submission(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        data: Any,
+        webhook_url: str,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        response_format: str | None,
+        webhook_ignore_timeout: bool | None,
+    ) -> tuple[InferenceCall, bytes]:
+        """Validate an async submission and build its body."""
+        _validate_options(
+            timeout_seconds, response_format, limit=ASYNC_TIMEOUT_LIMIT, call_name="async inference"
+        )
+        if not isinstance(webhook_url, str) or urlsplit(webhook_url).scheme not in ("http", "https"):
+            raise ModelbitInputError(
+                f"webhook_url must be an http(s) URL, got a {type(webhook_url).__name__}."
+            )
+        # A submission is never declared idempotent: re-sending it could start the model twice.
+        call = self._new_call(settings, deployment, version, branch, timeout_seconds, idempotent=False)
+        rows = _as_rows(data)
+        encoded = join_rows(encode_chunk(rows).rows) if rows is not None else _encode_single(data, call)
+        body = request_body(
+            encoded,
+            timeout_seconds=call.timeout_seconds,
+            response_format=response_format,
+            response_webhook=webhook_url,
+            response_webhook_ignore_timeout=webhook_ignore_timeout,
+        )
+        return call, body
+
+    def _log_request(
+        self, call: InferenceCall, rows: int | None, seconds: float, response_bytes: int
+    ) -> None:
+        self.log.info(
+            "Modelbit %s version %s: %s in %.3f s, %d bytes answered.",
+            call.deployment,
+            call.version,
+            "single input" if rows is None else f"{rows} rows",
+            seconds,
+            response_bytes,
+        )
+
+
+# --- Sync hook ---------------------------------------------------------------------------------
+
+
+class ModelbitHook(_ModelbitProtocolMixin, BaseHook):
+    """
+    Call models deployed on Modelbit: single, batch and async inference, links, connection test.
+
+    Nothing is read or sent when the hook is created; the connection is resolved on first use.
+    Requests go through one pooled ``requests`` session. Failures are retried only where the
+    model cannot have run (connection failures before sending) or where the server asks (429,
+    502, 503, honouring ``Retry-After``). Pass ``idempotent=True`` to a call to also re-send after a
+    deployment error, a read timeout or a dropped connection — the model may then run twice for
+    the same rows.
+
+    :param modelbit_conn_id: id of the Modelbit connection.
+    :param batch_size: most rows per request.
+    :param batch_bytes: most bytes per request body; bigger chunks are split.
+    :param max_concurrency: requests in flight at once for a batch.
+    :param retry_policy: attempts and waits for retried requests.
+    """
+
+    conn_name_attr = "modelbit_conn_id"
+    default_conn_name = "modelbit_default"
+    conn_type = "modelbit"
+    hook_name = "Modelbit"
+
+    def __init__(
+        self,
+        modelbit_conn_id: str = default_conn_name,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.modelbit_conn_id = modelbit_conn_id
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.max_concurrency = max_concurrency
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._retry_stats = RetryStats()
+
+    def __repr__(self) -> str:
+        return f"ModelbitHook(modelbit_conn_id={self.modelbit_conn_id!r})"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel and hide connection form fields (the Airflow 3.1 UI reads this)."""
+        return UI_FIELD_BEHAVIOUR
+
+    @cached_property
+    def settings(self) -> ModelbitSettings:
+        """The connection's settings, read once; the key is masked in logs as soon as it is read."""
+        return settings_from_connection(self._connection(), self.modelbit_conn_id)
+
+    def _connection(self) -> Any:
+        try:
+            return self.get_connection(self.modelbit_conn_id)
+        except Exception as error:
+            # Matched by name: Airflow 3.1 and the Task SDK raise different AirflowNotFoundException classes.
+            if type(error).__name__ != "AirflowNotFoundException":
+                raise
+            raise ModelbitConnectionError(_missing_connection_message(self.modelbit_conn_id)) from None
+
+    def get_conn(self) -> requests.Session:
+        """Return the pooled session that carries the API key (never used for links)."""
+        return self._session
+
+    @cached_property
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(10, 2 * self.max_concurrency))
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers["Content-Type"] = "application/json"
+        if self.settings.api_key:
+            session.headers["Authorization"] = self.settings.api_key
+        return session
+
+    @cached_property
+    def _link_session(self) -> requests.Session:
+        # Links are pre-signed object-store URLs: the Modelbit key must never be sent there.
+        session = requests.Session()
+        session.mount("https://", HTTPAdapter(pool_maxsize=max(10, 2 * self.max_concurrency)))
+        session.mount("http://", HTTPAdapter(pool_maxsize=max(10, 2 * self.max_concurrency)))
+        return session
+
+    def deployment_url(self, deployment: str, version: str | int = LATEST, branch: str | None = None) -> str:
+        """
+        Return the inference URL on this connection's workspace (the connection's branch when none given).
+
+        :param deployment: deployment name.
+        :param version: ``latest``, a version number or an alias.
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        """
+        return self._new_call(self.settings, deployment, version, branch, None, False).url
+
+    def get_inference(
+        self,
+        deployment: str,
+        data: Any,
+        *,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """
+        Run an inference and return what the answer's ``data`` holds.
+
+        A single input returns the model's value. Batch rows ``[[id, *args], ...]`` or a DataFrame
+        (sent as ``[index, {column: value}]`` rows) return ``[[id, result], ...]`` in input order,
+        matched by ID. With ``response_format="links"`` the link is downloaded and its value returned.
+
+        :param deployment: deployment name.
+        :param data: a single input, batch rows, or a pandas DataFrame.
+        :param version: ``latest``, a version number or an alias.
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        :param timeout_seconds: inference time limit (1-300); ``None`` uses the connection's.
+        :param response_format: ``None``, or ``"links"`` for results delivered as a download link.
+        :param idempotent: the model may safely run twice for the same input, so read timeouts,
+            deployment errors and dropped connections are re-sent too.
+        """
+        _validate_options(timeout_seconds, response_format, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
+        rows = _as_rows(data)
+        if rows is None:
+            call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
+            body = request_body(
+                _encode_single(data, call),
+                timeout_seconds=call.timeout_seconds,
+                response_format=response_format,
+            )
+            value, _ = self._answer_value(call, body, None, response_format)
+            return value
+        refuse_duplicate_ids(rows)
+        results = self.infer_chunks(
+            deployment,
+            rows_in_chunks(rows, self.batch_size),
+            version=version,
+            branch=branch,
+            timeout_seconds=timeout_seconds,
+            response_format=response_format,
+            idempotent=idempotent,
+        )
+        return [row for result in results for row in result.rows]
+
+    def infer_chunks(
+        self,
+        deployment: str,
+        chunks: Iterable[Sequence[Sequence[Any]]],
+        *,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        idempotent: bool = False,
+        max_concurrency: int | None = None,
+        batch_bytes: int | None = None,
+    ) -> Iterator[ChunkResult]:
+        """
+        Score chunks of batch rows with bounded concurrency, yielding results in input order.
+
+        Chunks are read lazily, at most ``max_concurrency`` ahead of the consumer, so memory stays
+        flat however many there are. A chunk bigger than ``batch_bytes`` once encoded is split into
+        several requests; its result is still one :class:`ChunkResult`.
+
+        :param deployment: deployment name.
+        :param chunks: iterable of lists of batch rows ``[id, *args]``, IDs unique.
+        :param version: ``latest``, a version number or an alias.
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        :param timeout_seconds: inference time limit (1-300); ``None`` uses the connection's.
+        :param response_format: ``None``, or ``"links"`` (each chunk's link is downloaded and parsed).
+        :param idempotent: re-send after errors where the model may already have run.
+        :param max_concurrency: requests in flight at once; ``None`` uses the hook's.
+        :param batch_bytes: most bytes per request body; ``None`` uses the hook's.
+        """
+        _validate_options(timeout_seconds, response_format, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
+        limit = self.max_concurrency if max_concurrency is None else max_concurrency
+        _validate_concurrency(limit)
+        call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
+        self.get_conn()  # build the pooled session once, before worker threads share it
+        return self._ordered_results(call, chunks, limit, response_format, batch_bytes or self.batch_bytes)
+
+    def _ordered_results(
+        self,
+        call: InferenceCall,
+        chunks: Iterable[Sequence[Sequence[Any]]],
+        limit: int,
+        response_format: str | None,
+        batch_bytes: int,
+    ) -> Iterator[ChunkResult]:
+        in_flight: deque[Future[ChunkResult]] = deque()
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="modelbit") as pool:
+            try:
+                for index, rows in enumerate(chunks):
+                    in_flight.append(
+                        pool.submit(self._infer_chunk, call, index, rows, response_format, batch_bytes)
+                    )
+                    if len(in_flight) >= limit:
+                        yield in_flight.popleft().result()
+                while in_flight:
+                    yield in_flight.popleft().result()
+            finally:
+                for future in in_flight:
+                    future.cancel()
+
+    def _infer_chunk(
+        self,
+        call: InferenceCall,
+        index: int,
+        rows: Sequence[Sequence[Any]],
+        response_format: str | None,
+        batch_bytes: int,
+    ) -> ChunkResult:
+        started = time.monotonic()
+        results: list[list[Any]] = []
+        response_bytes = 0
+        for part in split_by_bytes(encode_chunk(rows), batch_bytes) if rows else []:
+            body = request_body(
+                join_rows(part.rows), timeout_seconds=call.timeout_seconds, response_format=response_format
+            )
+            answer, size = self._answer_value(call, body, len(part.ids), response_format)
+            results.extend(reassemble(part, answer, deployment=call.deployment, version=call.version))
+            response_bytes += size
+        return ChunkResult(index, results, time.monotonic() - started, response_bytes)
+
+    def _answer_value(
+        self, call: InferenceCall, body: bytes, rows: int | None, response_format: str | None
+    ) -> tuple[Any, int]:
+        """Send an inference; return the value (links downloaded) and the bytes received."""
+        payload, _, size = self._send(call, body, rows, read_timeout=call.http_read_timeout())
+        value = data_of(payload, call)
+        if response_format != LINKS:
+            return value, size
+        raw = self._download(str(value), call)
+        return _parse_link_document(raw, str(value), call), size + len(raw)
+
+    def _download(self, url: str, call: InferenceCall) -> bytes:
+        with self.open_link(url) as pieces:
+            return b"".join(pieces)
+
+    def _send(
+        self, call: InferenceCall, body: bytes, rows: int | None, *, read_timeout: float
+    ) -> tuple[dict[str, Any], Mapping[str, str], int]:
+        """POST a body, re-sending where the retry rules allow; return the answer, its headers and size."""
+        schedule = RetrySchedule(self.retry_policy)
+        while True:
+            started = time.monotonic()
+            try:
+                payload, headers, size = self._send_once(call, body, read_timeout)
+            except SendFailed as failure:
+                time.sleep(self._retry_wait(schedule, failure, call))
+                continue
+            self._log_request(call, rows, time.monotonic() - started, size)
+            return payload, headers, size
+
+    def _send_once(
+        self, call: InferenceCall, body: bytes, read_timeout: float
+    ) -> tuple[dict[str, Any], Mapping[str, str], int]:
+        try:
+            response = self._session.post(call.url, data=body, timeout=(CONNECT_TIMEOUT, read_timeout))
+            content = response.content
+        except requests.RequestException as exc:
+            raise requests_failure(exc, call) from None
+        try:
+            payload = parse_answer(
+                response.status_code,
+                response.headers,
+                content,
+                deployment=call.deployment,
+                version=call.version,
+                conn_id=call.conn_id,
+            )
+        except ModelbitError as error:
+            raise answer_failure(error, response.headers) from None
+        return payload, response.headers, len(content)
+
+    def request_link(
+        self,
+        deployment: str,
+        data: Any,
+        *,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        idempotent: bool = False,
+    ) -> str:
+        """
+        Run an inference in links mode and return the results link, without downloading it.
+
+        For callers that stream the document elsewhere (e.g. to Parquet) through :meth:`open_link`.
+        Batch rows go in one request, so their IDs must be checked against the document by the caller.
+
+        :param deployment: deployment name.
+        :param data: a single input, batch rows, or a pandas DataFrame.
+        :param version: ``latest``, a version number or an alias.
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        :param timeout_seconds: inference time limit (1-300); ``None`` uses the connection's.
+        :param idempotent: re-send after errors where the model may already have run.
+        """
+        _validate_options(timeout_seconds, LINKS, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
+        call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
+        rows = _as_rows(data)
+        encoded = join_rows(encode_chunk(rows).rows) if rows is not None else _encode_single(data, call)
+        body = request_body(encoded, timeout_seconds=call.timeout_seconds, response_format=LINKS)
+        payload, _, _ = self._send(
+            call, body, None if rows is None else len(rows), read_timeout=call.http_read_timeout()
+        )
+        return str(data_of(payload, call))
+
+    def submit_async(
+        self,
+        deployment: str,
+        data: Any,
+        *,
+        webhook_url: str,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        webhook_ignore_timeout: bool | None = None,
+    ) -> str:
+        """
+        Submit an inference to run asynchronously; Modelbit posts the answer to ``webhook_url``.
+
+        A submission is never re-sent after it may have reached the server, so it cannot start twice.
+
+        :param deployment: deployment name.
+        :param data: a single input, batch rows, or a pandas DataFrame.
+        :param webhook_url: the https URL Modelbit delivers the answer to.
+        :param version: ``latest``, a version number or an alias.
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        :param timeout_seconds: inference time limit (1-900); ``None`` uses the connection's.
+        :param response_format: ``None``, or ``"links"`` for a delivery carrying a download link.
+        :param webhook_ignore_timeout: count a webhook attempt that times out as delivered.
+        :return: the batchId of the submission.
+        """
+        call, body = self._submission(
+            self.settings,
+            deployment,
+            data,
+            webhook_url,
+            version,
+            branch,
+            timeout_seconds,
+            response_format,
+            webhook_ignore_timeout,
+        )
+        payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT)
+        return batch_id_of(payload, headers, call)
+
+    @contextmanager
+    def open_link(self, url: str) -> Iterator[Iterator[bytes]]:
+        """
+        Stream a results link without the Modelbit ``Authorization`` header.
+
+        :param url: the pre-signed link from a links answer.
+        :raises ModelbitLinkExpired: the link answered 403 (expired or bad signature).
+        :raises ModelbitIncompleteBatch: the body was cut short or the stream broke.
+        """
+        try:
+            response = self._link_session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, LINK_READ_TIMEOUT))
+        except requests.RequestException as exc:
+            raise link_unreachable(url, exc) from None
+        try:
+            check_link_status(response.status_code, link_location(url))
+            yield _link_pieces(response, url)
+        finally:
+            response.close()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        Check the workspace URL and key with one tiny request to a deployment that cannot exist.
+
+        404 means URL and key are fine, 401/403 that the key was refused. Never raises.
+        """
+        try:
+            settings = self.settings
+            url = deployment_url(settings.base_url, CONNECTION_TEST_DEPLOYMENT)
+            response = self._session.post(url, data=b'{"data":null}', timeout=(CONNECT_TIMEOUT, 30))
+            return connection_test_verdict(response.status_code, response.headers, response.content, settings)
+        except ModelbitError as error:
+            return False, error.message
+        except requests.RequestException as exc:
+            return False, unreachable_message(self.settings.base_url, exc)
+        except Exception as exc:
+            return False, f"Connection test failed: {type(exc).__name__}."
+
+
+def _missing_connection_message(conn_id: str) -> str:
+    env_name = "AIRFLOW_CONN_" + conn_id.upper()
+    return (
+        f"Connection {conn_id!r} is not defined: create a Modelbit connection with that id in "
+        f"Admin > Connections, or set {env_name}, e.g. "
+        f"{env_name}='modelbit://:YOUR_KEY@acme.us-east-2.aws.modelbit.com'."
+    )
+
+
+def _link_pieces(response: requests.Response, url: str) -> Iterator[bytes]:
+    """Yield the link's body in pieces, checking it arrived whole."""
+    expected = expected_length(response.headers)
+    received = 0
+    try:
+        for piece in response.iter_content(LINK_PIECE_BYTES):
+            received += len(piece)
+            yield piece
+    except (requests.RequestException, OSError) as exc:
+        raise incomplete_link(url, received, expected, type(exc).__name__) from None
+    if expected is not None and received < expected:
+        raise incomplete_link(url, received, expected, "body cut short")
+
+
+# --- Async hook --------------------------------------------------------------------------------
+
+
+class ModelbitAsyncHook(_ModelbitProtocolMixin, BaseHook):
+    """
+    Call Modelbit from an event loop (triggers, async operators) with httpx.
+
+    The connection is resolved without blocking the loop. Each public call uses its own
+    ``httpx.AsyncClient``, so a hook never holds a client bound to another event loop.
+
+    :param modelbit_conn_id: id of the Modelbit connection.
+    :param batch_size: most rows per request.
+    :param batch_bytes: most bytes per request body; bigger chunks are split.
+    :param max_concurrency: requests in flight at once for a batch.
+    :param retry_policy: attempts and waits for retried requests.
+    """
+
+    conn_name_attr = "modelbit_conn_id"
+    default_conn_name = "modelbit_default"
+    conn_type = "modelbit"
+    hook_name = "Modelbit"
+
+    def __init__(
+        self,
+        modelbit_conn_id: str = default_conn_name,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.modelbit_conn_id = modelbit_conn_id
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.max_concurrency = max_concurrency
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._retry_stats = RetryStats()
+        self._settings: ModelbitSettings | None = None
+
+    def __repr__(self) -> str:
+        return f"ModelbitAsyncHook(modelbit_conn_id={self.modelbit_conn_id!r})"
+
+    async def aget_settings(self) -> ModelbitSettings:
+        """Resolve the connection without blocking the event loop; the key is masked when read."""
+        if self._settings is None:
+            from airflow.providers.common.compat.connection import (
+                get_async_connection,
+                get_async_extra_dejson,
+            )
+
+            try:
+                conn = await get_async_connection(self.modelbit_conn_id, self)
+            except Exception as error:
+                if type(error).__name__ != "AirflowNotFoundException":
+                    raise
+                raise ModelbitConnectionError(_missing_connection_message(self.modelbit_conn_id)) from None
+            extra = await get_async_extra_dejson(conn)
+            self._settings = settings_from_connection(conn, self.modelbit_conn_id, extra)
+        return self._settings
+
+    @asynccontextmanager
+    async def _client(self, settings: ModelbitSettings) -> AsyncIterator[httpx.AsyncClient]:
+        headers = {"Content-Type": "application/json"}
+        if settings.api_key:
+            headers["Authorization"] = settings.api_key
+        limits = httpx.Limits(max_connections=max(10, 2 * self.max_concurrency))
+        async with httpx.AsyncClient(headers=headers, limits=limits) as client:
+            yield client
+
+    async def aget_inference(
+        self,
+        deployment: str,
+        data: Any,
+        *,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """
+        Run an inference and return what the answer's ``data`` holds (see ``ModelbitHook.get_inference``).
+
+        :param deployment: deployment name.
+        :param data: a single input, batch rows, or a pandas DataFrame.
+        :param version: ``latest``, a version number or an alias.
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        :param timeout_seconds: inference time limit (1-300); ``None`` uses the connection's.
+        :param response_format: ``None``, or ``"links"``.
+        :param idempotent: re-send after errors where the model may already have run.
+        """
+        _validate_options(timeout_seconds, response_format, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
+        settings = await self.aget_settings()
+        call = self._new_call(settings, deployment, version, branch, timeout_seconds, idempotent)
+        rows = _as_rows(data)
+        async with self._client(settings) as client:
+            if rows is None:
+                body = request_body(
+                    _encode_single(data, call),
+                    timeout_seconds=call.timeout_seconds,
+                    response_format=response_format,
+                )
+                value, _ = await self._aanswer_value(client, call, body, None, response_format)
+                return value
+            refuse_duplicate_ids(rows)
+            return await self._ainfer_rows(client, call, rows, response_format)
+
+    async def _ainfer_rows(
+        self,
+        client: httpx.AsyncClient,
+        call: InferenceCall,
+        rows: Sequence[Sequence[Any]],
+        response_format: str | None,
+    ) -> list[list[Any]]:
+        parts = [
+            part
+            for chunk in rows_in_chunks(rows, self.batch_size)
+            for part in split_by_bytes(encode_chunk(chunk), self.batch_bytes)
+        ]
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def score(part: EncodedChunk) -> list[list[Any]]:
+            async with gate:
+                body = request_body(
+                    join_rows(part.rows),
+                    timeout_seconds=call.timeout_seconds,
+                    response_format=response_format,
+                )
+                answer, _ = await self._aanswer_value(client, call, body, len(part.ids), response_format)
+            return reassemble(part, answer, deployment=call.deployment, version=call.version)
+
+        scored = await asyncio.gather(*(score(part) for part in parts))
+        return [row for part_rows in scored for row in part_rows]
+
+    async def _aanswer_value(
+        self,
+        client: httpx.AsyncClient,
+        call: InferenceCall,
+        body: bytes,
+        rows: int | None,
+        response_format: str | None,
+    ) -> tuple[Any, int]:
+        payload, _, size = await self._asend(client, call, body, rows, call.http_read_timeout())
+        value = data_of(payload, call)
+        if response_format != LINKS:
+            return value, size
+        raw = await self.adownload_link(str(value))
+        return _parse_link_document(raw, str(value), call), size + len(raw)
+
+    async def _asend(
+        self,
+        client: httpx.AsyncClient,
+        call: InferenceCall,
+        body: bytes,
+        rows: int | None,
+        read_timeout: float,
+    ) -> tuple[dict, Mapping[str, str], int]:
+        schedule = RetrySchedule(self.retry_policy)
+        timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
+        while True:
+            started = time.monotonic()
+            try:
+                response = await client.post(call.url, content=body, timeout=timeout)
+                payload = parse_answer(
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    deployment=call.deployment,
+                    version=call.version,
+                    conn_id=call.conn_id,
+                )
+            except httpx.HTTPError as exc:
+                failure = httpx_failure(exc, call)
+            except ModelbitError as error:
+                failure = answer_failure(error, response.headers)
+            else:
+                self._log_request(call, rows, time.monotonic() - started, len(response.content))
+                return payload, response.headers, len(response.content)
+            await asyncio.sleep(self._retry_wait(schedule, failure, call))
+
+    async def asubmit_async(
+        self,
+        deployment: str,
+        data: Any,
+        *,
+        webhook_url: str,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        webhook_ignore_timeout: bool | None = None,
+    ) -> str:
+        """
+        Submit an inference to run asynchronously and return its batchId (see ``ModelbitHook.submit_async``).
+
+        :param deployment: deployment name.
+        :param data: a single input, batch rows, or a pandas DataFrame.
+        :param webhook_url: the https URL Modelbit delivers the answer to.
+        :param version: ``latest``, a version number or an alias.
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        :param timeout_seconds: inference time limit (1-900); ``None`` uses the connection's.
+        :param response_format: ``None``, or ``"links"``.
+        :param webhook_ignore_timeout: count a webhook attempt that times out as delivered.
+        """
+        settings = await self.aget_settings()
+        call, body = self._submission(
+            settings,
+            deployment,
+            data,
+            webhook_url,
+            version,
+            branch,
+            timeout_seconds,
+            response_format,
+            webhook_ignore_timeout,
+        )
+        async with self._client(settings) as client:
+            payload, headers, _ = await self._asend(client, call, body, None, SUBMIT_READ_TIMEOUT)
+        return batch_id_of(payload, headers, call)
+
+    async def adownload_link(self, url: str) -> bytes:
+        """
+        Download a results link without the Modelbit ``Authorization`` header.
+
+        :param url: the pre-signed link from a links answer or a webhook delivery.
+        :raises ModelbitLinkExpired: the link answered 403.
+        :raises ModelbitIncompleteBatch: the body was cut short or the stream broke.
+        """
+        timeout = httpx.Timeout(LINK_READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            try:
+                async with client.stream("GET", url) as response:
+                    check_link_status(response.status_code, link_location(url))
+                    return await _read_link_body(response, url)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise link_unreachable(url, exc) from None
+
+
+async def _read_link_body(response: httpx.Response, url: str) -> bytes:
+    """Read a link's body, checking it arrived whole."""
+    expected = expected_length(response.headers)
+    pieces: list[bytes] = []
+    try:
+        async for piece in response.aiter_bytes(LINK_PIECE_BYTES):
+            pieces.append(piece)
+    except httpx.HTTPError as exc:
+        raise incomplete_link(url, sum(map(len, pieces)), expected, type(exc).__name__) from None
+    received = sum(map(len, pieces))
+    if expected is not None and received < expected:
+        raise incomplete_link(url, received, expected, "body cut short")
+    return b"".join(pieces)

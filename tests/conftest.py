@@ -1,0 +1,78 @@
+"""Shared fixtures: a throw-away Airflow home, and Modelbit connections defined through env vars."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+
+# Airflow reads AIRFLOW_HOME when first imported: point it at a temporary folder before any test
+# imports Airflow, so no test reads or writes ~/airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+EMULATOR_PLUGIN = "airflow_provider_modelbit.emulator.pytest_plugin"
+# Load the emulator fixtures here only while they are not installed as a pytest11 entry point:
+# pytest refuses a plugin registered twice.
+_installed_plugins = {entry.value for entry in importlib.metadata.entry_points(group="pytest11")}
+if EMULATOR_PLUGIN not in _installed_plugins and importlib.util.find_spec(EMULATOR_PLUGIN) is not None:
+    pytest_plugins = [EMULATOR_PLUGIN]
+
+ConnectionSetter = Callable[..., str]
+
+
+@pytest.fixture
+def airflow_home() -> str:
+    """The temporary Airflow home of this test session."""
+    return os.environ["AIRFLOW_HOME"]
+
+
+@pytest.fixture
+def modelbit_connection(monkeypatch: pytest.MonkeyPatch) -> ConnectionSetter:
+    """
+    Define a Modelbit connection through an ``AIRFLOW_CONN_*`` variable for one test.
+
+    Call it as ``modelbit_connection(host=..., password=..., extra={...}, form="json" | "uri",
+    conn_id="modelbit_default")``; it returns the connection id.
+    """
+
+    def define(
+        *,
+        host: str = "",
+        password: str | None = None,
+        extra: dict[str, Any] | None = None,
+        form: str = "json",
+        conn_id: str = "modelbit_default",
+        port: int | None = None,
+    ) -> str:
+        if form == "json":
+            value = _json_form(host, password, extra, port)
+        else:
+            value = _uri_form(host, password, extra, port)
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
+        return conn_id
+
+    return define
+
+
+def _json_form(host: str, password: str | None, extra: dict[str, Any] | None, port: int | None) -> str:
+    document: dict[str, Any] = {"conn_type": "modelbit", "host": host, "extra": extra or {}}
+    if password is not None:
+        document["password"] = password
+    if port is not None:
+        document["port"] = port
+    return json.dumps(document)
+
+
+def _uri_form(host: str, password: str | None, extra: dict[str, Any] | None, port: int | None) -> str:
+    credentials = f":{quote(password, safe='')}@" if password else ""
+    address = f"{host}:{port}" if port else host
+    query = f"?{urlencode(extra)}" if extra else ""
+    return f"modelbit://{credentials}{address}{query}"

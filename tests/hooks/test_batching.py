@@ -1,0 +1,116 @@
+"""Chunking by rows and bytes, ID checks and reassembly by ID (hooks/batching.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.hooks.batching import (
+    ENVELOPE_BYTES,
+    dataframe_rows,
+    encode_chunk,
+    is_batch,
+    reassemble,
+    refuse_duplicate_ids,
+    rows_in_chunks,
+    split_by_bytes,
+)
+
+
+class TestIsBatch:
+    @pytest.mark.parametrize(
+        ("data", "batch"),
+        [([[1, 2]], True), ([(1, 2)], True), ([1, 2], False), ([], False), (5, False), ({"a": [1]}, False)],
+    )
+    def test_batch_is_a_list_whose_first_element_is_a_list(self, data: object, batch: bool) -> None:
+        assert is_batch(data) is batch
+
+
+class TestDataframeRows:
+    def test_rows_are_index_and_column_object(self) -> None:
+        frame = pd.DataFrame({"age": [31, 45], "plan": ["pro", "free"]}, index=[10, 11])
+        assert dataframe_rows(frame) == [[10, {"age": 31, "plan": "pro"}], [11, {"age": 45, "plan": "free"}]]
+
+
+class TestRowsInChunks:
+    def test_cuts_by_row_count_lazily(self) -> None:
+        consumed: list[int] = []
+
+        def rows():
+            for number in range(7):
+                consumed.append(number)
+                yield [number, number]
+
+        chunks = rows_in_chunks(rows(), 3)
+        assert len(next(chunks)) == 3
+        assert consumed == [0, 1, 2]
+        assert [len(chunk) for chunk in chunks] == [3, 1]
+
+
+class TestRefuseDuplicateIds:
+    def test_duplicate_is_named(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"Row ID 'b' appears more than once \(again at row 2\)"):
+            refuse_duplicate_ids([["a", 1], ["b", 2], ["b", 3]])
+
+    def test_numpy_and_plain_ids_collide(self) -> None:
+        """Two IDs that would be sent as the same JSON are duplicates."""
+        with pytest.raises(ModelbitInputError):
+            refuse_duplicate_ids([[np.int64(1), 1], [1, 2]])
+
+    def test_row_without_id_is_refused(self) -> None:
+        with pytest.raises(ModelbitInputError, match="row 1"):
+            refuse_duplicate_ids([[1, 1], []])
+
+
+class TestSplitByBytes:
+    def test_small_chunk_is_one_part(self) -> None:
+        chunk = encode_chunk([[1, 2], [2, 3]])
+        assert split_by_bytes(chunk, 1000) == [chunk]
+
+    def test_parts_stay_within_the_limit_and_keep_order(self) -> None:
+        rows = [[number, "x" * 50] for number in range(40)]
+        parts = split_by_bytes(encode_chunk(rows), 600)
+        assert len(parts) > 1
+        assert all(part.size + ENVELOPE_BYTES <= 600 for part in parts)
+        assert [row_id for part in parts for row_id in part.ids] == list(range(40))
+
+    def test_single_row_over_the_limit_names_its_id(self) -> None:
+        chunk = encode_chunk([[1, "a"], ["huge", "x" * 1000]])
+        with pytest.raises(
+            ModelbitInputError, match=r"ID 'huge' encodes to 1,\d+ bytes.*batch_bytes \(500\)"
+        ):
+            split_by_bytes(chunk, 500)
+
+
+class TestReassemble:
+    CHUNK_ROWS = [["a", 1], ["b", 2], ["c", 3]]
+
+    def test_matches_by_id_whatever_the_order(self) -> None:
+        chunk = encode_chunk(self.CHUNK_ROWS)
+        rows = reassemble(chunk, [["c", 30], ["a", 10], ["b", 20]], deployment="d", version="latest")
+        assert rows == [["a", 10], ["b", 20], ["c", 30]]
+
+    def test_ids_are_returned_as_given(self) -> None:
+        chunk = encode_chunk([[np.int64(5), 1]])
+        rows = reassemble(chunk, [[5, "r"]], deployment="d", version=1)
+        assert type(rows[0][0]) is np.int64
+
+    @pytest.mark.parametrize(
+        ("answer", "match"),
+        [
+            pytest.param([["a", 1], ["b", 2]], r"missing IDs \['c'\]", id="missing"),
+            pytest.param(
+                [["a", 1], ["b", 2], ["c", 3], ["z", 4]], r"unexpected IDs \['z'\]", id="unexpected"
+            ),
+            pytest.param([["a", 1], ["a", 1], ["b", 2], ["c", 3]], "more than once", id="repeated"),
+            pytest.param({"a": 1}, "instead of a list", id="not-a-list"),
+            pytest.param([["a", 1, 2]], "malformed", id="malformed-row"),
+        ],
+    )
+    def test_bad_answers_are_refused(self, answer: object, match: str) -> None:
+        chunk = encode_chunk(self.CHUNK_ROWS)
+        with pytest.raises(ModelbitIncompleteBatch, match=match) as caught:
+            reassemble(chunk, answer, deployment="scorer", version=3)
+        assert "'scorer' (version 3)" in caught.value.message

@@ -1,0 +1,229 @@
+"""What answers mean (hooks/responses.py): real answers of the local server mapped to errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_modelbit.exceptions import (
+    ModelbitAuthError,
+    ModelbitBadRequest,
+    ModelbitDeploymentError,
+    ModelbitError,
+    ModelbitNotFound,
+    ModelbitPayloadTooLarge,
+    ModelbitRateLimited,
+    ModelbitTimeout,
+    ModelbitTransportError,
+)
+from airflow_provider_modelbit.hooks.responses import (
+    connection_test_verdict,
+    link_location,
+    parse_answer,
+    unwrap_link_document,
+)
+from airflow_provider_modelbit.hooks.settings import ModelbitSettings
+from tests.hooks.conftest import CannedResponse
+
+KEY = "mi9z8y7x:Secret/Key+Value="
+
+
+def _post(url: str, body: dict[str, Any], key: str | None = None) -> requests.Response:
+    headers = {"Authorization": key} if key else {}
+    return requests.post(url, json=body, headers=headers, timeout=30)
+
+
+def _parse(response: requests.Response, deployment: str = "doubler") -> dict[str, Any]:
+    return parse_answer(
+        response.status_code, response.headers, response.content, deployment=deployment, version="latest"
+    )
+
+
+class TestParseAnswerWithTheLocalServer:
+    @pytest.mark.parametrize(
+        ("options", "path", "body", "key", "error", "status"),
+        [
+            pytest.param({}, "/v1/nope/latest", {"data": 1}, None, ModelbitNotFound, 404, id="404-unknown"),
+            pytest.param(
+                {}, "/v1/doubler/latest", {"data": 1}, "wrong-key", ModelbitAuthError, 401, id="401"
+            ),
+            pytest.param(
+                {"require_api_keys": True},
+                "/v1/doubler/latest",
+                {"data": 1},
+                None,
+                ModelbitAuthError,
+                401,
+                id="401-required",
+            ),
+            pytest.param(
+                {},
+                "/v1/doubler/latest",
+                {"data": 1, "timeout_seconds": 0},
+                None,
+                ModelbitBadRequest,
+                400,
+                id="400",
+            ),
+            pytest.param(
+                {"max_body_bytes": 100},
+                "/v1/doubler/latest",
+                {"data": "x" * 200},
+                None,
+                ModelbitPayloadTooLarge,
+                413,
+                id="413",
+            ),
+            pytest.param(
+                {}, "/v1/raiser/latest", {"data": 3}, None, ModelbitDeploymentError, 200, id="raise-200"
+            ),
+            pytest.param(
+                {"deployment_error_status": 500},
+                "/v1/raiser/latest",
+                {"data": 3},
+                None,
+                ModelbitDeploymentError,
+                500,
+                id="raise-500",
+            ),
+            pytest.param(
+                {},
+                "/v1/sleeper/latest",
+                {"data": 3, "timeout_seconds": 1},
+                None,
+                ModelbitTimeout,
+                200,
+                id="timeout-200",
+            ),
+            pytest.param(
+                {"timeout_status": 504},
+                "/v1/sleeper/latest",
+                {"data": 3, "timeout_seconds": 1},
+                None,
+                ModelbitTimeout,
+                504,
+                id="timeout-504",
+            ),
+        ],
+    )
+    def test_error_kinds(
+        self, emulator, options: dict, path: str, body: dict, key: str | None, error: type, status: int
+    ) -> None:
+        if options:
+            emulator.client.configure(**options)
+        response = _post(emulator.url + path, body, key)
+        with pytest.raises(error) as caught:
+            _parse(response, deployment=path.split("/")[2])
+        assert caught.value.status == status
+        assert f"Deployment {path.split('/')[2]!r} (version latest)" in caught.value.message
+
+    def test_deployment_error_message_is_the_traceback_last_line(self, emulator) -> None:
+        response = _post(emulator.url + "/v1/raiser/latest", {"data": 7})
+        with pytest.raises(ModelbitDeploymentError) as caught:
+            _parse(response, "raiser")
+        assert "raised ValueError: boom: 7" in caught.value.message
+        assert caught.value.traceback.startswith("Traceback")
+        assert caught.value.traceback.rstrip().endswith("ValueError: boom: 7")
+
+    def test_rate_limit_carries_retry_after(self, emulator) -> None:
+        emulator.client.set_faults(rate_429=1.0, retry_after=2)
+        with pytest.raises(ModelbitRateLimited) as caught:
+            _parse(_post(emulator.url + "/v1/doubler/latest", {"data": 1}))
+        assert caught.value.retry_after == 2.0
+
+    def test_injected_503_is_a_transport_error_with_its_status(self, emulator) -> None:
+        emulator.client.set_faults(error_rate=1.0, error_statuses=(503,))
+        with pytest.raises(ModelbitTransportError) as caught:
+            _parse(_post(emulator.url + "/v1/doubler/latest", {"data": 1}))
+        assert caught.value.status == 503
+
+    def test_auth_error_never_names_the_key(self, emulator) -> None:
+        with pytest.raises(ModelbitAuthError) as caught:
+            _parse(_post(emulator.url + "/v1/doubler/latest", {"data": 1}, KEY))
+        assert KEY not in str(caught.value)
+        assert "API Key of connection 'modelbit_default'" in caught.value.message
+
+    def test_success_returns_the_answer_object(self, emulator) -> None:
+        assert _parse(_post(emulator.url + "/v1/doubler/latest", {"data": 21})) == {"data": 42}
+
+
+class TestParseAnswerWithNonModelbitAnswers:
+    @pytest.mark.parametrize(
+        ("canned", "error", "status"),
+        [
+            pytest.param(
+                CannedResponse(502, b"<html><body>Bad Gateway</body></html>", {"Content-Type": "text/html"}),
+                ModelbitTransportError,
+                502,
+                id="html-502",
+            ),
+            pytest.param(
+                CannedResponse(200, b"<html>welcome</html>", {"Content-Type": "text/html"}),
+                ModelbitTransportError,
+                200,
+                id="html-200",
+            ),
+            pytest.param(CannedResponse(200, b"[1, 2]"), ModelbitTransportError, 200, id="json-not-object"),
+            pytest.param(
+                CannedResponse(200, b'{"error": "KeyError: x"}'),
+                ModelbitDeploymentError,
+                200,
+                id="error-on-200",
+            ),
+            pytest.param(CannedResponse(500, b""), ModelbitTransportError, 500, id="empty-500"),
+            pytest.param(
+                CannedResponse(503, b'{"error": "ServiceUnavailable: scaling up"}'),
+                ModelbitTransportError,
+                503,
+                id="json-503-stays-retryable",
+            ),
+        ],
+    )
+    def test_gateway_and_foreign_answers(
+        self, scripted_server, canned: CannedResponse, error: type, status: int
+    ) -> None:
+        """Any non-2xx fails even without JSON; a 2xx that is not a JSON object is a transport error."""
+        scripted_server.script(canned)
+        with pytest.raises(error) as caught:
+            _parse(_post(scripted_server.url + "/v1/doubler/latest", {"data": 1}))
+        assert caught.value.status == status
+        assert isinstance(caught.value, ModelbitError)
+
+
+class TestLinkHelpers:
+    @pytest.mark.parametrize(
+        ("document", "value"),
+        [
+            ({"data": [[1, 2]]}, [[1, 2]]),
+            ([[1, 2]], [[1, 2]]),
+            (5, 5),
+            ({"data": 1, "x": 2}, {"data": 1, "x": 2}),
+        ],
+    )
+    def test_bare_and_wrapped_documents(self, document: Any, value: Any) -> None:
+        assert unwrap_link_document(document) == value
+
+    def test_location_drops_the_signature(self) -> None:
+        url = "https://bucket.example.com/results/abc.json?expires=1&signature=deadbeef"
+        assert link_location(url) == "https://bucket.example.com/results/abc.json"
+
+
+class TestConnectionTestVerdict:
+    SETTINGS = ModelbitSettings("modelbit_default", "http://127.0.0.1:1", api_key="k1")
+
+    @pytest.mark.parametrize(
+        ("status", "body", "ok", "words"),
+        [
+            (404, b'{"error": "Deployment not found"}', True, "the API key was accepted"),
+            (401, b'{"error": "Invalid API key"}', False, "refused the API key"),
+            (200, b"<html></html>", False, "does not look like a Modelbit workspace"),
+            (404, b"Not Found", False, "does not look like a Modelbit workspace"),
+            (500, b'{"error": "x"}', False, "does not look like a Modelbit workspace"),
+        ],
+    )
+    def test_reads_the_answer(self, status: int, body: bytes, ok: bool, words: str) -> None:
+        verdict = connection_test_verdict(status, {}, body, self.SETTINGS)
+        assert verdict[0] is ok
+        assert words in verdict[1]

@@ -1,0 +1,108 @@
+"""JSON encoding of inference inputs (io/encoding.py)."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from airflow_provider_modelbit.exceptions import ModelbitInputError
+from airflow_provider_modelbit.io.encoding import encode_json, encode_row, join_rows, request_body, row_id_key
+
+
+class TestEncodeJson:
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            pytest.param(float("nan"), b"null", id="nan"),
+            pytest.param(float("inf"), b"null", id="inf"),
+            pytest.param(float("-inf"), b"null", id="minus-inf"),
+            pytest.param(np.float64("nan"), b"null", id="numpy-nan"),
+            pytest.param(np.int64(7), b"7", id="numpy-int"),
+            pytest.param(np.float32(1.5), b"1.5", id="numpy-float"),
+            pytest.param(np.bool_(True), b"true", id="numpy-bool"),
+            pytest.param(np.array([1, 2]), b"[1,2]", id="numpy-array"),
+            pytest.param(pd.NaT, b"null", id="pandas-nat"),
+            pytest.param(pd.NA, b"null", id="pandas-na"),
+            pytest.param(
+                pd.Timestamp("2024-05-01 10:30", tz="UTC"), b'"2024-05-01T10:30:00+00:00"', id="timestamp"
+            ),
+            pytest.param(datetime.datetime(2024, 5, 1, 10, 30), b'"2024-05-01T10:30:00"', id="datetime"),
+            pytest.param(datetime.date(2024, 5, 1), b'"2024-05-01"', id="date"),
+            pytest.param(datetime.time(10, 30), b'"10:30:00"', id="time"),
+            pytest.param(decimal.Decimal("1.25"), b"1.25", id="decimal"),
+            pytest.param(datetime.timedelta(seconds=90), b'"0:01:30"', id="timedelta"),
+            pytest.param({"a": [1, None]}, b'{"a":[1,null]}', id="nested"),
+        ],
+    )
+    def test_encodes_as_modelbit_does(self, value: object, expected: bytes) -> None:
+        """NaN/Inf become null, numpy/pandas scalars numbers, dates ISO strings, decimals floats."""
+        assert encode_json(value) == expected
+
+    def test_bytes_are_refused(self) -> None:
+        with pytest.raises(TypeError, match="bytes"):
+            encode_json({"blob": b"\x00"})
+
+
+class TestEncodeRow:
+    def test_row_is_compact_json(self) -> None:
+        assert encode_row([1, {"x": 2.5}, "a"]) == b'[1,{"x":2.5},"a"]'
+
+    def test_unencodable_column_names_row_id_column_and_type(self) -> None:
+        """A row that cannot be encoded names the row ID, the column and the value type."""
+        with pytest.raises(ModelbitInputError) as caught:
+            encode_row([42, {"age": 3, "photo": b"\x89PNG"}])
+        assert "42" in caught.value.message
+        assert "'photo'" in caught.value.message
+        assert "bytes" in caught.value.message
+        assert isinstance(caught.value, ValueError)
+
+    def test_unencodable_positional_argument_is_named(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"ID 'r7'.*argument 2 is of type object"):
+            encode_row(["r7", 1, object()])
+
+
+class TestRowIdKey:
+    @pytest.mark.parametrize(
+        ("given", "returned"),
+        [
+            (np.int64(3), 3),
+            ("a", "a"),
+            (np.str_("a"), "a"),
+            (pd.Timestamp("2024-01-01"), "2024-01-01T00:00:00"),
+            (2.5, 2.5),
+            (True, True),
+            (np.bool_(False), False),
+        ],
+    )
+    def test_input_id_matches_the_id_the_server_returns(self, given: object, returned: object) -> None:
+        """IDs are matched through the JSON they were sent as."""
+        assert row_id_key(given) == row_id_key(orjson.loads(orjson.dumps(returned)))
+
+    @pytest.mark.parametrize(("first", "second"), [("1", 1), (True, 1), (1.0, 1), (False, 0)])
+    def test_ids_sent_as_different_json_differ(self, first: object, second: object) -> None:
+        assert row_id_key(first) != row_id_key(second)
+
+
+class TestRequestBody:
+    @pytest.mark.parametrize(
+        ("fields", "expected"),
+        [
+            ({}, {"data": [[1, 2]]}),
+            ({"timeout_seconds": None}, {"data": [[1, 2]]}),
+            (
+                {"timeout_seconds": 30, "response_format": "links"},
+                {"data": [[1, 2]], "timeout_seconds": 30, "response_format": "links"},
+            ),
+        ],
+    )
+    def test_envelope_wraps_encoded_rows(self, fields: dict, expected: dict) -> None:
+        body = request_body(join_rows([encode_row([1, 2])]), **fields)
+        assert orjson.loads(body) == expected
+
+    def test_empty_batch_is_an_empty_array(self) -> None:
+        assert join_rows([]) == b"[]"
