@@ -744,6 +744,25 @@ def _link_pieces(response: requests.Response, url: str) -> Iterator[bytes]:
 # --- Async hook --------------------------------------------------------------------------------
 
 
+async def _aget_connection_and_extra(conn_id: str, hook: BaseHook) -> tuple[Any, dict[str, Any]]:
+    """
+    Resolve a connection and its extras without blocking the event loop.
+
+    common-compat 1.8+ offers helpers that also avoid a masking deadlock on Airflow 3.3; with older
+    releases (the Airflow 3.1 floor) ``BaseHook.aget_connection`` does the same job.
+    """
+    try:
+        from airflow.providers.common.compat.connection import (
+            get_async_connection,
+            get_async_extra_dejson,
+        )
+    except ImportError:
+        conn = await BaseHook.aget_connection(conn_id)
+        return conn, await asyncio.to_thread(lambda: conn.extra_dejson)
+    conn = await get_async_connection(conn_id, hook)
+    return conn, await get_async_extra_dejson(conn)
+
+
 class ModelbitAsyncHook(_ModelbitProtocolMixin, BaseHook):
     """
     Call Modelbit from an event loop (triggers, async operators) with httpx.
@@ -787,18 +806,12 @@ class ModelbitAsyncHook(_ModelbitProtocolMixin, BaseHook):
     async def aget_settings(self) -> ModelbitSettings:
         """Resolve the connection without blocking the event loop; the key is masked when read."""
         if self._settings is None:
-            from airflow.providers.common.compat.connection import (
-                get_async_connection,
-                get_async_extra_dejson,
-            )
-
             try:
-                conn = await get_async_connection(self.modelbit_conn_id, self)
+                conn, extra = await _aget_connection_and_extra(self.modelbit_conn_id, self)
             except Exception as error:
                 if type(error).__name__ != "AirflowNotFoundException":
                     raise
                 raise ModelbitConnectionError(_missing_connection_message(self.modelbit_conn_id)) from None
-            extra = await get_async_extra_dejson(conn)
             self._settings = settings_from_connection(conn, self.modelbit_conn_id, extra)
         return self._settings
 

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk import serde
+try:
+    from airflow.sdk import serde
+except ImportError:  # Airflow 3.1: serde lived in core until the Task SDK took it over
+    from airflow.serialization import serde  # type: ignore[no-redef]
 from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_modelbit.callbacks.store import CallbackStore
