@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 try:
     from airflow.sdk import serde
 except ImportError:  # Airflow 3.1: serde lived in core until the Task SDK took it over
