@@ -101,7 +101,7 @@ class ModelbitTimeout(ModelbitError):
 
 
 class ModelbitTransportError(ModelbitError):
-    """The request did not get a usable answer: connection failure, gateway error, or a body that is not JSON."""
+    """The request got no usable answer: a connection failure, a gateway error, or a body that is not JSON."""
 
 
 class ModelbitLinkExpired(ModelbitError):

@@ -11,7 +11,9 @@ from typing import Any
 CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
     "workspace": {
         "label": "Workspace",
-        "description": "Workspace name; with Region (and Outpost) it builds the Workspace URL when Host is empty.",
+        "description": (
+            "Workspace name; with Region (and Outpost) it builds the Workspace URL when that is empty."
+        ),
         "schema": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9-]*$"},
     },
     "region": {
@@ -31,12 +33,17 @@ CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
     },
     "timeout_seconds": {
         "label": "Default timeout (seconds)",
-        "description": "Inference time limit sent with each request when a task sets none (1-300 sync, 1-900 async).",
+        "description": (
+            "Inference time limit sent with each request when a task sets none (1-300 sync, 1-900 async)."
+        ),
         "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": 900},
     },
     "callback_base_url": {
         "label": "Callback base URL",
-        "description": "Public HTTPS URL at which Modelbit reaches the callback receiver, e.g. https://airflow.example.com/modelbit.",
+        "description": (
+            "Public HTTPS URL at which Modelbit reaches the callback receiver, "
+            "e.g. https://airflow.example.com/modelbit."
+        ),
         "schema": {"type": ["string", "null"], "format": "url"},
     },
     "callback_secret": {
@@ -52,11 +59,6 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "placeholders": {
         "host": "https://acme.us-east-2.aws.modelbit.com",
         "password": "mi1a2b3c:Ab3dEf...",
-        "workspace": "acme",
-        "region": "us-east-2.aws",
-        "branch": "main",
-        "timeout_seconds": "300",
-        "callback_base_url": "https://airflow.example.com/modelbit",
     },
 }
 
@@ -66,7 +68,9 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-modelbit",
         "name": "Modelbit",
-        "description": "Call models deployed on Modelbit from Airflow: single, batch and async-callback inference.",
+        "description": (
+            "Call models deployed on Modelbit from Airflow: single, batch and async-callback inference."
+        ),
         "integrations": [
             {
                 "integration-name": "Modelbit",
@@ -75,7 +79,10 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [
-            {"integration-name": "Modelbit", "python-modules": ["airflow_provider_modelbit.hooks.modelbit"]}
+            {
+                "integration-name": "Modelbit",
+                "python-modules": ["airflow_provider_modelbit.hooks.modelbit"],
+            }
         ],
         "operators": [
             {
@@ -87,7 +94,10 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "triggers": [
-            {"integration-name": "Modelbit", "python-modules": ["airflow_provider_modelbit.triggers.callback"]}
+            {
+                "integration-name": "Modelbit",
+                "python-modules": ["airflow_provider_modelbit.triggers.callback"],
+            }
         ],
         "connection-types": [
             {
@@ -104,8 +114,9 @@ def get_provider_info() -> dict[str, Any]:
                 "options": {
                     "callback_store": {
                         "description": (
-                            "Where webhook deliveries are stored: a local folder or any ObjectStoragePath URL "
-                            "(s3://..., gs://...) shared by the callback receiver, the triggerer and the workers."
+                            "Where webhook deliveries are stored: a local folder or any ObjectStoragePath "
+                            "URL (s3://..., gs://...) shared by the callback receiver, the triggerer and "
+                            "the workers. Empty: $AIRFLOW_HOME/modelbit/callbacks."
                         ),
                         "version_added": "0.1.0",
                         "type": "string",
@@ -113,7 +124,9 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "",
                     },
                     "callback_conn_id": {
-                        "description": "Connection whose callback secret the stand-alone receiver uses by default.",
+                        "description": (
+                            "Connection whose callback secret the stand-alone receiver uses by default."
+                        ),
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "modelbit_default",
