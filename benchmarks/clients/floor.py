@@ -1,0 +1,55 @@
+"""The floor: read the Parquet table, encode and decode the same JSON a batch request carries, write
+Parquet — with no HTTP at all. No client can use less CPU per row than this for the same work.
+
+Usage: ``python -m benchmarks.clients.floor INPUT OUTPUT --warm-up SMALL_INPUT --batch-size N``
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.clients.report import WARM_UP_HELP, measured, report
+
+
+def _round_trip(batch: pa.RecordBatch, first_id: int) -> list[list[object]]:
+    rows = [[first_id + offset, record] for offset, record in enumerate(batch.to_pylist())]
+    request_body = orjson.dumps({"data": rows})
+    # The echo deployment answers with the same rows, so decoding the request body is decoding the response.
+    return orjson.loads(request_body)["data"]
+
+
+def score_without_http(input_path: Path, output_path: Path, batch_size: int) -> int:
+    """Stream ``input_path`` through the JSON round trip into ``output_path``; returns the row count."""
+    writer: pq.ParquetWriter | None = None
+    rows_done = 0
+    for batch in pq.ParquetFile(input_path).iter_batches(batch_size=batch_size):
+        returned = _round_trip(batch, rows_done)
+        table = pa.table({"id": [row[0] for row in returned], "result": [row[1] for row in returned]})
+        writer = writer or pq.ParquetWriter(output_path, table.schema)
+        writer.write_table(table)
+        rows_done += len(returned)
+    if writer is not None:
+        writer.close()
+    return rows_done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("input", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
+    arguments = parser.parse_args()
+    score_without_http(arguments.warm_up, arguments.output, arguments.batch_size)
+    with measured() as measurement:
+        measurement.rows = score_without_http(arguments.input, arguments.output, arguments.batch_size)
+    report(measurement)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The official Modelbit client (``modelbit`` 0.44.3): ``get_inference`` on the DataFrame, Parquet out.
+
+Runs in the benchmark-only environment ``.venv-bench`` (see ``requirements-official-client.txt``).
+
+Pointing the client at the local server: ``modelbit.get_inference`` always builds
+``https://{workspace}.{region}.modelbit.com/v1/...``; its only override (a ``region`` containing
+``:5000``) still puts the workspace name in front of the host, which does not resolve locally. So
+:func:`redirect_to_local_server` wraps the client's own pooled session's ``post`` to swap that base
+URL for the local server's, and changes nothing else: same session and retry adapters, headers,
+body encoding, chunking (3,000 rows / 20 MB) and concurrency (3 requests in flight).
+
+Usage: ``python -m benchmarks.clients.official_client INPUT OUTPUT --warm-up SMALL_INPUT --url BASE_URL``
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks.clients.report import WARM_UP_HELP, measured, report
+
+WORKSPACE = "bench"
+REGION = "us-east-2.aws"
+OFFICIAL_BASE_URL = f"https://{WORKSPACE}.{REGION}.modelbit.com"
+
+
+def redirect_to_local_server(local_base_url: str) -> None:
+    """Send the official client's inference requests to ``local_base_url`` instead of modelbit.com."""
+    from modelbit.api import inference_api
+
+    session = inference_api._session
+    original_post: Callable[..., Any] = session.post
+
+    def post_to_local_server(url: str, **kwargs: Any) -> Any:
+        return original_post(url.replace(OFFICIAL_BASE_URL, local_base_url.rstrip("/"), 1), **kwargs)
+
+    session.post = post_to_local_server
+
+
+def score_with_official_client(input_path: Path, output_path: Path) -> int:
+    """Read the table into a DataFrame, score it with ``get_inference``, write the results as Parquet."""
+    import modelbit
+
+    frame = pd.read_parquet(input_path)
+    answer = modelbit.get_inference(
+        deployment="echo", data=frame, region=REGION, workspace=WORKSPACE, branch="main"
+    )
+    ids = [row[0] for row in answer["data"]]
+    results = pd.DataFrame.from_records([row[1] for row in answer["data"]])
+    results.insert(0, "id", ids)
+    results.to_parquet(output_path, index=False)
+    return len(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("input", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--url", required=True, help="the local server's base URL")
+    parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
+    arguments = parser.parse_args()
+    redirect_to_local_server(arguments.url)
+    score_with_official_client(arguments.warm_up, arguments.output)
+    with measured() as measurement:
+        measurement.rows = score_with_official_client(arguments.input, arguments.output)
+    report(measurement)
+
+
+if __name__ == "__main__":
+    main()
