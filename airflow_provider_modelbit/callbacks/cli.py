@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_conn_ids() -> list[str]:
-    from airflow.sdk import conf
+    from airflow_provider_modelbit.version_compat import conf
 
     return [conf.get("modelbit", "callback_conn_id", fallback="modelbit_default") or "modelbit_default"]
 

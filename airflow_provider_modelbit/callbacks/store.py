@@ -25,7 +25,7 @@ _MANIFEST = "manifest.json"
 
 def default_store_location() -> str:
     """Return ``[modelbit] callback_store``, or ``$AIRFLOW_HOME/modelbit/callbacks`` when it is empty."""
-    from airflow.sdk import conf
+    from airflow_provider_modelbit.version_compat import conf
 
     configured = conf.get("modelbit", "callback_store", fallback="") or ""
     if configured.strip():

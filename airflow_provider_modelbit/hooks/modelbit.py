@@ -757,7 +757,10 @@ async def _aget_connection_and_extra(conn_id: str, hook: BaseHook) -> tuple[Any,
             get_async_extra_dejson,
         )
     except ImportError:
-        conn = await BaseHook.aget_connection(conn_id)
+        try:
+            conn = await BaseHook.aget_connection(conn_id)
+        except ImportError:  # 3.1.0 outside a task or the triggerer: no supervisor to ask
+            conn = await asyncio.to_thread(BaseHook.get_connection, conn_id)
         return conn, await asyncio.to_thread(lambda: conn.extra_dejson)
     conn = await get_async_connection(conn_id, hook)
     return conn, await get_async_extra_dejson(conn)

@@ -4,19 +4,23 @@ Score a whole table with a Modelbit deployment: :class:`ModelbitBatchInferenceOp
 The table is streamed: read a record batch at a time, cut into chunks, sent with a bounded
 number of requests in flight, and each finished chunk is saved beside the output as it arrives.
 The Parquet output is assembled from those saved chunks at the end and moved into place in one
-step. Because finished chunks survive a failed attempt, a retry scores only what is left.
+step. Because finished chunks survive a failed attempt, a retry scores only what is left. In
+deferrable mode the same chunks are submitted as async requests, and their webhook deliveries are
+saved into the same checkpoint on resumption, so both paths write the same file.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from airflow.sdk import Asset, BaseOperator, conf
+from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.io.arrow_results import result_field
@@ -35,6 +39,8 @@ from airflow_provider_modelbit.io.batch_inputs import (
 from airflow_provider_modelbit.io.chunk_store import ChunkStore
 from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN, ResultWriter
 from airflow_provider_modelbit.io.tables import TableSource, open_table
+from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
+from airflow_provider_modelbit.version_compat import conf
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -43,11 +49,13 @@ if TYPE_CHECKING:
 
 #: Bumped when the checkpoint layout or chunking changes, so old checkpoints are not reused.
 CHECKPOINT_FORMAT = 1
+#: The ``response_format`` asking for results as download links.
+LINKS = "links"
 #: Rows read from the input at a time when only the ID column is checked.
 _ID_SCAN_ROWS = 262_144
 
 
-class ModelbitBatchInferenceOperator(BaseOperator):
+class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     """
     Score every row of a table with a Modelbit deployment and write the results as Parquet.
 
@@ -80,9 +88,12 @@ class ModelbitBatchInferenceOperator(BaseOperator):
     Progress (rows done, rows per second, ETA) is logged every ``progress_interval_seconds``.
     The task returns ``{"path", "rows", "chunks", "seconds", "rows_per_second"}``, never results.
 
-    ``deferrable=True`` (default from ``[operators] default_deferrable``) is recorded here and
-    implemented by the deferrable variant in ``operators/deferrable.py``, which reuses
-    :meth:`_iter_chunks`, :meth:`_record_chunk` and :meth:`_write_results`.
+    With ``deferrable=True`` (default from ``[operators] default_deferrable``) each chunk is
+    submitted as one async request carrying a signed webhook URL (the connection needs
+    ``callback_base_url`` and ``callback_secret``), and the task waits in the triggerer without
+    holding a worker slot. On resumption the deliveries — inline results, or links streamed to
+    disk — are saved into the same checkpoint and assembled into the same Parquet file as the
+    synchronous path writes. A chunk delivered as an error is resubmitted on its own.
 
     :param deployment: name of the Modelbit deployment. (templated)
     :param input_path: the input table, local path or URL. (templated)
@@ -106,7 +117,7 @@ class ModelbitBatchInferenceOperator(BaseOperator):
     :param output_conn_id: Airflow connection for the output's object store, if the URL names none.
     :param asset: an Asset (or its URI) updated when the output is written, so downstream DAGs can
         be scheduled on fresh scores.
-    :param deferrable: free the worker while chunks are scored (see above).
+    :param deferrable: submit chunks asynchronously and free the worker while they are scored (see above).
     :param progress_interval_seconds: seconds between progress lines in the task log.
     """
 
@@ -192,6 +203,8 @@ class ModelbitBatchInferenceOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         started = time.monotonic()
         total_rows = self._prepare()
+        if self.deferrable:
+            return self.execute_deferrable(context)
         finished = self.checkpoint.start(self._manifest())
         if finished:
             self.log.info("Resuming: %d chunk(s) finished by an earlier attempt are reused.", len(finished))
@@ -227,12 +240,58 @@ class ModelbitBatchInferenceOperator(BaseOperator):
                 progress.advance(chunk.num_rows, reused=True)
                 continue
             in_flight.append(chunk)
-            yield batch_rows(
-                chunk,
-                columns=self._model_columns,
-                id_column=self.id_column,
-                argument_style=self.argument_style,
+            yield self._chunk_rows(chunk)
+
+    # The run, deferred path -----------------------------------------------------------------
+
+    def _callback_payloads(self) -> Iterator[list[list[Any]]]:
+        """The batch rows of every chunk, one async request each, read lazily from the input."""
+        return (self._chunk_rows(chunk) for chunk in self._iter_chunks())
+
+    def _collect_callback_results(
+        self, context: Context, deliveries: Iterator[CallbackDelivery]
+    ) -> dict[str, Any]:
+        """Save each delivered chunk into the checkpoint, then write the output as the sync path does."""
+        resumed = time.monotonic()
+        finished = self.checkpoint.start(self._manifest())
+        progress = _Progress(self.log, self.source.num_rows, self.progress_interval_seconds)
+        waited = 0.0
+        with tempfile.TemporaryDirectory(prefix="modelbit-deliveries-") as scratch:
+            for delivery, chunk in zip(deliveries, self._iter_chunks(), strict=True):
+                waited = max(waited, delivery.seconds)
+                if chunk.index not in finished:
+                    self._record_delivery(chunk, delivery, Path(scratch))
+                progress.advance(chunk.num_rows, reused=chunk.index in finished)
+        # Time runs from the first submission: the deferral is part of the task's work.
+        return self._write_results(context, resumed - waited)
+
+    def _record_delivery(self, chunk: InputChunk, delivery: CallbackDelivery, scratch: Path) -> None:
+        """Save one chunk's delivery: inline results matched by ID, or a link streamed to disk."""
+        from airflow_provider_modelbit.hooks.batching import encode_chunk, reassemble
+
+        rows = self._chunk_rows(chunk)
+        if self.response_format != LINKS:
+            answer = reassemble(
+                encode_chunk(rows), delivery.value, deployment=self.deployment, version=self.version
             )
+            self._record_chunk(chunk, answer)
+            return
+        linked = self._download_link(delivery.value, rows, scratch / f"chunk-{chunk.index:08d}.parquet")
+        result = linked.column(RESULT_COLUMN)
+        self.checkpoint.put(chunk.index, self._chunk_table(chunk, linked.schema.field(RESULT_COLUMN), result))
+
+    def _download_link(self, url: str, rows: list[list[Any]], part: Path) -> pa.Table:
+        """Stream a results link to a local Parquet file and return it in the chunk's row order."""
+        import pyarrow.parquet as pq
+
+        from airflow_provider_modelbit.io.links import link_rows_to_parquet
+        from airflow_provider_modelbit.operators.inference import results_in_input_order
+
+        with self.hook.open_link(url) as stream, part.open("wb") as sink:
+            link_rows_to_parquet(stream, sink)
+        table = results_in_input_order(pq.read_table(part), rows, deployment=self.deployment)
+        part.unlink()
+        return table
 
     # Building blocks shared with the deferrable path -----------------------------------------
 
@@ -257,6 +316,12 @@ class ModelbitBatchInferenceOperator(BaseOperator):
         """Finished chunks of this output, kept beside it until the output is written."""
         return ChunkStore.beside(self.output_location)
 
+    def _chunk_rows(self, chunk: InputChunk) -> list[list[Any]]:
+        """Return a chunk as the batch rows ``[[id, *args], ...]`` of one request."""
+        return batch_rows(
+            chunk, columns=self._model_columns, id_column=self.id_column, argument_style=self.argument_style
+        )
+
     def _iter_chunks(self) -> Iterator[InputChunk]:
         """Yield the input in chunks of ``batch_size`` rows, the same chunks on every attempt."""
         return exact_chunks(self.source.iter_batches(max_rows=max(self.batch_size, 65_536)), self.batch_size)
@@ -270,7 +335,8 @@ class ModelbitBatchInferenceOperator(BaseOperator):
                 deployment=self.deployment,
                 version=self.version,
             )
-        self.checkpoint.put(chunk.index, self._chunk_table(chunk, [row[1] for row in rows]))
+        field, results = result_field(RESULT_COLUMN, [row[1] for row in rows])
+        self.checkpoint.put(chunk.index, self._chunk_table(chunk, field, results))
 
     def _write_results(self, context: Context, started: float) -> dict[str, Any]:
         """Assemble the finished chunks into the Parquet output, atomically, and clean up."""
@@ -322,14 +388,16 @@ class ModelbitBatchInferenceOperator(BaseOperator):
     def _output_passthrough(self) -> list[str]:
         return [name for name in self.passthrough_columns if name != self.id_column]
 
-    def _chunk_table(self, chunk: InputChunk, results: list[Any]) -> pa.Table:
-        field, array = result_field(RESULT_COLUMN, results)
+    def _chunk_table(
+        self, chunk: InputChunk, field: pa.Field, results: pa.Array | pa.ChunkedArray
+    ) -> pa.Table:
+        """A chunk as the checkpoint keeps it: IDs, ``results`` as ``field`` says, pass-through columns."""
         passthrough = [chunk.table.column(name) for name in self._output_passthrough]
         schema = pa.schema(
             [pa.field(self._id_name, chunk_ids(chunk, self.id_column).type), field]
             + [chunk.table.schema.field(name) for name in self._output_passthrough]
         )
-        return pa.Table.from_arrays([chunk_ids(chunk, self.id_column), array, *passthrough], schema=schema)
+        return pa.Table.from_arrays([chunk_ids(chunk, self.id_column), results, *passthrough], schema=schema)
 
     def _empty_schema(self) -> pa.Schema:
         id_type = self.source.schema.field(self.id_column).type if self.id_column else pa.int64()

@@ -3,15 +3,16 @@
 The operator submits each chunk once on the worker as an async request whose webhook URL is
 signed for this job and chunk, records the batch IDs in a job manifest in the callback store,
 and defers to :class:`ModelbitCallbackTrigger`. When the deliveries are in, it resumes on a
-worker, reads them in chunk order and hands them to the operator's own ``_write_results``, so the
-output is the same as on the synchronous path.
+worker and hands them, in chunk order, to the operator's ``_collect_callback_results``, which
+assembles them the way its synchronous path assembles answers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -29,8 +30,8 @@ from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES, 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_modelbit.hooks.batching import ChunkResult
     from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+    from airflow_provider_modelbit.hooks.settings import ModelbitSettings
 
 XCOM_BATCH_IDS_KEY = "modelbit_batch_ids"
 DEFAULT_ASYNC_TIMEOUT_SECONDS = 300
@@ -61,14 +62,50 @@ def validate_callback_event(event: dict[str, Any] | None) -> dict[str, Any]:
     return event
 
 
+@dataclass(frozen=True)
+class CallbackDelivery:
+    """
+    One chunk's webhook delivery, as the operator receives it on resumption.
+
+    :param chunk: the chunk number, from 0, in the order of ``_callback_payloads()``.
+    :param value: what the answer's ``data`` holds: the results, or the results link when the
+        request asked for ``response_format="links"``.
+    :param seconds: wall-clock time from the job's first submission to this delivery's arrival.
+    :param size: bytes of the delivery body.
+    """
+
+    chunk: int
+    value: Any
+    seconds: float
+    size: int
+
+
+@dataclass(frozen=True)
+class _Submission:
+    """What every async request of one submission round shares; held in memory only (it has the secret)."""
+
+    base_url: str
+    secret: str
+    timeout_seconds: int
+    expires_at: int
+
+    def __repr__(self) -> str:
+        return f"_Submission(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
+
+
 class ModelbitDeferrableMixin:
     """
     Add the async-callback path to a Modelbit operator.
 
     The operator provides ``hook`` (a ``ModelbitHook``), ``deployment``, ``version``, ``branch``,
-    ``timeout_seconds``, ``response_format``, ``modelbit_conn_id``, ``_iter_chunks()`` (the
-    ``data`` of each request, in order) and ``_write_results(context, chunk_results)``, and
-    calls :meth:`execute_deferrable` from ``execute`` when ``deferrable`` is set.
+    ``timeout_seconds``, ``response_format`` and ``modelbit_conn_id``, plus two methods:
+
+    * ``_callback_payloads()`` — the ``data`` of each async request, one per chunk, in the same
+      order on every call (it is read again on resumption, lazily, so it may stream a table);
+    * ``_collect_callback_results(context, deliveries)`` — turn the :class:`CallbackDelivery`
+      of every chunk, in chunk order, into the task's return value;
+
+    and calls :meth:`execute_deferrable` from ``execute`` when ``deferrable`` is set.
 
     The Modelbit connection must carry ``callback_base_url`` (the public https URL of the
     receiver, ending in ``/modelbit`` when it is mounted in the api-server) and
@@ -83,7 +120,6 @@ class ModelbitDeferrableMixin:
     callback_delivery_margin: float = DELIVERY_MARGIN_SECONDS
 
     if TYPE_CHECKING:
-        hook: ModelbitHook
         deployment: str
         version: str | int
         branch: str | None
@@ -92,8 +128,12 @@ class ModelbitDeferrableMixin:
         modelbit_conn_id: str
         log: Any
 
-        def _iter_chunks(self) -> Iterator[Any]: ...
-        def _write_results(self, context: Context, chunk_results: Iterator[ChunkResult]) -> Any: ...
+        @property
+        def hook(self) -> ModelbitHook: ...
+        def _callback_payloads(self) -> Iterator[Any]: ...
+        def _collect_callback_results(
+            self, context: Context, deliveries: Iterator[CallbackDelivery]
+        ) -> Any: ...
         def defer(
             self, *, trigger: Any, method_name: str, kwargs: Any = None, timeout: Any = None
         ) -> Any: ...
@@ -101,19 +141,16 @@ class ModelbitDeferrableMixin:
     # ------------------------------------------------------------------ submission
 
     def execute_deferrable(self, context: Context) -> Any:
-        """Submit what is not delivered yet, then defer; return at once when nothing needs waiting for."""
+        """Submit what is not delivered yet, then defer; return at once when there is nothing to score."""
         store = CallbackStore(self.callback_store_location)
         job_id = self._callback_job_id(context)
         manifest = self._reusable_manifest(store, job_id)
-        payloads = list(self._iter_chunks())
-        if not payloads:
-            return self._write_results(context, iter([]))
-        manifest.setdefault("chunks", len(payloads))
-        manifest.setdefault("single", len(payloads) == 1 and not _is_batch(payloads[0]))
-        to_submit = self._chunks_to_submit(store, job_id, manifest, len(payloads))
-        deadline = self._submit_chunks(store, job_id, manifest, {n: payloads[n] for n in to_submit})
+        self._submit_chunks(store, job_id, manifest, self._needs_submission(store, job_id, manifest))
+        if manifest["chunks"] == 0:
+            store.remove_job(job_id)
+            return self._collect_callback_results(context, iter([]))
         self._push_batch_ids(context, manifest)
-        return self._defer_until(store, job_id, manifest, deadline)
+        return self._defer_until(store, job_id, manifest)
 
     def _callback_job_id(self, context: Context) -> str:
         ti = context["ti"]
@@ -140,63 +177,92 @@ class ModelbitDeferrableMixin:
             "response_format": self.response_format,
             "batch_ids": {},
             "attempts": {},
+            "chunks": 0,
             "deadline": 0.0,
         }
 
-    def _chunks_to_submit(
-        self, store: CallbackStore, job_id: str, manifest: dict[str, Any], count: int
-    ) -> list[int]:
-        """Chunks with no usable delivery: never submitted, errored, or overdue from an earlier try."""
+    def _needs_submission(
+        self, store: CallbackStore, job_id: str, manifest: dict[str, Any]
+    ) -> Callable[[int], bool]:
+        """Return a test for chunks with no usable delivery: never submitted, errored, or overdue."""
         delivered = store.delivered_chunks(job_id)
-        overdue = time.time() >= manifest.get("deadline", 0.0)
-        chunks = []
-        for chunk in range(count):
-            if chunk in delivered and store.delivery_kind(job_id, chunk) != "error":
-                continue
-            if chunk in delivered:
-                store.remove_chunk(job_id, chunk)
-            elif str(chunk) in manifest["batch_ids"] and not overdue:
-                continue
-            chunks.append(chunk)
-        return chunks
+        overdue = time.time() >= manifest["deadline"]
+
+        def needs(chunk: int) -> bool:
+            if chunk not in delivered:
+                return overdue or str(chunk) not in manifest["batch_ids"]
+            if store.delivery_kind(job_id, chunk) != "error":
+                return False
+            store.remove_chunk(job_id, chunk)
+            return True
+
+        return needs
 
     def _submit_chunks(
-        self, store: CallbackStore, job_id: str, manifest: dict[str, Any], payloads: dict[int, Any]
-    ) -> float:
-        """Submit each chunk once as an async request; return the deadline of the whole job."""
-        if not payloads:
-            return float(manifest["deadline"])
+        self, store: CallbackStore, job_id: str, manifest: dict[str, Any], needs: Callable[[int], bool]
+    ) -> None:
+        """Submit each chunk ``needs`` picks as an async request, reading the payloads lazily."""
+        submission: _Submission | None = None
+        submitted = count = 0
+        for chunk, payload in enumerate(self._callback_payloads()):
+            count += 1
+            if not needs(chunk):
+                continue
+            submission = submission or self._open_submission(store, job_id, manifest)
+            self._submit_chunk(store, job_id, manifest, submission, chunk, payload)
+            submitted += 1
+        manifest["chunks"] = count
+        if submission is not None or store.has_manifest(job_id):
+            store.write_manifest(job_id, manifest)
+        if submitted:
+            self.log.info(
+                "Submitted %d of %d chunk(s) of %s asynchronously as callback job %s.",
+                submitted, count, self.deployment, job_id,
+            )  # fmt: skip
+
+    def _open_submission(self, store: CallbackStore, job_id: str, manifest: dict[str, Any]) -> _Submission:
+        """Check the callback settings, extend the job's deadline and record it before the first request."""
         settings = self.hook.settings
         base_url = self._callback_base_url(settings)
         secret = check_secret(settings.callback_secret, self.modelbit_conn_id)
         timeout = self.timeout_seconds or settings.timeout_seconds or DEFAULT_ASYNC_TIMEOUT_SECONDS
-        deadline = time.time() + timeout + self.callback_delivery_margin
-        manifest["deadline"] = max(float(manifest["deadline"]), deadline)
-        manifest["submitted_at"] = time.time()
+        now = time.time()
+        manifest["deadline"] = max(float(manifest["deadline"]), now + timeout + self.callback_delivery_margin)
+        manifest.setdefault("first_submitted_at", now)
         store.write_manifest(job_id, manifest)  # before submitting: the receiver only keeps awaited jobs
         expires_at = int(manifest["deadline"] + TOKEN_GRACE_SECONDS)
-        for chunk, payload in payloads.items():
-            url = callback_url(base_url, self.modelbit_conn_id, job_id, chunk, secret, expires_at)
-            manifest["batch_ids"][str(chunk)] = self.hook.submit_async(
-                self.deployment,
-                payload,
-                webhook_url=url,
-                version=self.version,
-                branch=self.branch,
-                timeout_seconds=timeout,
-                response_format=self.response_format,
-            )
-            manifest["attempts"][str(chunk)] = manifest["attempts"].get(str(chunk), 0) + 1
-            store.write_manifest(job_id, manifest)
-        self.log.info(
-            "Submitted %d chunk(s) of %s asynchronously as callback job %s.",
-            len(payloads),
-            self.deployment,
-            job_id,
-        )
-        return float(manifest["deadline"])
+        return _Submission(base_url, secret, int(timeout), expires_at)
 
-    def _callback_base_url(self, settings: Any) -> str:
+    def _submit_chunk(
+        self,
+        store: CallbackStore,
+        job_id: str,
+        manifest: dict[str, Any],
+        submission: _Submission,
+        chunk: int,
+        payload: Any,
+    ) -> None:
+        url = callback_url(
+            submission.base_url,
+            self.modelbit_conn_id,
+            job_id,
+            chunk,
+            submission.secret,
+            submission.expires_at,
+        )
+        manifest["batch_ids"][str(chunk)] = self.hook.submit_async(
+            self.deployment,
+            payload,
+            webhook_url=url,
+            version=self.version,
+            branch=self.branch,
+            timeout_seconds=submission.timeout_seconds,
+            response_format=self.response_format,
+        )
+        manifest["attempts"][str(chunk)] = manifest["attempts"].get(str(chunk), 0) + 1
+        store.write_manifest(job_id, manifest)  # a retry must know this chunk is on its way
+
+    def _callback_base_url(self, settings: ModelbitSettings) -> str:
         if not settings.callback_base_url:
             raise ModelbitConnectionError(
                 f"Connection {self.modelbit_conn_id!r} has no 'callback_base_url': set it to the public "
@@ -209,9 +275,8 @@ class ModelbitDeferrableMixin:
         batch_ids = [manifest["batch_ids"].get(str(n)) for n in range(manifest["chunks"])]
         context["ti"].xcom_push(key=XCOM_BATCH_IDS_KEY, value=batch_ids)
 
-    def _defer_until(
-        self, store: CallbackStore, job_id: str, manifest: dict[str, Any], deadline: float
-    ) -> Any:
+    def _defer_until(self, store: CallbackStore, job_id: str, manifest: dict[str, Any]) -> Any:
+        deadline = float(manifest["deadline"])
         trigger = ModelbitCallbackTrigger(
             job_id=job_id,
             chunks=range(manifest["chunks"]),
@@ -237,7 +302,7 @@ class ModelbitDeferrableMixin:
             self._fail_on_timeout(context, store, job_id, event)
         if event["status"] == "error":
             return self._resubmit_errors(context, store, job_id, manifest, event["errors"])
-        result = self._write_results(context, self._delivered_results(store, job_id, manifest))
+        result = self._collect_callback_results(context, self._deliveries(store, job_id, manifest))
         store.remove_job(job_id)
         return result
 
@@ -267,10 +332,9 @@ class ModelbitDeferrableMixin:
         self.log.warning("Chunk(s) %s of job %s were delivered as errors; resubmitting them.", errors, job_id)
         for chunk in errors:
             store.remove_chunk(job_id, chunk)
-        payloads = dict(enumerate(self._iter_chunks()))
-        deadline = self._submit_chunks(store, job_id, manifest, {c: payloads[c] for c in errors})
+        self._submit_chunks(store, job_id, manifest, set(errors).__contains__)
         self._push_batch_ids(context, manifest)
-        return self._defer_until(store, job_id, manifest, deadline)
+        return self._defer_until(store, job_id, manifest)
 
     def _deployment_error(
         self, store: CallbackStore, job_id: str, chunk: int, manifest: dict[str, Any]
@@ -287,38 +351,13 @@ class ModelbitDeferrableMixin:
             version=self.version,
         )
 
-    def _delivered_results(
+    def _deliveries(
         self, store: CallbackStore, job_id: str, manifest: dict[str, Any]
-    ) -> Iterator[ChunkResult]:
-        """Yield a ChunkResult per delivery, in chunk order, matched to the input by row ID."""
-        from airflow_provider_modelbit.hooks.batching import ChunkResult
-
-        for chunk, payload in enumerate(self._iter_chunks()):
+    ) -> Iterator[CallbackDelivery]:
+        """Yield each chunk's delivery in chunk order, reading one body at a time."""
+        for chunk in range(manifest["chunks"]):
             meta = store.delivery_meta(job_id, chunk)
-            value = self._delivered_value(store, job_id, chunk, meta["kind"], manifest)
-            rows = [[0, value]] if manifest.get("single") else self._matched_rows(payload, value)
-            seconds = max(0.0, meta["received_at"] - float(manifest.get("submitted_at", meta["received_at"])))
-            yield ChunkResult(index=chunk, rows=rows, seconds=seconds, response_bytes=meta["size"])
-
-    def _delivered_value(
-        self, store: CallbackStore, job_id: str, chunk: int, kind: str, manifest: dict[str, Any]
-    ) -> Any:
-        with store.open_delivery(job_id, chunk) as body:
-            value = orjson.loads(body.read())["data"]
-        if kind == "link" and manifest.get("response_format") == "links":
-            from airflow_provider_modelbit.hooks.responses import unwrap_link_document
-
-            with self.hook.open_link(value) as pieces:
-                return unwrap_link_document(orjson.loads(b"".join(pieces)))
-        return value
-
-    def _matched_rows(self, payload: list[list[Any]], answer: Any) -> list[list[Any]]:
-        from airflow_provider_modelbit.hooks.batching import encode_chunk, reassemble
-
-        return reassemble(encode_chunk(payload), answer, deployment=self.deployment, version=self.version)
-
-
-def _is_batch(data: Any) -> bool:
-    from airflow_provider_modelbit.hooks.batching import is_batch
-
-    return is_batch(data)
+            with store.open_delivery(job_id, chunk) as body:
+                value = orjson.loads(body.read())["data"]
+            submitted_at = float(manifest.get("first_submitted_at", meta["received_at"]))
+            yield CallbackDelivery(chunk, value, max(0.0, meta["received_at"] - submitted_at), meta["size"])

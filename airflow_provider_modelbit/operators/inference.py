@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
 from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
+from airflow_provider_modelbit.version_compat import conf
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,7 +39,7 @@ MAX_CONCURRENT_REQUESTS = 3
 LINKS = "links"
 
 
-class ModelbitInferenceOperator(BaseOperator):
+class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     """
     Run a Modelbit deployment on one input, batch rows or a DataFrame, and return the result.
 
@@ -87,8 +89,10 @@ class ModelbitInferenceOperator(BaseOperator):
         be re-sent after a read timeout or a dropped connection (rows may then run twice).
     :param max_xcom_bytes: largest JSON result, in bytes, returned through XCom.
     :param deferrable: wait for the result in the triggerer through a Modelbit webhook instead of
-        holding a worker slot; default ``[operators] default_deferrable``. The deferred path is
-        provided by the mixin in ``operators/deferrable.py``; this class runs synchronously.
+        holding a worker slot; default ``[operators] default_deferrable``. Each request is submitted
+        asynchronously with a signed webhook URL (the connection needs ``callback_base_url`` and
+        ``callback_secret``); the task resumes when every delivery is in and returns what the
+        synchronous path would.
     """
 
     template_fields: Sequence[str] = (
@@ -146,7 +150,7 @@ class ModelbitInferenceOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         self._check_arguments()
         if self.deferrable:
-            self.log.warning("Deferrable mode is not wired into this operator; running synchronously.")
+            return self.execute_deferrable(context)
         started = time.monotonic()
         if self.response_format == LINKS and self.output_path is not None:
             # Streamed from the link to Parquet; results bound for XCom are small enough for the hook.
@@ -189,6 +193,10 @@ class ModelbitInferenceOperator(BaseOperator):
             return
         for start in range(0, len(self._batch_rows), ROWS_PER_REQUEST):
             yield self._batch_rows[start : start + ROWS_PER_REQUEST]
+
+    def _callback_payloads(self) -> Iterator[Any]:
+        """The ``data`` of each async request on the deferred path: the same chunks as the sync path."""
+        return self._iter_chunks()
 
     def _check_arguments(self) -> None:
         if self.response_format not in (None, LINKS):
@@ -251,6 +259,27 @@ class ModelbitInferenceOperator(BaseOperator):
             yield self.hook.request_link(self.deployment, chunk, **self._request_options())
 
     # ------------------------------------------------------------------ output side
+
+    def _collect_callback_results(self, context: Context, deliveries: Iterator[CallbackDelivery]) -> Any:
+        """Turn the webhook deliveries into the return value, exactly as the synchronous path would."""
+        if self.response_format == LINKS:
+            return self._write_link_results(context, (delivery.value for delivery in deliveries))
+        return self._write_results(context, self._delivered_chunk_results(deliveries))
+
+    def _delivered_chunk_results(self, deliveries: Iterable[CallbackDelivery]) -> Iterator[ChunkResult]:
+        """Yield each delivery as a ChunkResult, batch rows matched to the chunk's input by ID."""
+        from airflow_provider_modelbit.hooks.batching import ChunkResult, encode_chunk, reassemble
+
+        for delivery, chunk in zip(deliveries, self._iter_chunks(), strict=True):
+            if self._is_single:
+                rows = [[0, delivery.value]]
+            else:
+                rows = reassemble(
+                    encode_chunk(chunk), delivery.value, deployment=self.deployment, version=self.version
+                )
+            yield ChunkResult(
+                index=delivery.chunk, rows=rows, seconds=delivery.seconds, response_bytes=delivery.size
+            )
 
     def _write_results(self, context: Context, chunk_results: Iterable[ChunkResult]) -> Any:
         """
@@ -325,7 +354,7 @@ class ModelbitInferenceOperator(BaseOperator):
             part.stat().st_size,
             time.monotonic() - started,
         )
-        return _in_input_order(pq.read_table(part), chunk, deployment=self.deployment)
+        return results_in_input_order(pq.read_table(part), chunk, deployment=self.deployment)
 
     def _write_parquet(self, tables: Iterable[pa.Table]) -> dict[str, Any]:
         """
@@ -464,8 +493,14 @@ def _json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _in_input_order(table: pa.Table, chunk: list[list[Any]], *, deployment: str) -> pa.Table:
-    """Return ``table`` (columns id, result) reordered to ``chunk``'s input order, IDs checked."""
+def results_in_input_order(table: pa.Table, chunk: list[list[Any]], *, deployment: str) -> pa.Table:
+    """
+    Return ``table`` (columns ``id``, ``result``) reordered to ``chunk``'s input order.
+
+    :param table: results read from a links document, in the server's order.
+    :param chunk: the batch rows ``[[id, *args], ...]`` the results answer.
+    :raises ModelbitIncompleteBatch: an ID is missing, unexpected or repeated.
+    """
     returned = [_id_key(row_id) for row_id in _id_values(table)]
     expected = [_id_key(row[0]) for row in chunk]
     _check_ids(expected, returned, table.num_rows, deployment=deployment)
@@ -513,4 +548,4 @@ class _DownloadMeter:
             yield piece
 
 
-__all__ = ["ROWS_PER_REQUEST", "ModelbitInferenceOperator", "batch_rows"]
+__all__ = ["ROWS_PER_REQUEST", "ModelbitInferenceOperator", "batch_rows", "results_in_input_order"]

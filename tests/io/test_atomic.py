@@ -85,4 +85,5 @@ class TestResolveOutput:
 
     def test_keeps_a_url_and_adds_the_connection(self) -> None:
         resolved = resolve_output("s3://bucket/key.parquet", conn_id="aws_data")
-        assert (resolved.protocol, resolved.conn_id, resolved.key) == ("s3", "aws_data", "key.parquet")
+        conn_id = resolved.storage_options.get("conn_id")
+        assert (resolved.protocol, conn_id, resolved.key) == ("s3", "aws_data", "key.parquet")

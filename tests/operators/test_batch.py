@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
+from airflow_provider_modelbit.exceptions import ModelbitConnectionError, ModelbitInputError
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 
 # A DAG file building one DAG per JSON spec found beside it: each test writes its own spec.
@@ -286,6 +287,32 @@ class TestReturnValue:
         assert set(summary) == {"path", "rows", "chunks", "seconds", "rows_per_second"}
         assert (summary["rows"], summary["chunks"]) == (ROWS, 7)
         assert summary["path"] == f"file://{tmp_path}/out/scores.parquet"
+
+
+class TestDeferrableMode:
+    """deferrable=True submits each chunk asynchronously (end to end in test_deferrable.py)."""
+
+    def test_checks_the_input_then_needs_the_callback_settings(
+        self, tmp_path: Path, server: RunningEmulator
+    ) -> None:
+        """The input is checked first; without callback_base_url nothing is sent and nothing written."""
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"), deferrable=True)
+        sent_before = len(server.client.requests())
+        with pytest.raises(ModelbitConnectionError, match="callback_base_url"):
+            ModelbitBatchInferenceOperator(task_id="score", **spec).execute({"ti": _TaskInstance()})
+        assert len(server.client.requests()) == sent_before
+        assert not (tmp_path / "out").exists()
+
+    def test_invalid_input_fails_before_the_callback_settings_are_read(self, tmp_path: Path) -> None:
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"), columns=["missing"], deferrable=True)
+        with pytest.raises(ModelbitInputError, match="missing"):
+            ModelbitBatchInferenceOperator(task_id="score", **spec).execute({"ti": _TaskInstance()})
+
+
+class _TaskInstance:
+    """The task-instance fields the deferred path reads to name its callback job."""
+
+    dag_id, task_id, run_id, map_index = "dag", "score", "manual__1", -1
 
 
 class TestConstruction:

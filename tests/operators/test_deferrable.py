@@ -1,7 +1,8 @@
 """The async-callback path: submit with signed webhooks, wait in the trigger, assemble like the sync path.
 
 Runs real Airflow (``dag.test()``, which runs triggers inline) against the local Modelbit server,
-with the callback receiver app listening on 127.0.0.1.
+with the callback receiver app listening on 127.0.0.1. Both operators take this path with
+``deferrable=True``; their output must equal what their synchronous path produces.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import uvicorn
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, BaseOperator, task
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.emulator import RunningEmulator
+from airflow_provider_modelbit.emulator.server import run_emulator
 from airflow_provider_modelbit.exceptions import ModelbitCallbackError, ModelbitDeploymentError
+from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from airflow_provider_modelbit.operators.deferrable import (
     XCOM_BATCH_IDS_KEY,
     ModelbitDeferrableMixin,
@@ -39,15 +44,30 @@ from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
 SECRET = "deferrable-test-secret-0123"
 NOT_RECEIVED = object()
 
+# ``flaky`` echoes its argument but fails the first time it sees 13: one chunk delivered as an error.
+FLAKY_DEPLOYMENTS = """
+import pathlib
 
-class DeferredInference(ModelbitDeferrableMixin, ModelbitInferenceOperator):
-    """The inference operator on the deferred path, polling fast for tests."""
+MARKER = pathlib.Path({marker!r})
 
-    callback_poll_interval = 0.2
-    callback_delivery_margin = 30
 
-    def execute(self, context: Any) -> Any:
-        return self.execute_deferrable(context)
+def flaky(x):
+    if x == 13 and not MARKER.exists():
+        MARKER.write_text("failed once")
+        raise RuntimeError("transient failure on x=13")
+    return x
+
+
+def register(registry):
+    registry.add("flaky", flaky)
+"""
+
+
+@pytest.fixture(autouse=True)
+def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Poll the store often and wait briefly past the deadline, so the tests take seconds."""
+    monkeypatch.setattr(ModelbitDeferrableMixin, "callback_poll_interval", 0.2)
+    monkeypatch.setattr(ModelbitDeferrableMixin, "callback_delivery_margin", 30)
 
 
 class _ThreadedServer(uvicorn.Server):
@@ -102,6 +122,21 @@ def server(
     modelbit_emulator_session.client.reset()
 
 
+@pytest.fixture
+def flaky_server(
+    airflow_db: None, modelbit_connection: Callable[..., str], receiver_url: str, tmp_path: Path
+) -> Iterator[RunningEmulator]:
+    """A local Modelbit server with the ``flaky`` deployment, delivering webhooks to the receiver."""
+    deployments = tmp_path / "flaky.py"
+    deployments.write_text(FLAKY_DEPLOYMENTS.format(marker=str(tmp_path / "flaky-failed-once")))
+    with run_emulator(
+        deployments_file=str(deployments), allow_http_webhooks=True, webhook_time_scale=0.01
+    ) as running:
+        extra = {"callback_base_url": receiver_url, "callback_secret": SECRET}
+        modelbit_connection(host=running.url, extra=extra)
+        yield running
+
+
 @dataclass
 class TaskOutcome:
     state: str
@@ -109,8 +144,8 @@ class TaskOutcome:
     error: BaseException | None
 
 
-def run_deferred(**operator_kwargs: Any) -> TaskOutcome:
-    """Run one DeferredInference task with ``dag.test()`` and record its XCom value or exception."""
+def run_task(operator_factory: Callable[[], BaseOperator]) -> TaskOutcome:
+    """Run one operator task with ``dag.test()`` and record its XCom value or exception."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
@@ -118,7 +153,7 @@ def run_deferred(**operator_kwargs: Any) -> TaskOutcome:
     with DAG(
         f"test_deferrable_{uuid.uuid4().hex[:10]}", schedule=None, start_date=pendulum.datetime(2026, 1, 1)
     ) as dag:
-        operator = DeferredInference(task_id="score", **operator_kwargs)
+        operator = operator_factory()
         operator.on_failure_callback = [lambda context: seen.setdefault("error", context["exception"])]
 
         @task
@@ -133,6 +168,11 @@ def run_deferred(**operator_kwargs: Any) -> TaskOutcome:
     run = dag.test()
     state = run.get_task_instance(operator.task_id).state
     return TaskOutcome(str(state), seen.get("value", NOT_RECEIVED), seen.get("error"))
+
+
+def run_deferred(**operator_kwargs: Any) -> TaskOutcome:
+    """Run ModelbitInferenceOperator(deferrable=True) with ``operator_kwargs``."""
+    return run_task(lambda: ModelbitInferenceOperator(task_id="score", deferrable=True, **operator_kwargs))
 
 
 class TestDeferredInference:
@@ -151,6 +191,24 @@ class TestDeferredInference:
         outcome = run_deferred(deployment="doubler", data=[[1, 5], [2, 6]], response_format="links")
         assert outcome.value == [[1, 10], [2, 12]], outcome.error
 
+    @pytest.mark.parametrize("data", [[[3, 1], [1, 2], [2, 3]], 21], ids=["batch", "single"])
+    def test_links_to_parquet_write_the_synchronous_file(
+        self, server: RunningEmulator, tmp_path: Path, data: Any
+    ) -> None:
+        """Links deliveries are streamed to Parquet; the file equals the synchronous path's, byte for byte."""
+        server.client.configure(sort_results_by_id=True)
+        options = {"deployment": "doubler", "data": data, "response_format": "links"}
+        sync = run_task(
+            lambda: ModelbitInferenceOperator(
+                task_id="score", output_path=str(tmp_path / "sync.parquet"), **options
+            )
+        )
+        assert sync.state == "success", sync.error
+        deferred = run_deferred(output_path=str(tmp_path / "deferred.parquet"), **options)
+        assert deferred.state == "success", deferred.error
+        assert (tmp_path / "deferred.parquet").read_bytes() == (tmp_path / "sync.parquet").read_bytes()
+        assert len(server.client.batches()) == 1
+
     def test_error_delivery_is_resubmitted_then_fails_with_the_deployment_message(self, server) -> None:
         """A chunk delivered as an error is tried max_chunk_attempts (3) times in all."""
         outcome = run_deferred(deployment="raiser", data=7)
@@ -162,18 +220,106 @@ class TestDeferredInference:
         assert SECRET not in str(outcome.error)
 
     def test_deliveries_that_never_arrive_fail_with_a_callback_error(
-        self, server: RunningEmulator, modelbit_connection
+        self, server: RunningEmulator, modelbit_connection, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         unreachable = {"callback_base_url": "http://127.0.0.1:9", "callback_secret": SECRET}
         modelbit_connection(host=server.url, extra=unreachable)
-        DeferredInference.callback_delivery_margin = 1
-        try:
-            outcome = run_deferred(deployment="doubler", data=1, timeout_seconds=1)
-        finally:
-            DeferredInference.callback_delivery_margin = 30
+        monkeypatch.setattr(ModelbitDeferrableMixin, "callback_delivery_margin", 1)
+        outcome = run_deferred(deployment="doubler", data=1, timeout_seconds=1)
         assert outcome.state == "failed"
         assert isinstance(outcome.error, ModelbitCallbackError), repr(outcome.error)
         assert "missing chunk(s) [0]" in str(outcome.error)
+
+
+ROWS = 20
+# IDs in descending order: a server sorting results by ID reverses every chunk's answer.
+TABLE = pa.table(
+    {
+        "key": [f"k{ROWS - i:03d}" for i in range(ROWS)],
+        "x": list(range(ROWS)),
+        "segment": ["a", "b"] * (ROWS // 2),
+    }
+)
+
+
+def batch_kwargs(input_path: Path, output_path: Path, **overrides: Any) -> dict[str, Any]:
+    return {
+        "deployment": "echo",
+        "input_path": str(input_path),
+        "output_path": str(output_path),
+        "id_column": "key",
+        "columns": ["x"],
+        "argument_style": "positional",
+        "passthrough_columns": ["segment"],
+        "batch_size": 3,
+        **overrides,
+    }
+
+
+def run_batch(deferrable: bool, **operator_kwargs: Any) -> TaskOutcome:
+    """Run ModelbitBatchInferenceOperator with ``dag.test()`` on the given path."""
+    return run_task(
+        lambda: ModelbitBatchInferenceOperator(task_id="score", deferrable=deferrable, **operator_kwargs)
+    )
+
+
+@pytest.fixture
+def input_table(tmp_path: Path) -> Path:
+    path = tmp_path / "input.parquet"
+    pq.write_table(TABLE, path)
+    return path
+
+
+class TestDeferredBatch:
+    """The batch operator on the webhook path: one async request per chunk, the sync path's file."""
+
+    @pytest.mark.parametrize("response_format", [None, "links"])
+    @pytest.mark.parametrize(
+        "style",
+        [
+            {"argument_style": "positional", "columns": ["x"]},
+            {"argument_style": "object", "columns": ["x", "segment"]},
+        ],
+        ids=["numbers", "structs"],
+    )
+    def test_output_file_is_identical_to_the_synchronous_path(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path,
+        response_format: str | None, style: dict[str, Any],
+    ) -> None:  # fmt: skip
+        server.client.configure(sort_results_by_id=True)
+        sync_file, deferred_file = tmp_path / "sync.parquet", tmp_path / "deferred.parquet"
+        options = {"response_format": response_format, **style}
+        sync = run_batch(False, **batch_kwargs(input_table, sync_file, **options))
+        assert sync.state == "success", sync.error
+        assert server.client.batches() == [], "the synchronous path submits nothing asynchronously"
+
+        deferred = run_batch(True, **batch_kwargs(input_table, deferred_file, **options))
+        assert deferred.state == "success", deferred.error
+        assert deferred_file.read_bytes() == sync_file.read_bytes()
+        assert deferred.value["rows"] == ROWS and deferred.value["chunks"] == 7
+        assert len(server.client.batches()) == 7, "one async request per chunk of 3 rows"
+        assert list(Path(store.location).iterdir()) == [], "the callback store is cleaned after success"
+        assert not Path(f"{deferred_file}.checkpoint").exists()
+
+    def test_empty_input_writes_an_empty_file_without_submitting(
+        self, server: RunningEmulator, tmp_path: Path
+    ) -> None:
+        empty = tmp_path / "empty.parquet"
+        pq.write_table(TABLE.slice(0, 0), empty)
+        outcome = run_batch(True, **batch_kwargs(empty, tmp_path / "out.parquet"))
+        assert outcome.state == "success", outcome.error
+        assert pq.read_table(tmp_path / "out.parquet").num_rows == 0
+        assert server.client.batches() == []
+
+    def test_an_error_delivery_resubmits_only_its_chunk(
+        self, flaky_server: RunningEmulator, input_table: Path, tmp_path: Path
+    ) -> None:
+        """x=13 fails once: its chunk (rows 12-14) is sent again, the other six chunks once."""
+        outcome = run_batch(True, **batch_kwargs(input_table, tmp_path / "out.parquet", deployment="flaky"))
+        assert outcome.state == "success", outcome.error
+        assert pq.read_table(tmp_path / "out.parquet").column("result").to_pylist() == list(range(ROWS))
+        results = sorted(batch["result"] for batch in flaky_server.client.batches())
+        assert results == ["data"] * 7 + ["error"], "seven chunks once, the failed one twice"
 
 
 class _TaskInstance:
@@ -198,7 +344,9 @@ class TestRetryReuse:
     def test_a_retry_reuses_arrived_deliveries_and_submits_nothing_again(self, server, store) -> None:
         ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
         context: Any = {"ti": ti}
-        first = DeferredInference(task_id="score", deployment="doubler", data=[[1, 1], [2, 2]])
+        first = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True
+        )
         with pytest.raises(TaskDeferred) as deferred:
             first.execute(context)
         assert ti.xcom[XCOM_BATCH_IDS_KEY] and len(server.client.batches()) == 1
@@ -206,7 +354,9 @@ class TestRetryReuse:
         assert event["status"] == "success"
 
         ti.try_number = 2  # the task failed after the delivery arrived and is retried
-        retry = DeferredInference(task_id="score", deployment="doubler", data=[[1, 1], [2, 2]])
+        retry = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True
+        )
         with pytest.raises(TaskDeferred) as deferred_again:
             retry.execute(context)
         assert len(server.client.batches()) == 1, "nothing is paid for twice"

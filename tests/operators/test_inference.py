@@ -33,6 +33,7 @@ from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.exceptions import (
     ModelbitAuthError,
     ModelbitBadRequest,
+    ModelbitConnectionError,
     ModelbitDeploymentError,
     ModelbitError,
     ModelbitIncompleteBatch,
@@ -210,6 +211,24 @@ class TestOperatorDefinition:
                 task_id="score", deployment="", data=[[1]], response_format="nonsense"
             )
         assert operator.response_format == "nonsense"
+
+
+class TestDeferrableMode:
+    """deferrable=True takes the webhook path (tested end to end in test_deferrable.py)."""
+
+    def test_submits_asynchronously_and_needs_the_callback_settings(self, server: RunningEmulator) -> None:
+        """Without callback_base_url the task fails with advice, having sent no synchronous request."""
+        outcome = run_inference(deployment="doubler", data=21, deferrable=True)
+        assert_failed(outcome, ModelbitConnectionError, "callback_base_url", "deferrable=False")
+        assert server.client.requests() == [], "nothing is sent before the callback settings are checked"
+
+    def test_uses_the_same_chunks_as_the_synchronous_path(self) -> None:
+        rows = [[index, index] for index in range(ROWS_PER_REQUEST + 1)]
+        operator = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=rows, deferrable=True
+        )
+        assert list(operator._callback_payloads()) == list(operator._iter_chunks())
+        assert [len(chunk) for chunk in operator._callback_payloads()] == [ROWS_PER_REQUEST, 1]
 
 
 class TestBatchRows:
@@ -528,7 +547,6 @@ class TestLinks:
             operator._write_link_results({}, urls)  # type: ignore[arg-type]
         assert files_in(tmp_path) == []
 
-    @pytest.mark.skipif(not hasattr(ModelbitHook, "request_link"), reason="needs ModelbitHook.request_link")
     def test_batch_to_parquet_in_input_order(self, server: RunningEmulator, tmp_path: Path) -> None:
         """Several links (one per request) are streamed into one file, rows in input order."""
         server.client.configure(sort_results_by_id=True)
@@ -544,7 +562,6 @@ class TestLinks:
         assert table.column("result").to_pylist() == [2 * row[1] for row in rows]
         assert table.schema.field("result").type == pa.int64()
 
-    @pytest.mark.skipif(not hasattr(ModelbitHook, "request_link"), reason="needs ModelbitHook.request_link")
     def test_single_to_parquet(self, server: RunningEmulator, tmp_path: Path) -> None:
         output = tmp_path / "one.parquet"
         run_inference(deployment="versioned", data=7, response_format="links", output_path=str(output))
@@ -552,7 +569,7 @@ class TestLinks:
 
     def test_links_from_deliveries_to_parquet(self, server: RunningEmulator, tmp_path: Path) -> None:
         """
-        The output side the deferred path uses: links for each chunk, streamed into one file.
+        The output side of links deliveries on the deferred path: a link per chunk, streamed to one file.
 
         IDs mixing numbers and strings come back as themselves, in input order.
         """
@@ -670,8 +687,6 @@ class TestErrors:
     ) -> None:
         if arrange is not None:
             arrange(server, modelbit_connection)
-        if operator_kwargs.get("response_format") == "links" and not hasattr(ModelbitHook, "request_link"):
-            pytest.skip("links to Parquet need ModelbitHook.request_link")
         output_dir = tmp_path / "out"
         outcome = run_inference(output_path=str(output_dir / "scores.parquet"), **operator_kwargs)
         assert_failed(outcome, error_type, *fragments)
