@@ -13,6 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 if [ ! -x "$VENV/bin/uv" ]; then
+    "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --upgrade >/dev/null
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 fi
 "$VENV/bin/uv" pip install --quiet -p "$VENV/bin/python" -c "$CONSTRAINTS" -e ".[test,emulator]"

@@ -38,8 +38,9 @@ def test_fixtures_work_in_a_test_session(tmp_path: Path) -> None:
     test_file = tmp_path / "test_uses_fixtures.py"
     test_file.write_text(USES_FIXTURES)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "airflow_provider_modelbit.emulator.pytest_plugin",
-         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(test_file)],
+        # No "-p": the installed package registers the fixtures through its pytest11 entry point.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+         str(test_file)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
