@@ -1,0 +1,136 @@
+"""No secret leaves the connection: an end-to-end run with a distinctive API key and callback secret,
+then every place Airflow and the provider write to is searched for them.
+
+One DAG, run with ``dag.test()`` against the key-checking local Modelbit server and a real
+callback receiver: a single inference, batch rows with a templated deployment, a table scored to
+Parquet, a deferred (async-callback) inference, and a task whose deployment raises. Then the
+console and captured logs, every file under AIRFLOW_HOME (task logs and the SQLite database
+bytes), the XCom, rendered-template and trigger rows, the callback store, the outputs and the
+error raised are searched: the key and the secret must occur nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pendulum
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_modelbit.emulator.server import RunningEmulator
+from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
+from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
+from tests.reliability.conftest import RunningReceiver, files_under, leaked_secrets, run_dag
+
+
+def build_dag(tmp_path: Path, errors: dict[str, BaseException]) -> DAG:
+    table_path = tmp_path / "customers.parquet"
+    pq.write_table(pa.table({"key": ["a", "b", "c"], "x": [1, 2, 3]}), table_path)
+
+    def remember(context: dict[str, Any]) -> None:
+        errors[context["ti"].task_id] = context["exception"]
+
+    with DAG(
+        f"reliability_secrets_{uuid.uuid4().hex[:8]}",
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        default_args={"on_failure_callback": remember},
+    ) as dag:
+        ModelbitInferenceOperator(task_id="single", deployment="doubler", data=21)
+        ModelbitInferenceOperator(task_id="rows", deployment="{{ 'doub' ~ 'ler' }}", data=[[1, 1], [2, 2]])
+        ModelbitBatchInferenceOperator(
+            task_id="table",
+            deployment="doubler",
+            input_path=str(table_path),
+            output_path=str(tmp_path / "out" / "scores.parquet"),
+            id_column="key",
+            columns=["x"],
+            argument_style="positional",
+        )
+        deferred = ModelbitInferenceOperator(
+            task_id="deferred", deployment="doubler", data=[[1, 5]], deferrable=True, timeout_seconds=30
+        )
+        # A lost delivery fails the task in under a minute instead of after the default margins.
+        deferred.callback_delivery_margin = 15
+        deferred.callback_poll_interval = 0.5
+        ModelbitInferenceOperator(task_id="failing", deployment="raiser", data=1)
+    return dag
+
+
+def stored_rows(dag_id: str) -> dict[str, list[str]]:
+    """The XCom values, rendered template fields and trigger kwargs the run left in the database."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.trigger import Trigger
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        xcoms = session.scalars(select(XComModel).where(XComModel.dag_id == dag_id)).all()
+        rendered = session.scalars(
+            select(RenderedTaskInstanceFields).where(RenderedTaskInstanceFields.dag_id == dag_id)
+        ).all()
+        triggers = session.scalars(select(Trigger)).all()
+        return {
+            "xcom": [repr(xcom.value) for xcom in xcoms],
+            "rendered": [repr(row.rendered_fields) for row in rendered],
+            "triggers": [repr(trigger.kwargs) for trigger in triggers],
+        }
+
+
+class TestNoSecretAnywhere:
+    def test_end_to_end_run_leaves_no_key_or_secret(
+        self,
+        airflow_db: None,
+        emulator: RunningEmulator,
+        receiver: RunningReceiver,
+        use_connection: Callable[..., None],
+        tmp_path: Path,
+        airflow_home: str,
+        caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        use_connection(emulator.url, callback_base_url=receiver.base_url)
+        # Operator, trigger and receiver must share one callback store.
+        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", receiver.store.location)
+        errors: dict[str, BaseException] = {}
+        dag = build_dag(tmp_path, errors)
+        run = run_dag(dag)
+        console = capfd.readouterr()
+
+        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+        assert states == {
+            "single": "success",
+            "rows": "success",
+            "table": "success",
+            "deferred": "success",
+            "failing": "failed",
+        }, console.out[-5000:]
+        assert "ValueError: boom: 1" in str(errors["failing"])
+
+        rows = stored_rows(dag.dag_id)
+        assert rows["xcom"], "the run stored no XCom to search"
+        home_files = list(files_under(Path(airflow_home)))
+        places: dict[str, Any] = {
+            "console": console.out + console.err,
+            "captured logs": caplog.text,
+            "error": [str(error) for error in errors.values()] + [repr(vars(e)) for e in errors.values()],
+            **rows,
+            **{str(path): path.read_bytes() for path in home_files},
+            **{str(path): path.read_bytes() for path in files_under(tmp_path)},
+        }
+        print(
+            f"secrets report: searched {len(places)} places, {len(home_files)} files under AIRFLOW_HOME: "
+            f"{sorted(str(path.relative_to(airflow_home)) for path in home_files)}"
+        )
+        leaks = {place: found for place, text in places.items() if (found := leaked_secrets(text))}
+        assert leaks == {}
+        assert any(r.get("mode") == "async" for r in emulator.client.requests()), "no task was deferred"
