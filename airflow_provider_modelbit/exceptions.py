@@ -20,6 +20,10 @@ class ModelbitError(AirflowException):
     :param status: the HTTP status answered, if any.
     """
 
+    #: Whether the failed request may have reached Modelbit (so the model may have run); ``None``
+    #: where no request was involved. Callers that must not run a model twice read it.
+    request_sent: bool | None = None
+
     def __init__(
         self,
         message: str,

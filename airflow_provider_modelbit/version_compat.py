@@ -5,6 +5,6 @@ from __future__ import annotations
 try:
     from airflow.sdk import conf
 except ImportError:  # Airflow 3.1: the configuration is not re-exported by the Task SDK yet
-    from airflow.configuration import conf  # type: ignore[no-redef]
+    from airflow.configuration import conf  # type: ignore[assignment]
 
 __all__ = ["conf"]

@@ -68,6 +68,7 @@ def parse_answer(
     *,
     deployment: str,
     version: str | int,
+    branch: str | None = None,
     conn_id: str = "modelbit_default",
 ) -> dict[str, Any]:
     """
@@ -82,10 +83,11 @@ def parse_answer(
     :param body: the whole response body.
     :param deployment: deployment called, for messages.
     :param version: version called, for messages.
+    :param branch: branch called, for messages (``None``: the connection's default).
     :param conn_id: connection used, for messages that say what to fix.
     """
     payload = json_or_none(body)
-    where = f"Deployment {deployment!r} (version {version})"
+    where = f"Deployment {deployment!r} (version {version}{f', branch {branch}' if branch else ''})"
     context: dict[str, Any] = {"deployment": deployment, "version": version, "status": status}
     if isinstance(payload, dict) and "error" in payload:
         raise _error_answer(status, headers, str(payload["error"]), where, conn_id, context)

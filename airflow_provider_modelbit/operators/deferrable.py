@@ -24,6 +24,7 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitCallbackError,
     ModelbitConnectionError,
     ModelbitDeploymentError,
+    ModelbitError,
 )
 from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES, ModelbitCallbackTrigger
 
@@ -126,6 +127,7 @@ class ModelbitDeferrableMixin:
         timeout_seconds: int | None
         response_format: str | None
         modelbit_conn_id: str
+        idempotent: bool
         log: Any
 
         @property
@@ -176,6 +178,7 @@ class ModelbitDeferrableMixin:
             "branch": self.branch,
             "response_format": self.response_format,
             "batch_ids": {},
+            "sent": {},
             "attempts": {},
             "chunks": 0,
             "deadline": 0.0,
@@ -184,13 +187,22 @@ class ModelbitDeferrableMixin:
     def _needs_submission(
         self, store: CallbackStore, job_id: str, manifest: dict[str, Any]
     ) -> Callable[[int], bool]:
-        """Return a test for chunks with no usable delivery: never submitted, errored, or overdue."""
+        """
+        Return a test for chunks with no usable delivery: never submitted, errored, or overdue.
+
+        A chunk whose request was sent but whose answer was lost (a dropped connection) may be
+        running at Modelbit: unless the inference is idempotent it is awaited until the deadline
+        rather than sent again, so its rows are not scored twice.
+        """
         delivered = store.delivered_chunks(job_id)
         overdue = time.time() >= manifest["deadline"]
+        in_flight = set(manifest["batch_ids"])
+        if not getattr(self, "idempotent", False):
+            in_flight |= set(manifest.setdefault("sent", {}))
 
         def needs(chunk: int) -> bool:
             if chunk not in delivered:
-                return overdue or str(chunk) not in manifest["batch_ids"]
+                return overdue or str(chunk) not in in_flight
             if store.delivery_kind(job_id, chunk) != "error":
                 return False
             store.remove_chunk(job_id, chunk)
@@ -250,16 +262,32 @@ class ModelbitDeferrableMixin:
             submission.secret,
             submission.expires_at,
         )
-        manifest["batch_ids"][str(chunk)] = self.hook.submit_async(
-            self.deployment,
-            payload,
-            webhook_url=url,
-            version=self.version,
-            branch=self.branch,
-            timeout_seconds=submission.timeout_seconds,
-            response_format=self.response_format,
-        )
-        manifest["attempts"][str(chunk)] = manifest["attempts"].get(str(chunk), 0) + 1
+        key = str(chunk)
+        manifest.setdefault("sent", {})[key] = time.time()
+        store.write_manifest(job_id, manifest)  # a retry must know this request may have gone out
+        manifest["attempts"][key] = manifest["attempts"].get(key, 0) + 1
+        try:
+            manifest["batch_ids"][key] = self.hook.submit_async(
+                self.deployment,
+                payload,
+                webhook_url=url,
+                version=self.version,
+                branch=self.branch,
+                timeout_seconds=submission.timeout_seconds,
+                response_format=self.response_format,
+            )
+        except ModelbitError as error:
+            if not error.request_sent:
+                del manifest["sent"][key]  # refused before it could run: sending it again is safe
+                manifest["attempts"][key] -= 1
+                store.write_manifest(job_id, manifest)
+                raise
+            # Its answer was lost, but Modelbit may have accepted it: wait for its delivery until the
+            # deadline instead of sending it twice, and resubmit only if none comes.
+            self.log.warning(
+                "Chunk %d of job %s: %s Waiting for its delivery until the deadline before resubmitting.",
+                chunk, job_id, error.message,
+            )  # fmt: skip
         store.write_manifest(job_id, manifest)  # a retry must know this chunk is on its way
 
     def _callback_base_url(self, settings: ModelbitSettings) -> str:
@@ -299,6 +327,9 @@ class ModelbitDeferrableMixin:
         if manifest is None:
             raise ModelbitCallbackError(f"Callback job {job_id} has no manifest in {store.location}.")
         if event["status"] == "timeout":
+            lost = self._lost_submissions(store, job_id, manifest)
+            if lost:
+                return self._resubmit(context, store, job_id, manifest, lost, "got no answer when submitted")
             self._fail_on_timeout(context, store, job_id, event)
         if event["status"] == "error":
             return self._resubmit_errors(context, store, job_id, manifest, event["errors"])
@@ -321,6 +352,23 @@ class ModelbitDeferrableMixin:
             version=self.version,
         )
 
+    def _lost_submissions(self, store: CallbackStore, job_id: str, manifest: dict[str, Any]) -> list[int]:
+        """
+        Return the undelivered chunks whose submission got no answer, when they are all that is missing.
+
+        Past the deadline with no delivery, such a request never reached Modelbit (or its delivery was
+        lost for good), so sending it again is the only way to finish. Chunks Modelbit accepted (with
+        a batch ID) that never arrived are not resubmitted: that is a timeout.
+        """
+        delivered = store.delivered_chunks(job_id)
+        missing = [c for c in range(manifest["chunks"]) if c not in delivered]
+        unanswered = set(manifest.get("sent", {})) - set(manifest["batch_ids"])
+        if not missing or any(str(c) not in unanswered for c in missing):
+            return []
+        if any(manifest["attempts"].get(str(c), 1) >= self.max_chunk_attempts for c in missing):
+            return []
+        return missing
+
     def _resubmit_errors(
         self, context: Context, store: CallbackStore, job_id: str, manifest: dict[str, Any], errors: list[int]
     ) -> Any:
@@ -329,10 +377,21 @@ class ModelbitDeferrableMixin:
             error = self._deployment_error(store, job_id, exhausted[0], manifest)
             store.remove_job(job_id)
             raise error
-        self.log.warning("Chunk(s) %s of job %s were delivered as errors; resubmitting them.", errors, job_id)
         for chunk in errors:
             store.remove_chunk(job_id, chunk)
-        self._submit_chunks(store, job_id, manifest, set(errors).__contains__)
+        return self._resubmit(context, store, job_id, manifest, errors, "were delivered as errors")
+
+    def _resubmit(
+        self,
+        context: Context,
+        store: CallbackStore,
+        job_id: str,
+        manifest: dict[str, Any],
+        chunks: list[int],
+        why: str,
+    ) -> Any:
+        self.log.warning("Chunk(s) %s of job %s %s; resubmitting them.", chunks, job_id, why)
+        self._submit_chunks(store, job_id, manifest, set(chunks).__contains__)
         self._push_batch_ids(context, manifest)
         return self._defer_until(store, job_id, manifest)
 

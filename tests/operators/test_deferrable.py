@@ -219,6 +219,15 @@ class TestDeferredInference:
         assert len(server.client.batches()) == 3
         assert SECRET not in str(outcome.error)
 
+    def test_a_submission_whose_answer_was_lost_is_awaited_not_sent_again(self, server) -> None:
+        """Modelbit accepted the request but the answer never came back: its delivery is awaited."""
+        server.client.set_faults(drop_after_rate=1.0, seed=1)
+        outcome = run_deferred(deployment="doubler", data=[[1, 2], [2, 3]])
+        assert (outcome.state, outcome.value) == ("success", [[1, 4], [2, 6]]), outcome.error
+        assert server.client.fault_counts().get("drop_after") == 1
+        assert len(server.client.batches()) == 1, "submitted once"
+        assert server.client.runs("doubler") == {"1": 1, "2": 1}
+
     def test_deliveries_that_never_arrive_fail_with_a_callback_error(
         self, server: RunningEmulator, modelbit_connection, monkeypatch: pytest.MonkeyPatch
     ) -> None:
