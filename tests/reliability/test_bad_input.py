@@ -294,7 +294,7 @@ CASES = [
         "unknown branch",
         lambda scene: infer(scene, 21, deployment="versioned", branch="no-such-branch"),
         ModelbitNotFound,
-        r"Deployment 'versioned' \(version latest\): not found.*no branch 'no-such-branch'",
+        r"Deployment 'versioned' \(version latest, branch no-such-branch\): not found",
     ),
     BadInput(
         "deployment name climbing out of the path",
