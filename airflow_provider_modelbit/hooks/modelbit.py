@@ -43,6 +43,7 @@ from airflow_provider_modelbit.hooks.batching import (
     dataframe_rows,
     encode_chunk,
     is_batch,
+    long_lived_objects_frozen,
     reassemble,
     refuse_duplicate_ids,
     rows_in_chunks,
@@ -78,7 +79,7 @@ from airflow_provider_modelbit.hooks.settings import (
     ModelbitSettings,
     settings_from_connection,
 )
-from airflow_provider_modelbit.io.encoding import encode_json, join_rows, request_body
+from airflow_provider_modelbit.io.encoding import encode_json, request_body
 
 __all__ = [
     "ChunkResult",
@@ -263,6 +264,7 @@ class _ModelbitProtocolMixin:
         if verdict is None or wait is None:
             if verdict is not None:
                 self.log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
+            failure.error.request_sent = failure.request_sent
             raise failure.error
         self._retry_stats.record(verdict.reason)
         if verdict.may_rescore:
@@ -304,7 +306,7 @@ class _ModelbitProtocolMixin:
         # A submission is never declared idempotent: re-sending it could start the model twice.
         call = self._new_call(settings, deployment, version, branch, timeout_seconds, idempotent=False)
         rows = _as_rows(data)
-        encoded = join_rows(encode_chunk(rows).rows) if rows is not None else _encode_single(data, call)
+        encoded = encode_chunk(rows).data if rows is not None else _encode_single(data, call)
         body = request_body(
             encoded,
             timeout_seconds=call.timeout_seconds,
@@ -521,7 +523,10 @@ class ModelbitHook(_ModelbitProtocolMixin, BaseHook):
         batch_bytes: int,
     ) -> Iterator[ChunkResult]:
         in_flight: deque[Future[ChunkResult]] = deque()
-        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="modelbit") as pool:
+        with (
+            long_lived_objects_frozen(),
+            ThreadPoolExecutor(max_workers=limit, thread_name_prefix="modelbit") as pool,
+        ):
             try:
                 for index, rows in enumerate(chunks):
                     in_flight.append(
@@ -548,7 +553,7 @@ class ModelbitHook(_ModelbitProtocolMixin, BaseHook):
         response_bytes = 0
         for part in split_by_bytes(encode_chunk(rows), batch_bytes) if rows else []:
             body = request_body(
-                join_rows(part.rows), timeout_seconds=call.timeout_seconds, response_format=response_format
+                part.data, timeout_seconds=call.timeout_seconds, response_format=response_format
             )
             answer, size = self._answer_value(call, body, len(part.ids), response_format)
             results.extend(reassemble(part, answer, deployment=call.deployment, version=call.version))
@@ -600,6 +605,7 @@ class ModelbitHook(_ModelbitProtocolMixin, BaseHook):
                 content,
                 deployment=call.deployment,
                 version=call.version,
+                branch=call.branch,
                 conn_id=call.conn_id,
             )
         except ModelbitError as error:
@@ -632,7 +638,7 @@ class ModelbitHook(_ModelbitProtocolMixin, BaseHook):
         _validate_options(timeout_seconds, LINKS, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
         call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
         rows = _as_rows(data)
-        encoded = join_rows(encode_chunk(rows).rows) if rows is not None else _encode_single(data, call)
+        encoded = encode_chunk(rows).data if rows is not None else _encode_single(data, call)
         body = request_body(encoded, timeout_seconds=call.timeout_seconds, response_format=LINKS)
         payload, _, _ = self._send(
             call, body, None if rows is None else len(rows), read_timeout=call.http_read_timeout()
@@ -882,7 +888,7 @@ class ModelbitAsyncHook(_ModelbitProtocolMixin, BaseHook):
         async def score(part: EncodedChunk) -> list[list[Any]]:
             async with gate:
                 body = request_body(
-                    join_rows(part.rows),
+                    part.data,
                     timeout_seconds=call.timeout_seconds,
                     response_format=response_format,
                 )
@@ -927,6 +933,7 @@ class ModelbitAsyncHook(_ModelbitProtocolMixin, BaseHook):
                     response.content,
                     deployment=call.deployment,
                     version=call.version,
+                    branch=call.branch,
                     conn_id=call.conn_id,
                 )
             except httpx.HTTPError as exc:

@@ -13,7 +13,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
 
@@ -98,30 +100,46 @@ def count_and_check_ids(id_batches: Iterable[pa.Array], id_column: str, where: s
     """
     Check that every ID is present and unique, and count the rows.
 
-    Holds one set entry per row: fine for tens of millions of IDs on a worker; beyond that, leave
-    ``id_column`` unset and join on row position instead.
+    The IDs are gathered as one Arrow column (8 bytes per integer ID) and checked with Arrow's
+    hash and sort kernels, so a table of tens of millions of rows is checked without a Python
+    object per row.
 
     :param id_batches: the ID column, in order, a batch at a time.
     :return: the number of rows.
     :raises ModelbitInputError: naming the first null or repeated ID and its row.
     """
-    seen: set[Any] = set()
+    gathered: list[pa.Array] = []
     position = 0
     for ids in id_batches:
         if ids.null_count:
-            first_null = position + ids.is_null().to_pylist().index(True)
+            first_null = position + pc.index(ids.is_null(), True).as_py()
             raise ModelbitInputError(
                 f"ID column {id_column!r} of {where} is empty at row {first_null}; every row needs an ID."
             )
-        for row_id in ids.to_pylist():
-            if row_id in seen:
-                raise ModelbitInputError(
-                    f"ID {row_id!r} appears more than once in column {id_column!r} of {where} "
-                    f"(again at row {position}); IDs must be unique so each result finds its row."
-                )
-            seen.add(row_id)
-            position += 1
+        gathered.append(_decoded(ids))
+        position += len(ids)
+    if gathered:
+        _refuse_repeated_ids(pa.chunked_array(gathered), id_column, where)
     return position
+
+
+def _decoded(ids: pa.Array) -> pa.Array:
+    # Batches may carry different dictionaries; compare the values themselves.
+    return ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids
+
+
+def _refuse_repeated_ids(ids: pa.ChunkedArray, id_column: str, where: str) -> None:
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    # A stable sort keeps equal IDs in row order, so each repeat follows its first occurrence.
+    order = pc.sort_indices(ids)
+    ordered = ids.take(order)
+    repeats = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))
+    row = pc.min(pc.filter(order.slice(1), repeats)).as_py()
+    raise ModelbitInputError(
+        f"ID {ids[row].as_py()!r} appears more than once in column {id_column!r} of {where} "
+        f"(again at row {row}); IDs must be unique so each result finds its row."
+    )
 
 
 def exact_chunks(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[InputChunk]:
@@ -148,7 +166,7 @@ def chunk_ids(chunk: InputChunk, id_column: str | None) -> pa.Array:
     """Return the chunk's IDs: the ID column, or row positions in the table."""
     if id_column is not None:
         return chunk.table.column(id_column).combine_chunks()
-    return pa.array(range(chunk.first_row, chunk.first_row + chunk.num_rows), type=pa.int64())
+    return pa.array(np.arange(chunk.first_row, chunk.first_row + chunk.num_rows, dtype=np.int64))
 
 
 def batch_rows(
@@ -159,10 +177,20 @@ def batch_rows(
 
     ``object`` sends each row as one argument ``{column: value}`` (how Modelbit's client sends a
     DataFrame); ``positional`` sends the column values as separate arguments, in ``columns`` order.
+    Values are converted a column at a time and zipped into rows, the cheapest way to a Python
+    object per row.
     """
-    ids = chunk_ids(chunk, id_column).to_pylist()
+    ids = _python_ids(chunk, id_column)
     values = [chunk.table.column(name).to_pylist() for name in columns]
     if argument_style == "positional":
-        return [[row_id, *row] for row_id, *row in zip(ids, *values, strict=True)]
+        return list(map(list, zip(ids, *values, strict=True)))
     names = list(columns)
-    return [[row_id, dict(zip(names, row, strict=True))] for row_id, *row in zip(ids, *values, strict=True)]
+    # Columns of one table have equal lengths, so only the IDs need a strict zip.
+    rows = zip(*values, strict=False)
+    return [[row_id, dict(zip(names, row, strict=False))] for row_id, row in zip(ids, rows, strict=True)]
+
+
+def _python_ids(chunk: InputChunk, id_column: str | None) -> list[Any]:
+    if id_column is None:
+        return list(range(chunk.first_row, chunk.first_row + chunk.num_rows))
+    return chunk.table.column(id_column).to_pylist()

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 _CHUNK_NAME = re.compile(r"^chunk-(\d{8})\.arrow$")
+_LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 class ChunkStore:
@@ -80,15 +81,22 @@ class ChunkStore:
 
     def schema(self, index: int) -> pa.Schema:
         """Read only the schema of a stored chunk."""
-        with open_binary(self._chunk_path(index), "rb", lineage=False) as stream:
+        with self._open_chunk(index) as stream:
             return ipc.open_file(stream).schema
 
     def batches(self, index: int) -> Iterator[pa.RecordBatch]:
         """Yield the record batches of a stored chunk."""
-        with open_binary(self._chunk_path(index), "rb", lineage=False) as stream:
+        with self._open_chunk(index) as stream:
             reader = ipc.open_file(stream)
             for position in range(reader.num_record_batches):
                 yield reader.get_batch(position)
+
+    def _open_chunk(self, index: int) -> Any:
+        path = self._chunk_path(index)
+        if path.protocol in _LOCAL_PROTOCOLS:
+            # Mapped, the batches point into the file instead of being copied through Python.
+            return pa.memory_map(path.path, "r")
+        return open_binary(path, "rb", lineage=False)
 
     def remove(self) -> None:
         """Delete the store and everything in it."""

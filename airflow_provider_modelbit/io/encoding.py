@@ -1,9 +1,10 @@
 """JSON encoding of inference inputs, the way Modelbit's own client encodes them.
 
-Rows are encoded once each with orjson and request bodies are built by joining the encoded
-rows, because encoding is the hot path of a large batch. NaN and infinities become ``null``,
-numpy and pandas scalars become plain numbers, dates and times become ISO strings and decimals
-become floats. Bytes are refused: Modelbit cannot receive them inline (send a link instead).
+A chunk of rows is encoded in one orjson call, because encoding is the hot path of a large
+batch; rows are encoded one by one only to split a chunk by bytes or to find the row that cannot
+be sent. NaN and infinities become ``null``, numpy and pandas scalars become plain numbers, dates
+and times become ISO strings and decimals become floats. Bytes are refused: Modelbit cannot
+receive them inline (send a link instead).
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ def encode_row(row: Sequence[Any]) -> bytes:
             f"Row with ID {row_id!r} cannot be sent as JSON: {_describe_unencodable(row)}. "
             "Convert it to a number, string, list or dict (binary data must be uploaded and sent as a link)."
         ) from None
+
+
+def encode_rows(rows: list[Sequence[Any]]) -> bytes:
+    """
+    Encode batch rows ``[[id, *args], ...]`` as one JSON array, the same bytes as joining :func:`encode_row`.
+
+    :raises ModelbitInputError: naming the first row that cannot be sent, as :func:`encode_row` does.
+    """
+    try:
+        return encode_json(rows)
+    except TypeError:
+        for row in rows:
+            encode_row(row)
+        raise
 
 
 def _describe_unencodable(row: Sequence[Any]) -> str:

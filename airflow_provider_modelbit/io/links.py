@@ -23,22 +23,36 @@ from airflow_provider_modelbit.io.result_writer import ResultWriter
 # A wrapped batch starts like this; enough of the document is peeked at to tell.
 _WRAPPED_BATCH = re.compile(rb'^\{\s*"data"\s*:\s*\[')
 _PEEK_BYTES = 64
+DEFAULT_ROWS_PER_GROUP = 50_000
+# Parsed JSON takes several times its text size as Python objects; this keeps a group's share small.
+DEFAULT_BYTES_PER_GROUP = 16 << 20
 
 
-def link_rows_to_parquet(chunks: Iterable[bytes], output: BinaryIO, *, rows_per_group: int = 50_000) -> int:
+def link_rows_to_parquet(
+    chunks: Iterable[bytes],
+    output: BinaryIO,
+    *,
+    rows_per_group: int = DEFAULT_ROWS_PER_GROUP,
+    bytes_per_group: int = DEFAULT_BYTES_PER_GROUP,
+) -> int:
     """
     Stream a batch answer ``[[id, result], ...]`` (or ``{"data": [...]}``) into a Parquet file.
 
-    The output has columns ``id`` and ``result``, typed as :mod:`.arrow_results` describes.
+    The output has columns ``id`` and ``result``, typed as :mod:`.arrow_results` describes. Rows
+    are parsed a group at a time and each group is converted and spooled before the next is
+    parsed; a group ends after ``rows_per_group`` rows or ``bytes_per_group`` bytes of the
+    document, whichever comes first, so wide rows cannot make a group large.
 
     :param chunks: the document's bytes, in pieces (e.g. an HTTP response's ``iter_bytes()``).
     :param output: a binary stream to write Parquet to.
-    :param rows_per_group: rows parsed before they are converted and spooled; bounds memory.
+    :param rows_per_group: most rows parsed before they are converted and spooled.
+    :param bytes_per_group: most document bytes parsed before the rows so far are converted and spooled.
     :return: the number of rows written.
     :raises ModelbitIncompleteBatch: the document is cut short, malformed, or not a batch answer.
     """
+    stream = _ChunkReader(chunks)
     with ResultWriter(row_group_rows=rows_per_group) as writer:
-        for ids, results in _row_groups(_batch_rows(chunks), rows_per_group):
+        for ids, results in _row_groups(_batch_rows(stream), stream, rows_per_group, bytes_per_group):
             writer.write(results_table(ids, results))
         return writer.write_parquet(output, empty_schema=results_table([], []).schema)
 
@@ -68,8 +82,7 @@ def unwrap_data(value: Any) -> Any:
     return value
 
 
-def _batch_rows(chunks: Iterable[bytes]) -> Iterator[Any]:
-    stream = _ChunkReader(chunks)
+def _batch_rows(stream: _ChunkReader) -> Iterator[Any]:
     prefix = _batch_prefix(stream.peek(_PEEK_BYTES))
     try:
         # use_float keeps numbers as floats instead of Decimal, as any JSON reader would.
@@ -103,15 +116,19 @@ def _checked_row(row: Any, position: int) -> Any:
     return row
 
 
-def _row_groups(rows: Iterator[list[Any]], size: int) -> Iterator[tuple[list[Any], list[Any]]]:
+def _row_groups(
+    rows: Iterator[list[Any]], stream: _ChunkReader, most_rows: int, most_bytes: int
+) -> Iterator[tuple[list[Any], list[Any]]]:
     ids: list[Any] = []
     results: list[Any] = []
+    group_start = stream.bytes_read
     for row_id, result in rows:
         ids.append(row_id)
         results.append(result)
-        if len(ids) >= size:
+        if len(ids) >= most_rows or stream.bytes_read - group_start >= most_bytes:
             yield ids, results
             ids, results = [], []
+            group_start = stream.bytes_read
     if ids:
         yield ids, results
 
@@ -123,6 +140,7 @@ class _ChunkReader(io.RawIOBase):
         self._chunks = iter(chunks)
         self._buffer = b""
         self._offset = 0
+        self.bytes_read = 0
 
     def readable(self) -> bool:
         return True
@@ -146,4 +164,5 @@ class _ChunkReader(io.RawIOBase):
         size = min(len(target), len(self._buffer) - self._offset)
         target[:size] = self._buffer[self._offset : self._offset + size]
         self._offset += size
+        self.bytes_read += size
         return size

@@ -158,8 +158,27 @@ def _is_data_file(path: ObjectStoragePath) -> bool:
 def _read_schema(file: ObjectStoragePath, table_format: str) -> pa.Schema:
     with file.open("rb") as stream:
         if table_format == "parquet":
-            return pq.ParquetFile(stream).schema_arrow
-        return _open_text_reader(stream, table_format, None).schema
+            return _open_parquet(stream, file).schema_arrow
+        try:
+            return _open_text_reader(stream, table_format, None).schema
+        except (pa.ArrowInvalid, OSError) as error:
+            raise _unreadable(file, table_format, error) from error
+
+
+def _open_parquet(stream: Any, file: ObjectStoragePath) -> pq.ParquetFile:
+    # Pre-buffering keeps every column chunk read so far until the file is closed, so memory
+    # would grow with the file instead of staying at one row group.
+    try:
+        return pq.ParquetFile(stream, pre_buffer=False)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise _unreadable(file, "parquet", error) from error
+
+
+def _unreadable(file: ObjectStoragePath, table_format: str, error: Exception) -> ModelbitInputError:
+    return ModelbitInputError(
+        f"Cannot read input file {file} as {table_format}: {error}. Check input_path, or pass "
+        "format= when the file's suffix does not say what it holds."
+    )
 
 
 def _refuse_missing_columns(location: ObjectStoragePath, schema: pa.Schema, wanted: list[str] | None) -> None:
@@ -175,7 +194,7 @@ def _count_parquet_rows(files: list[ObjectStoragePath]) -> int:
     total = 0
     for file in files:
         with file.open("rb") as stream:
-            total += pq.ParquetFile(stream).metadata.num_rows
+            total += _open_parquet(stream, file).metadata.num_rows
     return total
 
 
@@ -184,7 +203,7 @@ def _read_file(
 ) -> Iterator[pa.RecordBatch]:
     with file.open("rb") as stream:
         if table_format == "parquet":
-            yield from pq.ParquetFile(stream).iter_batches(batch_size=max_rows, columns=columns)
+            yield from _open_parquet(stream, file).iter_batches(batch_size=max_rows, columns=columns)
             return
         reader = _open_text_reader(stream, table_format, columns)
         try:

@@ -67,9 +67,9 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     decimals floats. Columns JSON cannot carry (binary, maps, unions) are refused.
 
     Before the first request the operator checks that the columns exist, that the model input
-    columns can be sent, and that the IDs in ``id_column`` are present and unique (this keeps one
-    entry per row in memory: fine for tens of millions of rows; leave ``id_column`` unset to use
-    row positions instead). A failed check names the column or row and sends nothing.
+    columns can be sent, and that the IDs in ``id_column`` are present and unique (checked with
+    Arrow, about 8 bytes per integer ID; leave ``id_column`` unset to use row positions instead).
+    A failed check names the column or row and sends nothing.
 
     The output has one row per input row, in input order: the ID (named as ``id_column``, or
     ``id`` holding the row position; its input type kept), the ``result`` typed from JSON (numbers,

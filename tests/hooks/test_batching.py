@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,11 +14,13 @@ from airflow_provider_modelbit.hooks.batching import (
     dataframe_rows,
     encode_chunk,
     is_batch,
+    long_lived_objects_frozen,
     reassemble,
     refuse_duplicate_ids,
     rows_in_chunks,
     split_by_bytes,
 )
+from airflow_provider_modelbit.io.encoding import encode_row, join_rows
 
 
 class TestIsBatch:
@@ -64,6 +68,35 @@ class TestRefuseDuplicateIds:
             refuse_duplicate_ids([[1, 1], []])
 
 
+class TestEncodeChunk:
+    def test_data_is_the_json_array_of_the_rows(self) -> None:
+        rows = [[1, {"x": 0.5}], [2, {"x": float("inf")}]]
+        assert encode_chunk(rows).data == b'[[1,{"x":0.5}],[2,{"x":null}]]'
+
+    @pytest.mark.parametrize(
+        ("ids", "ids_are_keys"),
+        [
+            pytest.param([1, 2, 3], True, id="ints"),
+            pytest.param(["a", 2], True, id="strings-and-ints"),
+            pytest.param([np.int64(1), 2], False, id="numpy-int"),
+            pytest.param([True, 2], False, id="bool"),
+            pytest.param([1.5, 2], False, id="float"),
+        ],
+    )
+    def test_plain_ids_are_their_own_keys(self, ids: list[object], ids_are_keys: bool) -> None:
+        """Only exact ints and strings match the answer by themselves; others by their JSON."""
+        assert encode_chunk([[row_id, 0] for row_id in ids]).ids_are_keys is ids_are_keys
+
+    def test_repeated_id_in_a_chunk_is_refused(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"Row ID 'b' appears more than once \(again at row 2\)"):
+            encode_chunk([["a", 1], ["b", 2], ["b", 3]])
+
+    @pytest.mark.parametrize("bad_row", [[], {"id": 1}, 5], ids=["empty", "dict", "number"])
+    def test_row_that_is_not_a_list_is_named(self, bad_row: object) -> None:
+        with pytest.raises(ModelbitInputError, match="Batch row 1 is"):
+            encode_chunk([[1, 1], bad_row])  # type: ignore[list-item]
+
+
 class TestSplitByBytes:
     def test_small_chunk_is_one_part(self) -> None:
         chunk = encode_chunk([[1, 2], [2, 3]])
@@ -75,6 +108,9 @@ class TestSplitByBytes:
         assert len(parts) > 1
         assert all(part.size + ENVELOPE_BYTES <= 600 for part in parts)
         assert [row_id for part in parts for row_id in part.ids] == list(range(40))
+        assert [part.data for part in parts] == [
+            join_rows(encode_row(row) for row in rows[part.ids[0] : part.ids[-1] + 1]) for part in parts
+        ]
 
     def test_single_row_over_the_limit_names_its_id(self) -> None:
         chunk = encode_chunk([[1, "a"], ["huge", "x" * 1000]])
@@ -91,6 +127,23 @@ class TestReassemble:
         chunk = encode_chunk(self.CHUNK_ROWS)
         rows = reassemble(chunk, [["c", 30], ["a", 10], ["b", 20]], deployment="d", version="latest")
         assert rows == [["a", 10], ["b", 20], ["c", 30]]
+
+    def test_answer_in_request_order_is_used_as_it_is(self) -> None:
+        answer = [["a", 10], ["b", 20], ["c", 30]]
+        assert reassemble(encode_chunk(self.CHUNK_ROWS), answer, deployment="d", version=1) is answer
+
+    @pytest.mark.parametrize(
+        ("answered_id", "match"),
+        [
+            pytest.param(1.0, r"missing IDs \[1\] \(1\) and unexpected IDs \['1.0'\]", id="float"),
+            pytest.param(True, r"missing IDs \[1\] \(1\) and unexpected IDs \['true'\]", id="bool"),
+            pytest.param("1", r"missing IDs \[1\] \(1\) and unexpected IDs \['1'\]", id="string"),
+        ],
+    )
+    def test_equal_but_differently_typed_id_is_not_the_same_id(self, answered_id: object, match: str) -> None:
+        """1.0, true and "1" are different JSON from 1, even where Python calls them equal."""
+        with pytest.raises(ModelbitIncompleteBatch, match=match):
+            reassemble(encode_chunk([[1, "x"]]), [[answered_id, "r"]], deployment="d", version=1)
 
     def test_ids_are_returned_as_given(self) -> None:
         chunk = encode_chunk([[np.int64(5), 1]])
@@ -114,3 +167,28 @@ class TestReassemble:
         with pytest.raises(ModelbitIncompleteBatch, match=match) as caught:
             reassemble(chunk, answer, deployment="scorer", version=3)
         assert "'scorer' (version 3)" in caught.value.message
+
+
+class TestLongLivedObjectsFrozen:
+    def test_objects_are_frozen_inside_and_released_after(self) -> None:
+        before = gc.get_freeze_count()
+        with long_lived_objects_frozen():
+            assert gc.get_freeze_count() > before
+        assert gc.get_freeze_count() == before
+
+    def test_nested_blocks_release_only_when_the_last_ends(self) -> None:
+        with long_lived_objects_frozen():
+            with long_lived_objects_frozen():
+                pass
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0
+
+    def test_cycles_made_inside_are_still_collected(self) -> None:
+        class Node:
+            pass
+
+        with long_lived_objects_frozen():
+            node = Node()
+            node.self = node  # type: ignore[attr-defined]
+            del node
+            assert gc.collect() >= 1

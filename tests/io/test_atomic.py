@@ -85,5 +85,6 @@ class TestResolveOutput:
 
     def test_keeps_a_url_and_adds_the_connection(self) -> None:
         resolved = resolve_output("s3://bucket/key.parquet", conn_id="aws_data")
-        conn_id = resolved.storage_options.get("conn_id")
+        # Airflow 3.3 keeps it as an attribute; 3.1 only in the storage options.
+        conn_id = getattr(resolved, "conn_id", None) or resolved.storage_options.get("conn_id")
         assert (resolved.protocol, conn_id, resolved.key) == ("s3", "aws_data", "key.parquet")

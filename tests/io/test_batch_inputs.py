@@ -12,6 +12,7 @@ from airflow_provider_modelbit.exceptions import ModelbitInputError
 from airflow_provider_modelbit.io.batch_inputs import (
     InputChunk,
     batch_rows,
+    chunk_ids,
     count_and_check_ids,
     exact_chunks,
     refuse_bad_id_type,
@@ -57,6 +58,29 @@ class TestIds:
         with pytest.raises(ModelbitInputError, match=r"ID 'b' appears more than once .* \(again at row 3\)"):
             count_and_check_ids([pa.array(["a", "b"]), pa.array(["c", "b"])], "key", "input")
 
+    @pytest.mark.parametrize(
+        ("batches", "repeated", "row"),
+        [
+            pytest.param([[5, 1], [5, 1]], 5, 2, id="ints-across-batches"),
+            pytest.param([[1, 2, 3, 4, 5, 3, 1]], 3, 5, id="first-repeat-by-row-not-by-value"),
+            pytest.param([["x"], ["y", "z", "y"]], "y", 3, id="strings"),
+        ],
+    )
+    def test_names_the_first_row_that_repeats_an_id(
+        self, batches: list[list[object]], repeated: object, row: int
+    ) -> None:
+        with pytest.raises(ModelbitInputError, match=rf"ID {repeated!r} appears .* \(again at row {row}\)"):
+            count_and_check_ids([pa.array(batch) for batch in batches], "key", "input")
+
+    def test_dictionary_batches_are_compared_by_value(self) -> None:
+        """Batches encoded with different dictionaries still find a repeated value."""
+        batches = [pa.array(["a", "b"]).dictionary_encode(), pa.array(["c", "a"]).dictionary_encode()]
+        with pytest.raises(ModelbitInputError, match=r"ID 'a' appears .* \(again at row 3\)"):
+            count_and_check_ids(batches, "key", "input")
+
+    def test_no_batches_is_zero_rows(self) -> None:
+        assert count_and_check_ids([], "key", "input") == 0
+
     def test_names_the_row_of_a_missing_id(self) -> None:
         with pytest.raises(ModelbitInputError, match="is empty at row 4"):
             count_and_check_ids([pa.array([1, 2, 3]), pa.array([4, None])], "key", "input")
@@ -96,6 +120,10 @@ class TestBatchRows:
     def test_without_id_column_the_row_position_is_the_id(self) -> None:
         rows = batch_rows(self.CHUNK, columns=["age"], id_column=None, argument_style="positional")
         assert [row[0] for row in rows] == [10, 11]
+
+    def test_row_position_ids_are_int64(self) -> None:
+        ids = chunk_ids(self.CHUNK, None)
+        assert (ids.type, ids.to_pylist()) == (pa.int64(), [10, 11])
 
     def test_values_arrive_as_python_values_for_the_encoder(self) -> None:
         chunk = InputChunk(

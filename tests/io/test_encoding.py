@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
-from airflow_provider_modelbit.io.encoding import encode_json, encode_row, join_rows, request_body, row_id_key
+from airflow_provider_modelbit.io.encoding import (
+    encode_json,
+    encode_row,
+    encode_rows,
+    join_rows,
+    request_body,
+    row_id_key,
+)
 
 
 class TestEncodeJson:
@@ -46,6 +53,25 @@ class TestEncodeJson:
     def test_bytes_are_refused(self) -> None:
         with pytest.raises(TypeError, match="bytes"):
             encode_json({"blob": b"\x00"})
+
+
+class TestEncodeRows:
+    @pytest.mark.parametrize(
+        "rows",
+        [
+            pytest.param([[1, {"x": 2.5}], [2, {"x": float("nan")}]], id="objects-with-nan"),
+            pytest.param([["a", np.int64(3), np.float32(0.5)], ["b", None, 1]], id="numpy-positional"),
+            pytest.param([(7, datetime.date(2024, 5, 1), decimal.Decimal("1.5"))], id="tuple-row"),
+            pytest.param([], id="empty"),
+        ],
+    )
+    def test_same_bytes_as_joining_each_row(self, rows: list[list[object]]) -> None:
+        """One call for the whole chunk gives exactly the array the rows encoded one by one form."""
+        assert encode_rows(rows) == join_rows(encode_row(row) for row in rows)
+
+    def test_unencodable_row_is_named(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"Row with ID 'r2' .*column 'photo'"):
+            encode_rows([["r1", {"photo": "ok"}], ["r2", {"photo": b"\x89PNG"}]])
 
 
 class TestEncodeRow:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +37,21 @@ EXPECTED = [
 
 
 class TestLinkRowsToParquet:
+    def test_wide_rows_are_grouped_by_bytes(self) -> None:
+        """However many rows a group may hold, it ends after ``bytes_per_group`` of the document."""
+        document = json.dumps([[row, [row + 0.123456789] * 256] for row in range(2_000)]).encode()
+        to_parquet(json.dumps(ROWS).encode())  # one-time imports are not what is measured
+        tracemalloc.start()
+        try:
+            rows = link_rows_to_parquet(
+                pieces(document, 1 << 16), io.BytesIO(), rows_per_group=50_000, bytes_per_group=1 << 18
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert rows == 2_000
+        assert peak < len(document) / 2
+
     @pytest.mark.parametrize("document", [ROWS, {"data": ROWS}], ids=["bare", "wrapped"])
     def test_writes_rows_in_document_order(self, document: Any) -> None:
         assert to_parquet(json.dumps(document).encode()) == (4, EXPECTED)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -71,6 +73,26 @@ class TestOpenTable:
     def test_row_count_is_known_for_parquet_only(self, kind: str, tmp_path: Path) -> None:
         source = open_table(str(_write(tmp_path, kind)))
         assert source.num_rows == (ROWS if kind.startswith("parquet") else None)
+
+
+class TestStreamingMemory:
+    ROW_GROUP_ROWS = 65_536
+    ROW_GROUPS = 16
+
+    def test_parquet_memory_stays_at_one_row_group(self, tmp_path: Path) -> None:
+        """Reading holds about one row group however many the file has, not the file read so far."""
+        table = pa.table({"x": np.random.default_rng(1).normal(size=self.ROW_GROUPS * self.ROW_GROUP_ROWS)})
+        path = tmp_path / "wide.parquet"
+        pq.write_table(table, path, row_group_size=self.ROW_GROUP_ROWS, compression="none")
+        source = open_table(path)
+        tracemalloc.start()
+        try:
+            for _batch in source.iter_batches(max_rows=self.ROW_GROUP_ROWS):
+                pass
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 3 * table.nbytes / self.ROW_GROUPS
 
 
 class TestOpenTableErrors:
