@@ -229,13 +229,41 @@ def _parse_link_document(raw: bytes, url: str, call: InferenceCall) -> Any:
         ) from None
 
 
-class _ModelbitProtocolMixin:
-    """What the sync and async hooks share: settings, calls, retries and request logs."""
+class _ModelbitHookBase(BaseHook):
+    """
+    What the sync and async hooks share: the connection, calls, retries and request logs.
 
-    modelbit_conn_id: str
-    retry_policy: RetryPolicy
-    _retry_stats: RetryStats
-    log: Any
+    :param modelbit_conn_id: id of the Modelbit connection.
+    :param batch_size: most rows per request.
+    :param batch_bytes: most bytes per request body; bigger chunks are split.
+    :param max_concurrency: requests in flight at once for a batch.
+    :param retry_policy: attempts and waits for retried requests.
+    """
+
+    conn_name_attr = "modelbit_conn_id"
+    default_conn_name = "modelbit_default"
+    conn_type = "modelbit"
+    hook_name = "Modelbit"
+
+    def __init__(
+        self,
+        modelbit_conn_id: str = default_conn_name,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.modelbit_conn_id = modelbit_conn_id
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.max_concurrency = max_concurrency
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._retry_stats = RetryStats()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(modelbit_conn_id={self.modelbit_conn_id!r})"
 
     @property
     def retry_stats(self) -> dict[str, int]:
@@ -332,7 +360,7 @@ class _ModelbitProtocolMixin:
 # --- Sync hook ---------------------------------------------------------------------------------
 
 
-class ModelbitHook(_ModelbitProtocolMixin, BaseHook):
+class ModelbitHook(_ModelbitHookBase):
     """
     Call models deployed on Modelbit: single, batch and async inference, links, connection test.
 
@@ -349,31 +377,6 @@ class ModelbitHook(_ModelbitProtocolMixin, BaseHook):
     :param max_concurrency: requests in flight at once for a batch.
     :param retry_policy: attempts and waits for retried requests.
     """
-
-    conn_name_attr = "modelbit_conn_id"
-    default_conn_name = "modelbit_default"
-    conn_type = "modelbit"
-    hook_name = "Modelbit"
-
-    def __init__(
-        self,
-        modelbit_conn_id: str = default_conn_name,
-        *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        batch_bytes: int = DEFAULT_BATCH_BYTES,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        retry_policy: RetryPolicy | None = None,
-    ) -> None:
-        super().__init__()
-        self.modelbit_conn_id = modelbit_conn_id
-        self.batch_size = batch_size
-        self.batch_bytes = batch_bytes
-        self.max_concurrency = max_concurrency
-        self.retry_policy = retry_policy or RetryPolicy()
-        self._retry_stats = RetryStats()
-
-    def __repr__(self) -> str:
-        return f"ModelbitHook(modelbit_conn_id={self.modelbit_conn_id!r})"
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -772,7 +775,7 @@ async def _aget_connection_and_extra(conn_id: str, hook: BaseHook) -> tuple[Any,
     return conn, await get_async_extra_dejson(conn)
 
 
-class ModelbitAsyncHook(_ModelbitProtocolMixin, BaseHook):
+class ModelbitAsyncHook(_ModelbitHookBase):
     """
     Call Modelbit from an event loop (triggers, async operators) with httpx.
 
@@ -786,31 +789,9 @@ class ModelbitAsyncHook(_ModelbitProtocolMixin, BaseHook):
     :param retry_policy: attempts and waits for retried requests.
     """
 
-    conn_name_attr = "modelbit_conn_id"
-    default_conn_name = "modelbit_default"
-    conn_type = "modelbit"
-    hook_name = "Modelbit"
-
-    def __init__(
-        self,
-        modelbit_conn_id: str = default_conn_name,
-        *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        batch_bytes: int = DEFAULT_BATCH_BYTES,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        retry_policy: RetryPolicy | None = None,
-    ) -> None:
-        super().__init__()
-        self.modelbit_conn_id = modelbit_conn_id
-        self.batch_size = batch_size
-        self.batch_bytes = batch_bytes
-        self.max_concurrency = max_concurrency
-        self.retry_policy = retry_policy or RetryPolicy()
-        self._retry_stats = RetryStats()
+    def __init__(self, modelbit_conn_id: str = _ModelbitHookBase.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(modelbit_conn_id, **kwargs)
         self._settings: ModelbitSettings | None = None
-
-    def __repr__(self) -> str:
-        return f"ModelbitAsyncHook(modelbit_conn_id={self.modelbit_conn_id!r})"
 
     async def aget_settings(self) -> ModelbitSettings:
         """Resolve the connection without blocking the event loop; the key is masked when read."""
