@@ -28,6 +28,10 @@ from airflow.sdk import DAG, Asset, Param, task
 
 from airflow_provider_modelbit.operators import ModelbitBatchInferenceOperator
 
+# The run's date in output paths. Runs triggered by hand in Airflow 3 have no logical date,
+# so those fall back to when the run was queued.
+RUN_DATE = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
+
 EXAMPLES_DATA = os.environ.get(
     "MODELBIT_EXAMPLES_DATA",
     os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "modelbit-examples"),
@@ -61,7 +65,7 @@ with DAG(
         task_id="score_customers",
         deployment="churn_scorer",
         input_path="{{ params.input_path }}",
-        output_path="{{ params.output_root }}/{{ ds }}/churn_scores.parquet",
+        output_path="{{ params.output_root }}/" + RUN_DATE + "/churn_scores.parquet",
         id_column="customer_id",
         columns=["tenure_months", "monthly_spend", "plan"],
         passthrough_columns=["plan"],

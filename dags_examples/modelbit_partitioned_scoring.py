@@ -27,6 +27,10 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_provider_modelbit.operators import ModelbitBatchInferenceOperator
 
+# The run's date in output paths. Runs triggered by hand in Airflow 3 have no logical date,
+# so those fall back to when the run was queued.
+RUN_DATE = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
+
 EXAMPLES_DATA = os.environ.get(
     "MODELBIT_EXAMPLES_DATA",
     os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "modelbit-examples"),
@@ -71,7 +75,7 @@ with DAG(
         """Add up the rows scored by every mapped task."""
         return sum(result["rows"] for result in results)
 
-    partitions = list_partitions("{{ params.partitions_dir }}", "{{ params.output_root }}/{{ ds }}")
+    partitions = list_partitions("{{ params.partitions_dir }}", "{{ params.output_root }}/" + RUN_DATE)
     scored = ModelbitBatchInferenceOperator.partial(
         task_id="score_partition",
         deployment="churn_scorer",
