@@ -7,6 +7,7 @@ looking up a connection, and every outgoing socket connection, is made to fail t
 from __future__ import annotations
 
 import ast
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,14 @@ class TestExampleDagFile:
         docstring = ast.get_docstring(ast.parse(example_file.read_text()))
         assert docstring, f"{example_file.name} has no module docstring"
         assert len(docstring.split()) >= 20, f"{example_file.name}: the docstring is too short to explain"
+
+    def test_templates_render_for_runs_triggered_by_hand(self, example_file: Path) -> None:
+        """Airflow 3 gives manual runs no logical date, so ``ds`` and friends are undefined there."""
+        expressions = re.findall(r"\{\{(.*?)\}\}", example_file.read_text())
+        variables = [re.sub(r"\|\s*\w+", "", expression) for expression in expressions]  # drop filters
+        for name in ("ds", "ds_nodash", "ts", "logical_date", "data_interval_start", "data_interval_end"):
+            used = [v for v in variables if re.search(r"(?<![.\w])" + name + r"\b", v)]
+            assert not used, f"{example_file.name} templates {name!r}, which a run triggered by hand lacks"
 
     def test_dags_are_scheduled(self, example_file: Path, forbidden_calls: ForbiddenCalls) -> None:
         """The examples are realistic pipelines that run on a schedule, not manual-only DAGs."""
