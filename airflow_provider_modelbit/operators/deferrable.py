@@ -224,6 +224,11 @@ class ModelbitDeferrableMixin:
             self._submit_chunk(store, job_id, manifest, submission, chunk, payload)
             submitted += 1
         manifest["chunks"] = count
+        if submission is not None:
+            # Submitting a large table takes a while: every chunk gets its full time from its own
+            # submission, not from the first one's.
+            last_due = time.time() + submission.timeout_seconds + self.callback_delivery_margin
+            manifest["deadline"] = max(float(manifest["deadline"]), last_due)
         if submission is not None or store.has_manifest(job_id):
             store.write_manifest(job_id, manifest)
         if submitted:

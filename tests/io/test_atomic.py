@@ -7,17 +7,21 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk import ObjectStoragePath
-from airflow.sdk.io import attach
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
 
 
 @pytest.fixture
-def memory_store() -> Iterator[ObjectStoragePath]:
+def memory_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStoragePath]:
     """A memory:// object store registered with Airflow, emptied after the test."""
+    from airflow.sdk.io import store
+
+    # attach() would return a store cached earlier, maybe one made without a filesystem:
+    # register this one for the test only.
     filesystem = MemoryFileSystem()
-    attach("memory", fs=filesystem)
+    memory = store.ObjectStore(protocol="memory", conn_id=None, fs=filesystem)
+    monkeypatch.setitem(store._STORE_CACHE, "memory", memory)
     root = ObjectStoragePath("memory://bucket/atomic")
     yield root
     if filesystem.exists("/bucket"):

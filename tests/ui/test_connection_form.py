@@ -34,7 +34,7 @@ GOOD_CONN_ID = "modelbit_ui_good_key"
 BAD_CONN_ID = "modelbit_ui_wrong_key"
 
 EXTRA_FIELDS = [
-    ("workspace", "Workspace", "builds the Workspace URL when Host is empty"),
+    ("workspace", "Workspace", "builds the Workspace URL when that is empty"),
     ("region", "Region", "e.g. us-east-2.aws"),
     ("outpost", "Outpost", "for workspaces that use one"),
     ("branch", "Default branch", "Branch used when a task names none"),
