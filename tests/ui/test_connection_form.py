@@ -297,7 +297,12 @@ class TestConnectionTestApi:
             "password": saved_connections[conn_id],
         }
         with ui_services.rest_client() as client:
-            result = wait_for_queued_test(client, connection, timeout=120)
+            for _ in range(3):
+                result = wait_for_queued_test(client, connection, timeout=120)
+                # A worker that lost its exchange with the api-server (seen on an overloaded machine)
+                # reports Airflow's own failure, not the hook's verdict: queue the test again.
+                if "failed unexpectedly" not in str(result.get("result_message")):
+                    break
         assert result["state"] == expected_state, result
         assert expected_text in result["result_message"]
 
