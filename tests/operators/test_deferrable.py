@@ -24,7 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 import uvicorn
 from airflow.sdk import DAG, BaseOperator, task
-from airflow.sdk.exceptions import TaskDeferred
+
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow 3.1 keeps it in core
+    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef]
 
 from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.store import CallbackStore
