@@ -100,7 +100,38 @@ def _convert(values: Sequence[Any]) -> tuple[pa.Array, bool]:
         return json_text_array(values), True
     if not _is_json_type(array.type) or not parquet_can_store(array.type):
         return json_text_array(values), True
+    if _INFERENCE_SORTS_KEYS and _has_struct(array.type):
+        array = pa.array(values, type=_in_key_order(array.type, values), from_pandas=False)
     return array, False
+
+
+# pyarrow before 22 infers struct fields in sorted key order; later ones keep the order keys first
+# appear in, which is the order a deployment wrote them and the order result columns should follow.
+_INFERENCE_SORTS_KEYS = pa.array([{"b": 0, "a": 0}]).type.field(0).name == "a"
+
+
+def _has_struct(data_type: pa.DataType) -> bool:
+    if pa.types.is_struct(data_type):
+        return True
+    return pa.types.is_list(data_type) and _has_struct(data_type.value_type)
+
+
+def _in_key_order(data_type: pa.DataType, values: Sequence[Any]) -> pa.DataType:
+    """The inferred ``data_type`` with every struct's fields in the order their keys first appear."""
+    if pa.types.is_list(data_type):
+        items = [item for value in values if isinstance(value, list) for item in value]
+        return pa.list_(_in_key_order(data_type.value_type, items))
+    if not pa.types.is_struct(data_type):
+        return data_type
+    objects = [value for value in values if isinstance(value, dict)]
+    order = dict.fromkeys(key for value in objects for key in value)
+    fields = {data_type.field(i).name: data_type.field(i) for i in range(data_type.num_fields)}
+    return pa.struct(
+        [
+            fields[name].with_type(_in_key_order(fields[name].type, [value.get(name) for value in objects]))
+            for name in order
+        ]
+    )
 
 
 def _is_json_type(data_type: pa.DataType) -> bool:

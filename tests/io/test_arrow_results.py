@@ -26,6 +26,15 @@ TYPED_CASES = [
     ([[1], [2.5]], pa.list_(pa.float64())),
     ([{"a": 1}, {"b": "x"}], pa.struct([("a", pa.int64()), ("b", pa.string())])),
     ([{"a": {"b": 1}}, {"a": None}], pa.struct([("a", pa.struct([("b", pa.int64())]))])),
+    # Fields follow the order keys first appear in, at every depth, whatever pyarrow's own inference does.
+    (
+        [{"z": 1, "a": "x"}, {"m": True}],
+        pa.struct([("z", pa.int64()), ("a", pa.string()), ("m", pa.bool_())]),
+    ),
+    (
+        [[{"z": {"y": 1, "b": 2}}], None],
+        pa.list_(pa.struct([("z", pa.struct([("y", pa.int64()), ("b", pa.int64())]))])),
+    ),
 ]
 
 MIXED_CASES = [
