@@ -16,6 +16,8 @@ from unittest import mock
 
 import pytest
 
+from tests.airflow_dags import parse_dags
+
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "dags_examples"
 EXAMPLE_FILES = sorted(path for path in EXAMPLES_DIR.glob("*.py") if not path.name.startswith("_"))
 # Each place an Airflow 3 process can resolve a connection from while a DAG file is imported.
@@ -69,9 +71,7 @@ def forbidden_calls(examples_environment: Path) -> Iterator[ForbiddenCalls]:
 
 
 def parse_example(path: Path) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=path, safe_mode=False)
+    return parse_dags(path)
 
 
 def test_examples_are_present() -> None:

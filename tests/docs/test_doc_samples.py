@@ -67,6 +67,7 @@ import pandas as pd
 import pytest
 
 from airflow_provider_modelbit.emulator import RunningEmulator, run_emulator
+from tests.airflow_dags import parse_dags, run_dag
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -264,9 +265,7 @@ def _sample_source(sample: Sample, tmp_path: Path) -> str:
 
 
 def _parse_dags(dag_file: Path) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(dag_file), safe_mode=False)
+    bag = parse_dags(dag_file)
     assert bag.import_errors == {}, f"the sample does not import: {bag.import_errors}"
     assert bag.dags, "the sample defines no DAG"
     return bag
@@ -274,14 +273,7 @@ def _parse_dags(dag_file: Path) -> Any:
 
 def _run_dag(dag: Any) -> dict[str, str]:
     """Store the DAG, run it with dag.test(), return each task's final state."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    run = dag.test()
+    run = run_dag(dag)
     return {
         ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
         for ti in run.get_task_instances()

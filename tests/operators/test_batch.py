@@ -22,6 +22,7 @@ import pytest
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
 from airflow_provider_modelbit.exceptions import ModelbitConnectionError, ModelbitInputError
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
+from tests.airflow_dags import parse_dags, run_dag
 
 # A DAG file building one DAG per JSON spec found beside it: each test writes its own spec.
 SPEC_DAGS = """
@@ -96,11 +97,8 @@ def run_batch(dags_folder: Path, server: RunningEmulator, request: pytest.Fixtur
     spec_file = dags_folder / f"{dag_id}.json"
 
     def run(**arguments: Any) -> str:
-        from airflow.dag_processing.dagbag import DagBag
-
         spec_file.write_text(json.dumps({"max_concurrency": 2, **arguments}))
-        dag = DagBag(str(dags_folder)).dags[dag_id]
-        return str(dag.test().state)
+        return str(run_dag(parse_dags(dags_folder).dags[dag_id]).state)
 
     yield run
     spec_file.unlink(missing_ok=True)

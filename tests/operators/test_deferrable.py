@@ -14,21 +14,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pendulum
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uvicorn
-from airflow.sdk import DAG, BaseOperator, task
-
-try:
-    from airflow.sdk.exceptions import TaskDeferred
-except ImportError:  # Airflow 3.1 keeps it in core
-    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef]
 
 from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.store import CallbackStore
@@ -44,9 +36,9 @@ from airflow_provider_modelbit.operators.deferrable import (
 )
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
 from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
+from tests.airflow_dags import TaskDeferred, TaskOutcome, run_task
 
 SECRET = "deferrable-test-secret-0123"
-NOT_RECEIVED = object()
 
 # ``flaky`` echoes its argument but fails the first time it sees 13: one chunk delivered as an error.
 FLAKY_DEPLOYMENTS = """
@@ -139,39 +131,6 @@ def flaky_server(
         extra = {"callback_base_url": receiver_url, "callback_secret": SECRET}
         modelbit_connection(host=running.url, extra=extra)
         yield running
-
-
-@dataclass
-class TaskOutcome:
-    state: str
-    value: Any
-    error: BaseException | None
-
-
-def run_task(operator_factory: Callable[[], BaseOperator]) -> TaskOutcome:
-    """Run one operator task with ``dag.test()`` and record its XCom value or exception."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    seen: dict[str, Any] = {}
-    with DAG(
-        f"test_deferrable_{uuid.uuid4().hex[:10]}", schedule=None, start_date=pendulum.datetime(2026, 1, 1)
-    ) as dag:
-        operator = operator_factory()
-        operator.on_failure_callback = [lambda context: seen.setdefault("error", context["exception"])]
-
-        @task
-        def receive(value: Any) -> None:
-            seen["value"] = value
-
-        receive(operator.output)
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    run = dag.test()
-    state = run.get_task_instance(operator.task_id).state
-    return TaskOutcome(str(state), seen.get("value", NOT_RECEIVED), seen.get("error"))
 
 
 def run_deferred(**operator_kwargs: Any) -> TaskOutcome:

@@ -12,9 +12,7 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -23,11 +21,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import numpy as np
 import pandas as pd
-import pendulum
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from airflow.sdk import DAG, BaseOperator, task
+from airflow.sdk import BaseOperator, task
 
 from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.exceptions import (
@@ -46,25 +43,16 @@ from airflow_provider_modelbit.exceptions import (
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 from airflow_provider_modelbit.operators import ModelbitInferenceOperator
 from airflow_provider_modelbit.operators.inference import ROWS_PER_REQUEST, batch_rows
+from tests.airflow_dags import NOT_RECEIVED, TaskOutcome, parse_dags, run_dag, run_task
 
 API_KEY = "k-inference:c2VjcmV0LXZhbHVl+/="
 EXAMPLE_DAG = Path(__file__).resolve().parents[2] / "dags_examples" / "modelbit_single_inference.py"
 CUSTOMERS = pd.DataFrame(
     {"tenure_months": [3, 18, 40], "monthly_spend": [19.0, 42.5, 99.9], "plan": ["free", "pro", "pro"]}
 )
-NOT_RECEIVED = object()
 
 
 # ---------------------------------------------------------------------- harness
-
-
-@dataclass
-class TaskOutcome:
-    """What a run of the operator's task left behind."""
-
-    state: str
-    value: Any  # what a downstream task received through XCom, or NOT_RECEIVED
-    error: BaseException | None
 
 
 @pytest.fixture(scope="session")
@@ -83,45 +71,6 @@ def server(
     modelbit_connection(host=modelbit_emulator_session.url, password=API_KEY)
     yield modelbit_emulator_session
     modelbit_emulator_session.client.reset()
-
-
-def run_task(build: Callable[[], BaseOperator], **dag_kwargs: Any) -> TaskOutcome:
-    """
-    Run ``build()``'s operator in a fresh DAG with ``dag.test()``.
-
-    ``build`` is called inside the DAG, so it may create upstream tasks. A downstream task records
-    the operator's XCom value; a failure callback records the exception.
-    """
-    seen: dict[str, Any] = {}
-    with DAG(
-        f"test_inference_{uuid.uuid4().hex[:10]}",
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        **dag_kwargs,
-    ) as dag:
-        operator = build()
-        operator.on_failure_callback = [lambda context: seen.setdefault("error", context["exception"])]
-
-        @task
-        def receive(value: Any) -> None:
-            seen["value"] = value
-
-        receive(operator.output)
-    run = _test_dag(dag)
-    state = run.get_task_instance(operator.task_id).state
-    return TaskOutcome(str(state), seen.get("value", NOT_RECEIVED), seen.get("error"))
-
-
-def _test_dag(dag: DAG) -> Any:
-    # dag.test() runs only DAGs stored in the metadata database; store this in-memory one first.
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag.test()
 
 
 def run_inference(**operator_kwargs: Any) -> TaskOutcome:
@@ -732,9 +681,7 @@ class TestExampleDag:
     """dags_examples/modelbit_single_inference.py parses offline and runs against the local server."""
 
     def _parse(self) -> Any:
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=str(EXAMPLE_DAG))
+        bag = parse_dags(EXAMPLE_DAG)
         assert bag.import_errors == {}
         return bag.dags["modelbit_single_inference"]
 
@@ -750,7 +697,7 @@ class TestExampleDag:
 
     def test_runs_end_to_end(self, server: RunningEmulator) -> None:
         dag = self._parse()
-        run = _test_dag(dag)
+        run = run_dag(dag)
         states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
         assert set(states.values()) == {"success"}, states
         assert len(server.client.requests()) == 4

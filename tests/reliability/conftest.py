@@ -192,18 +192,6 @@ def airflow_db() -> None:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
-def run_dag(dag: Any) -> Any:
-    """Store an in-memory DAG in the metadata database and run it with ``dag.test()``."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(collect_dags=False)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag.test()
-
-
 def files_under(folder: Path) -> Iterable[Path]:
     """Every file below ``folder`` (nothing when it does not exist)."""
     return (path for path in folder.rglob("*") if path.is_file()) if folder.exists() else ()

@@ -35,7 +35,8 @@ from airflow.sdk import DAG
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from airflow_provider_modelbit.operators.deferrable import callback_job_id
-from tests.reliability.conftest import API_KEY, RunningReceiver, leaked_secrets, run_dag
+from tests.airflow_dags import run_dag
+from tests.reliability.conftest import API_KEY, RunningReceiver, leaked_secrets
 
 ROWS = 100_000
 # 400 chunks: enough first attempts that even the 1% fault lands a few times.

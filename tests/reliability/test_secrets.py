@@ -26,21 +26,17 @@ from airflow.sdk import DAG
 from airflow_provider_modelbit.emulator.server import RunningEmulator
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
-from tests.reliability.conftest import RunningReceiver, files_under, leaked_secrets, run_dag
+from tests.airflow_dags import run_dag, task_errors
+from tests.reliability.conftest import RunningReceiver, files_under, leaked_secrets
 
 
-def build_dag(tmp_path: Path, errors: dict[str, BaseException]) -> DAG:
+def build_dag(tmp_path: Path) -> DAG:
     table_path = tmp_path / "customers.parquet"
     pq.write_table(pa.table({"key": ["a", "b", "c"], "x": [1, 2, 3]}), table_path)
-
-    def remember(context: dict[str, Any]) -> None:
-        errors[context["ti"].task_id] = context["exception"]
-
     with DAG(
         f"reliability_secrets_{uuid.uuid4().hex[:8]}",
         schedule=None,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        default_args={"on_failure_callback": remember},
     ) as dag:
         ModelbitInferenceOperator(task_id="single", deployment="doubler", data=21)
         ModelbitInferenceOperator(task_id="rows", deployment="{{ 'doub' ~ 'ler' }}", data=[[1, 1], [2, 2]])
@@ -101,9 +97,9 @@ class TestNoSecretAnywhere:
         use_connection(emulator.url, callback_base_url=receiver.base_url)
         # Operator, trigger and receiver must share one callback store.
         monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", receiver.store.location)
-        errors: dict[str, BaseException] = {}
-        dag = build_dag(tmp_path, errors)
-        run = run_dag(dag)
+        dag = build_dag(tmp_path)
+        with task_errors() as errors:
+            run = run_dag(dag)
         console = capfd.readouterr()
 
         states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}

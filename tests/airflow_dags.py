@@ -1,0 +1,115 @@
+"""
+Parse and run DAGs in tests on every supported Airflow (3.1 floor to 3.3).
+
+Airflow 3.2 moved ``DagBag`` and ``sync_bag_to_db`` from ``airflow.models.dagbag`` to
+``airflow.dag_processing.dagbag``, and ``TaskDeferred`` from ``airflow.exceptions`` to
+``airflow.sdk.exceptions``; tests import them from here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import pendulum
+from airflow.sdk import DAG, task
+
+try:
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+except ImportError:  # Airflow < 3.2
+    from airflow.models.dagbag import DagBag, sync_bag_to_db  # type: ignore[no-redef,attr-defined]
+
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow < 3.2
+    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from airflow.sdk import BaseOperator
+
+__all__ = ["NOT_RECEIVED", "DagBag", "TaskDeferred", "TaskOutcome", "parse_dags", "run_dag", "run_task"]
+
+#: The value of a task whose result no downstream task received.
+NOT_RECEIVED = object()
+
+
+@dataclass
+class TaskOutcome:
+    """What a run of one operator's task left behind."""
+
+    state: str
+    value: Any  # what a downstream task received through XCom, or NOT_RECEIVED
+    error: BaseException | None
+
+
+def parse_dags(path: Path | str) -> Any:
+    """A ``DagBag`` of the DAG file or folder at ``path``, parsed as the dag-processor would."""
+    return DagBag(dag_folder=str(path), safe_mode=False)
+
+
+def run_dag(dag: Any) -> Any:
+    """Store an in-memory DAG in the metadata database, then run it with ``dag.test()``."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(collect_dags=False)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag.test()
+
+
+@contextmanager
+def task_errors() -> Iterator[dict[str, BaseException]]:
+    """
+    Collect, by task ID, the exception each task of a ``dag.test()`` run last failed with.
+
+    In ``dag.test()`` failure callbacks find it in ``context["exception"]`` only from Airflow 3.2;
+    the task runner's ``finalize`` step receives it on every version.
+    """
+    from airflow.sdk.execution_time import task_runner
+
+    errors: dict[str, BaseException] = {}
+    finalize = task_runner.finalize
+
+    def recording_finalize(
+        ti: Any, state: Any, context: Any, log: Any, error: BaseException | None = None
+    ) -> Any:
+        if error is not None:
+            errors[ti.task_id] = error
+        return finalize(ti, state, context, log, error)
+
+    with mock.patch.object(task_runner, "finalize", recording_finalize):
+        yield errors
+
+
+def run_task(build: Callable[[], BaseOperator], **dag_kwargs: Any) -> TaskOutcome:
+    """
+    Run ``build()``'s operator in a fresh DAG with ``dag.test()``.
+
+    ``build`` is called inside the DAG, so it may create upstream tasks. A downstream task records
+    the operator's XCom value, and the runner the exception it failed with.
+    """
+    seen: dict[str, Any] = {}
+    with DAG(
+        f"test_task_{uuid.uuid4().hex[:10]}",
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        **dag_kwargs,
+    ) as dag:
+        operator = build()
+
+        @task
+        def receive(value: Any) -> None:
+            seen["value"] = value
+
+        receive(operator.output)
+    with task_errors() as errors:
+        run = run_dag(dag)
+    state = run.get_task_instance(operator.task_id).state
+    return TaskOutcome(str(state), seen.get("value", NOT_RECEIVED), errors.get(operator.task_id))
