@@ -288,6 +288,28 @@ class AirflowServices:
             shutil.rmtree(self._layout.home, ignore_errors=True)
             self._owned_home = False
 
+    def kill_service(self, name: str, signum: signal.Signals = signal.SIGKILL) -> None:
+        """
+        Send ``signum`` to one running service's process group and wait until it exits.
+
+        The default SIGKILL gives the service no chance to clean up: what a crash or an evicted pod
+        does to it. :meth:`start_service` starts it again.
+        """
+        service = next((service for service in self._running if service.name == name), None)
+        if service is None:
+            running = ", ".join(service.name for service in self._running) or "none"
+            raise AirflowServicesError(f"Airflow {name} is not running (running: {running}).")
+        signal_group(service.process, signum)
+        service.process.wait(timeout=self.stop_timeout)
+        self._running.remove(service)
+
+    def start_service(self, name: str) -> None:
+        """Start one service that :meth:`kill_service` stopped, and wait until every service is healthy."""
+        if any(service.name == name for service in self._running):
+            raise AirflowServicesError(f"Airflow {name} is already running.")
+        self._running.append(self._launch(name))
+        self._wait_until_healthy()
+
     def run_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``airflow <args>`` against this run's home and database; raise with its output on failure."""
         result = subprocess.run(

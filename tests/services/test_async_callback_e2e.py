@@ -9,25 +9,18 @@ another DAG's task runs meanwhile — and succeed once the delivery arrives.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import airflow_services  # scripts/ is on sys.path through tests/services/conftest.py
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from airflow_rest import AirflowRestClient
-from airflow_services import AirflowServices
 
-from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
+from tests.services.callback_services import CallbackDeployment, callback_deployment, job_folders
 
 pytestmark = pytest.mark.services
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-SECRET = "e2e-callback-secret-7f3a9c"
 #: Seconds the ``sleeper`` deployment runs: the window in which the task must be seen deferred.
 MODEL_SECONDS = 25
 ROWS = 10
@@ -80,18 +73,15 @@ with DAG("e2e_free_slot", schedule=None, start_date=START, catchup=False):
 
 
 @dataclass
-class CallbackDeployment:
-    """The running services, the local Modelbit server and the shared folders of one test module."""
+class CallbackRun:
+    """The services of this module and where the scored table is written."""
 
-    services: AirflowServices
-    client: AirflowRestClient
-    emulator: RunningEmulator
-    callback_store: Path
+    deployment: CallbackDeployment
     output_path: Path
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackDeployment]:
+def callback_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackRun]:
     """Start the local Modelbit server and the Airflow services wired to each other through webhooks."""
     root = tmp_path_factory.mktemp("async-callback-e2e")
     input_path, output_path = root / "input.parquet", root / "out" / "scores.parquet"
@@ -103,50 +93,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackDep
     (dags / "e2e_async_callback.py").write_text(
         DAG_FILE.format(input_path=str(input_path), output_path=str(output_path), model_seconds=MODEL_SECONDS)
     )
-    # The callback URL names the api-server's port, so it is chosen before the services start.
-    api_port = airflow_services.free_port()
-    api_url = f"http://{airflow_services.LOOPBACK}:{api_port}"
-    with (
-        run_emulator(mode="process", allow_http_webhooks=True, sort_results_by_id=True) as emulator,
-        pytest.MonkeyPatch.context() as patch,
-    ):
-        patch.setattr(airflow_services, "free_port", lambda: api_port)
-        env = services_environment(emulator.url, f"{api_url}/modelbit", root / "callbacks")
-        with AirflowServices(
-            dags_folder=dags,
-            env=env,
-            logs_folder=ARTIFACTS / "services" / "async-callback-logs",
-            database_cache=ARTIFACTS / "cache",
-        ) as services:
-            assert services.api_url == api_url
-            with services.rest_client() as client:
-                yield CallbackDeployment(services, client, emulator, root / "callbacks", output_path)
+    with callback_deployment(root, dags, logs_name="async-callback-logs") as deployment:
+        yield CallbackRun(deployment, output_path)
 
 
-def services_environment(emulator_url: str, callback_base_url: str, callback_store: Path) -> dict[str, str]:
-    """One worker slot, the shared callback store, and the Modelbit connection for every service."""
-    connection = {
-        "conn_type": "modelbit",
-        "host": emulator_url,
-        "extra": {"callback_base_url": callback_base_url, "callback_secret": SECRET},
-    }
-    return {
-        "AIRFLOW__CORE__PARALLELISM": "1",
-        "AIRFLOW__MODELBIT__CALLBACK_STORE": str(callback_store),
-        "AIRFLOW_CONN_MODELBIT_DEFAULT": json.dumps(connection),
-    }
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout:.0f} s: {describe()}")
-        time.sleep(0.5)
-
-
-def job_folders(store: Path) -> list[str]:
-    return sorted(path.name for path in store.iterdir()) if store.exists() else []
+@pytest.fixture(scope="module")
+def deployment(callback_run: CallbackRun) -> CallbackDeployment:
+    return callback_run.deployment
 
 
 @dataclass
@@ -228,8 +181,8 @@ class TestAsyncCallbackOnAirflowServices:
         )
 
     def test_the_table_output_follows_the_input(
-        self, observations: RunObservations, deployment: CallbackDeployment
+        self, observations: RunObservations, callback_run: CallbackRun
     ) -> None:
-        table = pq.read_table(deployment.output_path)
+        table = pq.read_table(callback_run.output_path)
         assert table.column("key").to_pylist() == [f"k{ROWS - i:02d}" for i in range(ROWS)]
         assert table.column("result").to_pylist() == [2 * x for x in range(ROWS)]

@@ -1,0 +1,105 @@
+"""
+The Airflow services and the local Modelbit server wired together through webhooks.
+
+The local Modelbit server runs in its own process and posts its webhooks to the api-server, where
+the provider's plugin mounts the callback receiver at ``/modelbit``; the scheduler, triggerer and
+dag-processor share the callback store. Used by the service tests of async-callback mode.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import airflow_services  # scripts/ is on sys.path through tests/services/conftest.py
+import pytest
+from airflow_rest import AirflowRestClient
+from airflow_services import AirflowServices
+
+from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+SECRET = "e2e-callback-secret-7f3a9c"
+
+
+@dataclass
+class CallbackDeployment:
+    """The running services, the local Modelbit server and the callback store they share."""
+
+    services: AirflowServices
+    client: AirflowRestClient
+    emulator: RunningEmulator
+    callback_store: Path
+
+
+@contextmanager
+def callback_deployment(
+    root: Path,
+    dags: Path,
+    *,
+    logs_name: str,
+    env: Mapping[str, str] | None = None,
+    faults: Mapping[str, Any] | None = None,
+) -> Iterator[CallbackDeployment]:
+    """
+    Start the local Modelbit server, then the Airflow services with a webhook URL on the api-server.
+
+    :param root: folder for the callback store.
+    :param dags: the DAGs folder.
+    :param logs_name: the services' logs go to ``artifacts/services/<logs_name>``.
+    :param env: extra Airflow environment for every service.
+    :param faults: fault settings for the local Modelbit server (``EmulatorClient.set_faults``).
+    """
+    # The callback URL names the api-server's port, so it is chosen before the services start.
+    api_port = airflow_services.free_port()
+    api_url = f"http://{airflow_services.LOOPBACK}:{api_port}"
+    with (
+        run_emulator(mode="process", allow_http_webhooks=True, sort_results_by_id=True) as emulator,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        if faults:
+            emulator.client.set_faults(**faults)
+        patch.setattr(airflow_services, "free_port", lambda: api_port)
+        service_env = services_environment(emulator.url, f"{api_url}/modelbit", root / "callbacks")
+        with AirflowServices(
+            dags_folder=dags,
+            env={**service_env, **(env or {})},
+            logs_folder=ARTIFACTS / "services" / logs_name,
+            database_cache=ARTIFACTS / "cache",
+        ) as services:
+            assert services.api_url == api_url
+            with services.rest_client() as client:
+                yield CallbackDeployment(services, client, emulator, root / "callbacks")
+
+
+def services_environment(emulator_url: str, callback_base_url: str, callback_store: Path) -> dict[str, str]:
+    """One worker slot, the shared callback store, and the Modelbit connection for every service."""
+    connection = {
+        "conn_type": "modelbit",
+        "host": emulator_url,
+        "extra": {"callback_base_url": callback_base_url, "callback_secret": SECRET},
+    }
+    return {
+        "AIRFLOW__CORE__PARALLELISM": "1",
+        "AIRFLOW__MODELBIT__CALLBACK_STORE": str(callback_store),
+        "AIRFLOW_CONN_MODELBIT_DEFAULT": json.dumps(connection),
+    }
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, describe: Callable[[], str]) -> None:
+    """Poll ``condition`` every half second; fail with ``describe()`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout:.0f} s: {describe()}")
+        time.sleep(0.5)
+
+
+def job_folders(store: Path) -> list[str]:
+    """The job folders in the callback store (a job's folder is removed once its task succeeds)."""
+    return sorted(path.name for path in store.iterdir()) if store.exists() else []
