@@ -154,6 +154,10 @@ class TestStartUpFailures:
             services.start()
         assert not (tmp_path / "home").exists()
 
+    def test_killing_a_service_that_is_not_running_names_the_running_ones(self, tmp_path: Path) -> None:
+        with pytest.raises(AirflowServicesError, match=r"Airflow triggerer is not running \(running: none\)"):
+            AirflowServices(dags_folder=tmp_path).kill_service("triggerer")
+
 
 class TestCommandLine:
     def test_up_requires_a_dags_folder(self, capsys: pytest.CaptureFixture[str]) -> None:
