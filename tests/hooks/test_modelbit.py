@@ -8,7 +8,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
-import airflow
 import numpy as np
 import orjson
 import pandas as pd
@@ -36,6 +35,7 @@ from airflow_provider_modelbit.hooks.retries import (
     UNAVAILABLE,
     RetryPolicy,
 )
+from tests.airflow_dags import NEEDS_LOOKUP_OUTSIDE_TASKS
 from tests.hooks.conftest import CannedResponse
 
 BASE = "https://acme.us-east-2.aws.modelbit.com"
@@ -63,14 +63,6 @@ def _link_for(hook: ModelbitHook, deployment: str, data: object) -> str:
 
 def _rows(count: int, start: int = 0) -> list[list[int]]:
     return [[number, number] for number in range(start, start + count)]
-
-
-# Airflow 3.1.0 asks the task supervisor for a connection no secrets backend has, and outside a
-# task there is none to ask: the lookup fails with ImportError instead of "not found".
-NEEDS_LOOKUP_OUTSIDE_TASKS = pytest.mark.skipif(
-    tuple(int(part) for part in airflow.__version__.split(".")[:2]) < (3, 2),
-    reason="Airflow 3.1 cannot report a missing connection outside a task",
-)
 
 
 class TestDeploymentUrl:

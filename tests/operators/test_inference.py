@@ -556,6 +556,13 @@ ERROR_CASES = [
     ),
     pytest.param(
         None,
+        {"deployment": "doubler", "data": 1, "modelbit_conn_id": "modelbit_nowhere"},
+        ModelbitConnectionError,
+        ("'modelbit_nowhere' is not defined", "AIRFLOW_CONN_MODELBIT_NOWHERE"),
+        id="no connection",
+    ),
+    pytest.param(
+        None,
         {"deployment": "no_such_model", "data": 1},
         ModelbitNotFound,
         ("'no_such_model'",),

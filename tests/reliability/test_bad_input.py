@@ -39,6 +39,7 @@ from airflow_provider_modelbit.exceptions import (
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
+from tests.airflow_dags import NEEDS_LOOKUP_OUTSIDE_TASKS
 from tests.reliability.conftest import (
     API_KEY,
     CALLBACK_SECRET,
@@ -87,6 +88,7 @@ class BadInput:
     :param error: the exception class expected.
     :param message: a regular expression the message must match (what was wrong, and where).
     :param log: a regular expression the captured logs must match, when the log is where details go.
+    :param marks: pytest marks of the case.
     """
 
     name: str
@@ -94,6 +96,7 @@ class BadInput:
     error: type[Exception]
     message: str
     log: str | None = None
+    marks: tuple[Any, ...] = ()
 
 
 # --- How the cases act ---------------------------------------------------------------------------
@@ -232,6 +235,7 @@ CASES = [
         lambda scene: infer(scene, 21, modelbit_conn_id="modelbit_nowhere"),
         ModelbitConnectionError,
         r"Connection 'modelbit_nowhere' is not defined.*AIRFLOW_CONN_MODELBIT_NOWHERE",
+        marks=(NEEDS_LOOKUP_OUTSIDE_TASKS,),
     ),
     BadInput(
         "workspace URL without a host",
@@ -537,7 +541,7 @@ class TestBadInput:
         assert len(CASES) >= 25
         assert len({case.name for case in CASES}) == len(CASES)
 
-    @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+    @pytest.mark.parametrize("case", [pytest.param(case, id=case.name, marks=case.marks) for case in CASES])
     def test_fails_clearly_without_secrets_or_output(
         self,
         case: BadInput,
