@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -225,7 +226,10 @@ async def serve(config: EmulatorConfig, host: str, port: int, ready_file: Path |
     url = await server.start()
     print(url, flush=True)
     if ready_file is not None:
-        ready_file.write_text(url + "\n")
+        # Written aside and renamed, so whoever waits for the file never reads it half-written.
+        partial = ready_file.with_name(f"{ready_file.name}.partial")
+        partial.write_text(url + "\n")
+        os.replace(partial, ready_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):

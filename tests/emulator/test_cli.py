@@ -97,11 +97,13 @@ class TestStartStop:
         )
         try:
             deadline = time.monotonic() + 60
-            while not (ready.exists() and ready.read_text().strip()):
+            while not ready.exists():
                 assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.05)
+                time.sleep(0.01)
+            # The file appears whole: it is written aside and renamed into place.
             url = ready.read_text().strip()
             assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+            assert [path.name for path in tmp_path.iterdir()] == ["url"]
             with httpx.Client(trust_env=False) as http:
                 assert http.post(url + "/v1/doubler/latest", json={"data": 2}).json() == {"data": 4}
                 assert http.post(url + "/v1/echo/latest", json={"data": 2}).status_code == 503

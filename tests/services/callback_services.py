@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import airflow_services  # scripts/ is on sys.path through tests/services/conftest.py
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from airflow_rest import AirflowRestClient
 from airflow_services import AirflowServices
@@ -29,12 +31,36 @@ SECRET = "e2e-callback-secret-7f3a9c"
 
 @dataclass
 class CallbackDeployment:
-    """The running services, the local Modelbit server and the callback store they share."""
+    """The running services, the local Modelbit server and the folder of their shared files."""
 
     services: AirflowServices
     client: AirflowRestClient
     emulator: RunningEmulator
-    callback_store: Path
+    root: Path
+
+    @property
+    def callback_store(self) -> Path:
+        return self.root / "callbacks"
+
+    @property
+    def output_path(self) -> Path:
+        """Where the DAGs of :func:`write_table_dag` write their scores."""
+        return self.root / "out" / "scores.parquet"
+
+
+def write_table_dag(root: Path, table: pa.Table, dag_source: str, **fields: Any) -> Path:
+    """
+    Write ``table`` as the input Parquet file and a DAG file scoring it; return the DAGs folder.
+
+    :param dag_source: the DAG file's text, formatted with ``input_path``, ``output_path`` and ``fields``.
+    """
+    input_path, output_path = root / "input.parquet", root / "out" / "scores.parquet"
+    pq.write_table(table, input_path)
+    dags = root / "dags"
+    dags.mkdir()
+    source = dag_source.format(input_path=str(input_path), output_path=str(output_path), **fields)
+    (dags / "dag.py").write_text(source)
+    return dags
 
 
 @contextmanager
@@ -49,7 +75,7 @@ def callback_deployment(
     """
     Start the local Modelbit server, then the Airflow services with a webhook URL on the api-server.
 
-    :param root: folder for the callback store.
+    :param root: folder for the callback store (and the files of :func:`write_table_dag`).
     :param dags: the DAGs folder.
     :param logs_name: the services' logs go to ``artifacts/services/<logs_name>``.
     :param env: extra Airflow environment for every service.
@@ -74,7 +100,7 @@ def callback_deployment(
         ) as services:
             assert services.api_url == api_url
             with services.rest_client() as client:
-                yield CallbackDeployment(services, client, emulator, root / "callbacks")
+                yield CallbackDeployment(services, client, emulator, root)
 
 
 def services_environment(emulator_url: str, callback_base_url: str, callback_store: Path) -> dict[str, str]:

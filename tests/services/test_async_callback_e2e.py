@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.services.callback_services import CallbackDeployment, callback_deployment, job_folders
+from tests.services.callback_services import (
+    CallbackDeployment,
+    callback_deployment,
+    job_folders,
+    write_table_dag,
+)
 
 pytestmark = pytest.mark.services
 
@@ -72,34 +76,14 @@ with DAG("e2e_free_slot", schedule=None, start_date=START, catchup=False):
 """
 
 
-@dataclass
-class CallbackRun:
-    """The services of this module and where the scored table is written."""
-
-    deployment: CallbackDeployment
-    output_path: Path
-
-
 @pytest.fixture(scope="module")
-def callback_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackRun]:
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackDeployment]:
     """Start the local Modelbit server and the Airflow services wired to each other through webhooks."""
     root = tmp_path_factory.mktemp("async-callback-e2e")
-    input_path, output_path = root / "input.parquet", root / "out" / "scores.parquet"
-    pq.write_table(
-        pa.table({"key": [f"k{ROWS - i:02d}" for i in range(ROWS)], "x": list(range(ROWS))}), input_path
-    )
-    dags = root / "dags"
-    dags.mkdir()
-    (dags / "e2e_async_callback.py").write_text(
-        DAG_FILE.format(input_path=str(input_path), output_path=str(output_path), model_seconds=MODEL_SECONDS)
-    )
+    table = pa.table({"key": [f"k{ROWS - i:02d}" for i in range(ROWS)], "x": list(range(ROWS))})
+    dags = write_table_dag(root, table, DAG_FILE, model_seconds=MODEL_SECONDS)
     with callback_deployment(root, dags, logs_name="async-callback-logs") as deployment:
-        yield CallbackRun(deployment, output_path)
-
-
-@pytest.fixture(scope="module")
-def deployment(callback_run: CallbackRun) -> CallbackDeployment:
-    return callback_run.deployment
+        yield deployment
 
 
 @dataclass
@@ -181,8 +165,8 @@ class TestAsyncCallbackOnAirflowServices:
         )
 
     def test_the_table_output_follows_the_input(
-        self, observations: RunObservations, callback_run: CallbackRun
+        self, observations: RunObservations, deployment: CallbackDeployment
     ) -> None:
-        table = pq.read_table(callback_run.output_path)
+        table = pq.read_table(deployment.output_path)
         assert table.column("key").to_pylist() == [f"k{ROWS - i:02d}" for i in range(ROWS)]
         assert table.column("result").to_pylist() == [2 * x for x in range(ROWS)]

@@ -18,7 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.services.callback_services import CallbackDeployment, callback_deployment, job_folders, wait_until
+from tests.services.callback_services import (
+    CallbackDeployment,
+    callback_deployment,
+    job_folders,
+    wait_until,
+    write_table_dag,
+)
 
 pytestmark = pytest.mark.services
 
@@ -70,27 +76,11 @@ class RestartObservations:
     jobs_after: list[str]
 
 
-@dataclass
-class RestartRun:
-    deployment: CallbackDeployment
-    output_path: Path
-
-
 @pytest.fixture(scope="module")
-def restart_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartRun]:
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackDeployment]:
     root = tmp_path_factory.mktemp("triggerer-restart")
-    input_path, output_path = root / "input.parquet", root / "out" / "scores.parquet"
-    pq.write_table(pa.table({"key": [f"k{i:02d}" for i in range(ROWS)], "x": list(range(ROWS))}), input_path)
-    dags = root / "dags"
-    dags.mkdir()
-    (dags / f"{DAG_ID}.py").write_text(
-        DAG_FILE.format(
-            dag_id=DAG_ID,
-            input_path=str(input_path),
-            output_path=str(output_path),
-            batch_size=ROWS // CHUNKS,
-        )
-    )
+    table = pa.table({"key": [f"k{i:02d}" for i in range(ROWS)], "x": list(range(ROWS))})
+    dags = write_table_dag(root, table, DAG_FILE, dag_id=DAG_ID, batch_size=ROWS // CHUNKS)
     with callback_deployment(
         root,
         dags,
@@ -98,7 +88,7 @@ def restart_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartRun
         env={"AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(HEALTH_CHECK_THRESHOLD_SECONDS)},
         faults={"webhook_delay_seconds": WEBHOOK_DELAY_SECONDS, "webhook_duplicate_rate": 1.0},
     ) as deployment:
-        yield RestartRun(deployment, output_path)
+        yield deployment
 
 
 def batch_states(deployment: CallbackDeployment) -> list[str]:
@@ -119,8 +109,7 @@ def triggerers_that_started_the_trigger(logs_folder: Path, run_id: str) -> set[s
 
 
 @pytest.fixture(scope="module")
-def observations(restart_run: RestartRun) -> RestartObservations:
-    deployment = restart_run.deployment
+def observations(deployment: CallbackDeployment) -> RestartObservations:
     client, services = deployment.client, deployment.services
     logs = services.layout.logs_folder
 
@@ -171,9 +160,9 @@ class TestTriggererRestart:
         assert observations.state_while_down == "deferred"
 
     def test_a_new_triggerer_adopts_the_trigger_and_the_task_succeeds_in_its_first_try(
-        self, observations: RestartObservations, restart_run: RestartRun
+        self, observations: RestartObservations, deployment: CallbackDeployment
     ) -> None:
-        logs = restart_run.deployment.services.layout.logs_folder
+        logs = deployment.services.layout.logs_folder
         assert observations.final == "success", f"logs in {logs}"
         assert len(observations.all_triggerers - observations.first_triggerers) == 1, (
             f"no new triggerer ran the trigger; logs in {logs}"
@@ -182,15 +171,17 @@ class TestTriggererRestart:
         assert observations.jobs_after == [], "the store is cleaned once the task succeeds"
 
     def test_every_chunk_was_submitted_exactly_once(
-        self, observations: RestartObservations, restart_run: RestartRun
+        self, observations: RestartObservations, deployment: CallbackDeployment
     ) -> None:
-        emulator = restart_run.deployment.emulator.client
+        emulator = deployment.emulator.client
         requests = emulator.requests()
         assert len(requests) == CHUNKS and all(request.get("batchId") for request in requests)
         assert emulator.runs("doubler") == {f"k{row:02d}": 1 for row in range(ROWS)}
         assert all(len(batch["attempts"]) >= 2 for batch in emulator.batches()), "each webhook came twice"
 
-    def test_the_output_is_complete(self, observations: RestartObservations, restart_run: RestartRun) -> None:
-        table = pq.read_table(restart_run.output_path)
+    def test_the_output_is_complete(
+        self, observations: RestartObservations, deployment: CallbackDeployment
+    ) -> None:
+        table = pq.read_table(deployment.output_path)
         assert table.column("key").to_pylist() == [f"k{i:02d}" for i in range(ROWS)]
         assert table.column("result").to_pylist() == [2 * x for x in range(ROWS)]
