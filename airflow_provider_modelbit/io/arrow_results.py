@@ -105,8 +105,8 @@ def _convert(values: Sequence[Any]) -> tuple[pa.Array, bool]:
     return array, False
 
 
-# pyarrow before 22 infers struct fields in sorted key order; later ones keep the order keys first
-# appear in, which is the order a deployment wrote them and the order result columns should follow.
+# Some pyarrow releases (21, the one pinned with Airflow 3.1) infer struct fields in sorted key order;
+# others (26) keep the order keys first appear in: the deployment's order, which result columns follow.
 _INFERENCE_SORTS_KEYS = pa.array([{"b": 0, "a": 0}]).type.field(0).name == "a"
 
 
