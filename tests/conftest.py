@@ -6,6 +6,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,12 @@ if EMULATOR_PLUGIN not in _installed_plugins and importlib.util.find_spec(EMULAT
     pytest_plugins = [EMULATOR_PLUGIN]
 
 ConnectionSetter = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated metadata database in the session's temporary AIRFLOW_HOME (dag.test() needs one)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 @pytest.fixture

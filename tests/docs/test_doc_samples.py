@@ -46,7 +46,6 @@ carry a marker, so no sample silently drops to a weaker check.
 
 from __future__ import annotations
 
-import asyncio
 import configparser
 import functools
 import json
@@ -56,9 +55,9 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ import pytest
 
 from airflow_provider_modelbit.emulator import RunningEmulator, run_emulator
 from tests.airflow_dags import parse_dags, run_dag
+from tests.asgi_thread import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -172,12 +172,6 @@ SAMPLES = [sample for sample in all_samples() if effective_kind(sample) is not N
 # ---------------------------------------------------------------------- the environment
 
 
-@pytest.fixture(scope="session")
-def airflow_db() -> None:
-    """A migrated metadata database in the session's temporary AIRFLOW_HOME (dag.test() needs one)."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-
-
 def _environment(**extra: str) -> dict[str, str]:
     """This process's environment with the venv's programs first on PATH."""
     env = {**os.environ, **extra}
@@ -206,32 +200,15 @@ def write_sample_tables(folder: Path, rows: int = 60) -> Path:
     return folder
 
 
-class _ReceiverThread:
-    """The callback receiver app served by uvicorn on 127.0.0.1 in a daemon thread."""
+@contextmanager
+def _receiver(store_location: str) -> Iterator[str]:
+    """The callback receiver app on 127.0.0.1, reading secrets from Airflow connections; yields its URL."""
+    from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
+    from airflow_provider_modelbit.callbacks.store import CallbackStore
 
-    def __init__(self, store_location: str) -> None:
-        import uvicorn
-
-        from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
-        from airflow_provider_modelbit.callbacks.store import CallbackStore
-
-        app = create_callback_app(store=CallbackStore(store_location), secrets=ConnectionSecretSource())
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
-
-    def __enter__(self) -> str:
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            assert time.monotonic() < deadline, "the callback receiver did not start within 15 s"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self._server.servers[0].sockets[0].getsockname()[1]}"
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=15)
+    app = create_callback_app(store=CallbackStore(store_location), secrets=ConnectionSecretSource())
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @dataclass
@@ -293,7 +270,7 @@ def run_dag_sample(sample: Sample, context: SampleContext) -> None:
     if "callbacks" in sample.options:
         store = str(context.tmp_path / "callbacks")
         context.monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", store)
-        with _ReceiverThread(store) as receiver_url:
+        with _receiver(store) as receiver_url:
             _connect(context, {"callback_base_url": receiver_url, "callback_secret": CALLBACK_SECRET})
             states = {dag_id: _run_dag(dag) for dag_id, dag in bag.dags.items()}
     else:

@@ -36,7 +36,7 @@ from airflow_provider_modelbit.hooks.retries import (
     RetryPolicy,
 )
 from tests.airflow_dags import NEEDS_LOOKUP_OUTSIDE_TASKS
-from tests.hooks.conftest import CannedResponse
+from tests.scripted_http import CannedResponse
 
 BASE = "https://acme.us-east-2.aws.modelbit.com"
 KEY = "mi7k2q9w:Qm9vbGVhbi9TZWNyZXQ+S2V5PQ=="

@@ -25,7 +25,7 @@ from airflow_provider_modelbit.hooks.responses import (
     unwrap_link_document,
 )
 from airflow_provider_modelbit.hooks.settings import ModelbitSettings
-from tests.hooks.conftest import CannedResponse
+from tests.scripted_http import CannedResponse
 
 KEY = "mi9z8y7x:Secret/Key+Value="
 

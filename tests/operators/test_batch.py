@@ -23,6 +23,7 @@ from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emula
 from airflow_provider_modelbit.exceptions import ModelbitConnectionError, ModelbitInputError
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from tests.airflow_dags import parse_dags, run_dag
+from tests.operators.flaky_deployment import write_flaky_deployment
 
 # A DAG file building one DAG per JSON spec found beside it: each test writes its own spec.
 SPEC_DAGS = """
@@ -34,24 +35,6 @@ for spec_file in sorted(pathlib.Path(__file__).parent.glob("batch_spec_*.json"))
     with DAG(spec_file.stem, schedule=None) as dag:
         ModelbitBatchInferenceOperator(task_id="score", **json.loads(spec_file.read_text()))
     globals()[spec_file.stem] = dag
-"""
-
-# ``flaky`` echoes its argument but fails the first time it sees 13: a failure in mid-table.
-FLAKY_DEPLOYMENTS = """
-import pathlib
-
-MARKER = pathlib.Path({marker!r})
-
-
-def flaky(x):
-    if x == 13 and not MARKER.exists():
-        MARKER.write_text("failed once")
-        raise RuntimeError("transient failure on x=13")
-    return x
-
-
-def register(registry):
-    registry.add("flaky", flaky)
 """
 
 ROWS = 20
@@ -76,8 +59,7 @@ def dags_folder() -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulator]:
     """The local Modelbit server answering batches sorted by ID, with the ``flaky`` deployment."""
     folder = tmp_path_factory.mktemp("deployments")
-    deployments = folder / "flaky.py"
-    deployments.write_text(FLAKY_DEPLOYMENTS.format(marker=str(folder / "flaky-failed-once")))
+    deployments = write_flaky_deployment(folder)
     with run_emulator(sort_results_by_id=True, deployments_file=str(deployments)) as running:
         previous = os.environ.get("AIRFLOW_CONN_MODELBIT_DEFAULT")
         os.environ["AIRFLOW_CONN_MODELBIT_DEFAULT"] = json.dumps(

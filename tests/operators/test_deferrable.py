@@ -8,10 +8,6 @@ with the callback receiver app listening on 127.0.0.1. Both operators take this 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +16,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import uvicorn
 
 from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.store import CallbackStore
@@ -37,26 +32,10 @@ from airflow_provider_modelbit.operators.deferrable import (
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
 from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
 from tests.airflow_dags import TaskDeferred, TaskOutcome, run_task
+from tests.asgi_thread import serve_in_thread
+from tests.operators.flaky_deployment import write_flaky_deployment
 
 SECRET = "deferrable-test-secret-0123"
-
-# ``flaky`` echoes its argument but fails the first time it sees 13: one chunk delivered as an error.
-FLAKY_DEPLOYMENTS = """
-import pathlib
-
-MARKER = pathlib.Path({marker!r})
-
-
-def flaky(x):
-    if x == 13 and not MARKER.exists():
-        MARKER.write_text("failed once")
-        raise RuntimeError("transient failure on x=13")
-    return x
-
-
-def register(registry):
-    registry.add("flaky", flaky)
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -64,17 +43,6 @@ def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     """Poll the store often and wait briefly past the deadline, so the tests take seconds."""
     monkeypatch.setattr(ModelbitDeferrableMixin, "callback_poll_interval", 0.2)
     monkeypatch.setattr(ModelbitDeferrableMixin, "callback_delivery_margin", 30)
-
-
-class _ThreadedServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        pass
-
-
-@pytest.fixture(scope="session")
-def airflow_db() -> None:
-    """A migrated metadata database in the session's temporary AIRFLOW_HOME (dag.test() needs one)."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -88,18 +56,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CallbackStore:
 def receiver_url(store: CallbackStore) -> Iterator[str]:
     """The stand-alone receiver app on 127.0.0.1, reading secrets from Airflow connections."""
     app = create_callback_app(store=store, secrets=ConnectionSecretSource())
-    server = _ThreadedServer(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "receiver did not start within 10 s"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -123,8 +81,7 @@ def flaky_server(
     airflow_db: None, modelbit_connection: Callable[..., str], receiver_url: str, tmp_path: Path
 ) -> Iterator[RunningEmulator]:
     """A local Modelbit server with the ``flaky`` deployment, delivering webhooks to the receiver."""
-    deployments = tmp_path / "flaky.py"
-    deployments.write_text(FLAKY_DEPLOYMENTS.format(marker=str(tmp_path / "flaky-failed-once")))
+    deployments = write_flaky_deployment(tmp_path)
     with run_emulator(
         deployments_file=str(deployments), allow_http_webhooks=True, webhook_time_scale=0.01
     ) as running:

@@ -9,8 +9,6 @@ failed task and the error it carries.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,12 +51,6 @@ CUSTOMERS = pd.DataFrame(
 
 
 # ---------------------------------------------------------------------- harness
-
-
-@pytest.fixture(scope="session")
-def airflow_db() -> None:
-    """A migrated metadata database in the session's temporary AIRFLOW_HOME (dag.test() needs one)."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -15,19 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from airflow_provider_modelbit.callbacks.signing import callback_url
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.plugins.modelbit import ModelbitCallbackPlugin
+from tests.asgi_thread import serve_in_thread
 
 SECRET = "plugin-test-secret-0123456"
-
-
-class _ThreadedServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -41,18 +34,8 @@ def api_server_with_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AIRFLOW_CONN_MODELBIT_PLUGIN_TEST", json.dumps(connection))
     app = FastAPI()
     init_plugins(app)
-    server = _ThreadedServer(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start within 10 s"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", store_dir
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url, store_dir
 
 
 class TestModelbitCallbackPlugin:

@@ -7,26 +7,22 @@ logs, XComs and database bytes cannot miss a copy or match by accident.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from airflow_provider_modelbit.callbacks.receiver import StaticSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.signing import callback_url
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
 from airflow_provider_modelbit.hooks.retries import RetryPolicy
+from tests.asgi_thread import serve_in_thread
+from tests.scripted_http import scripted_server  # noqa: F401  (a fixture of these tests)
 
 API_KEY = "mbkRELIABILITY7q:Zx9+Leak/Probe=Key-4f2a8c61"
 WRONG_API_KEY = "mbkRELIABILITY7q:Wrong+Probe/Key=9d1e3b77"
@@ -90,57 +86,6 @@ def use_connection(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 # --- A scripted HTTP server ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CannedAnswer:
-    """One scripted answer."""
-
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-
-@dataclass
-class ScriptedServer:
-    """A real HTTP server on 127.0.0.1 answering every request with ``answer``; records what it got."""
-
-    url: str = ""
-    answer: CannedAnswer = CannedAnswer(200, b'{"data": null}')
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _scripted_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            server.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            self.send_response(server.answer.status)
-            self.send_header("Content-Type", server.answer.content_type)
-            self.send_header("Content-Length", str(len(server.answer.body)))
-            self.end_headers()
-            self.wfile.write(server.answer.body)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, format: str, *args: object) -> None:  # the test output stays readable
-            pass
-
-    return Handler
-
-
-@pytest.fixture
-def scripted_server() -> Iterator[ScriptedServer]:
-    """A scripted HTTP server on a free 127.0.0.1 port, for answers the emulator never gives."""
-    scripted = ScriptedServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _scripted_handler(scripted))
-    scripted.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield scripted
-    httpd.shutdown()
-    httpd.server_close()
-
-
 # --- A real callback receiver -------------------------------------------------------------------
 
 
@@ -156,13 +101,6 @@ class RunningReceiver:
         return callback_url(self.base_url, CONN_ID, job_id, chunk, secret, int(time.time() + expires_in))
 
 
-class _ThreadedUvicorn(uvicorn.Server):
-    """Uvicorn in a background thread; signal handlers belong to the main thread."""
-
-    def install_signal_handlers(self) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[RunningReceiver]:
     """The callback receiver app served by uvicorn on a free loopback port, storing under ``tmp_path``."""
@@ -171,25 +109,8 @@ def receiver(tmp_path: Path) -> Iterator[RunningReceiver]:
     app = create_callback_app(
         store=store, secrets=StaticSecretSource({CONN_ID: CALLBACK_SECRET}), max_body_bytes=max_body_bytes
     )
-    server = _ThreadedUvicorn(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", backlog=512)
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the callback receiver did not start within 20 s"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield RunningReceiver(f"http://127.0.0.1:{port}", store, max_body_bytes)
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def airflow_db() -> None:
-    """A migrated metadata database in the session's AIRFLOW_HOME (dag.test() needs one)."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    with serve_in_thread(app, backlog=512) as url:
+        yield RunningReceiver(url, store, max_body_bytes)
 
 
 def files_under(folder: Path) -> Iterable[Path]:

@@ -46,12 +46,11 @@ from tests.reliability.conftest import (
     CONN_ID,
     FAST_RETRIES,
     WRONG_API_KEY,
-    CannedAnswer,
     RunningReceiver,
-    ScriptedServer,
     files_under,
     leaked_secrets,
 )
+from tests.scripted_http import CannedResponse, ScriptedServer
 
 
 class RejectedDelivery(Exception):
@@ -148,6 +147,10 @@ def with_faults(data: Any = 21, response_format: str | None = None, **faults: An
     return run
 
 
+def json_answer(body: bytes) -> CannedResponse:
+    return CannedResponse(200, body, {"Content-Type": "application/json"})
+
+
 def with_options(action: Callable[[Scene], Any], **options: Any) -> Callable[[Scene], Any]:
     def run(scene: Scene) -> Any:
         scene.emulator.client.configure(**options)
@@ -156,9 +159,9 @@ def with_options(action: Callable[[Scene], Any], **options: Any) -> Callable[[Sc
     return run
 
 
-def scripted_answer(answer: CannedAnswer, data: Any, **arguments: Any) -> Callable[[Scene], Any]:
+def scripted_answer(answer: CannedResponse, data: Any, **arguments: Any) -> Callable[[Scene], Any]:
     def run(scene: Scene) -> Any:
-        scene.scripted.answer = answer
+        scene.scripted.script(answer)
         scene.use_connection(scene.scripted.url)
         return infer(scene, data, **arguments)
 
@@ -180,7 +183,7 @@ def fresh_link(scene: Scene, expiry_seconds: float) -> str:
 def answered_with_link(make_link: Callable[[Scene], str]) -> Callable[[Scene], Any]:
     def run(scene: Scene) -> Any:
         link = make_link(scene)
-        scene.scripted.answer = CannedAnswer(200, f'{{"data": "{link}"}}'.encode())
+        scene.scripted.script(json_answer(f'{{"data": "{link}"}}'.encode()))
         scene.use_connection(scene.scripted.url)
         return infer(scene, [[1, 1]], response_format="links")
 
@@ -453,13 +456,13 @@ CASES = [
     ),
     BadInput(
         "non-JSON 200",
-        scripted_answer(CannedAnswer(200, b"<html>maintenance</html>", "text/html"), 21),
+        scripted_answer(CannedResponse(200, b"<html>maintenance</html>", {"Content-Type": "text/html"}), 21),
         ModelbitTransportError,
         r"Deployment 'doubler' \(version latest\): HTTP 200 with a body that is not a JSON object",
     ),
     BadInput(
         "answer missing IDs",
-        scripted_answer(CannedAnswer(200, b'{"data": [[1, 2]]}'), [[1, 1], [2, 2]]),
+        scripted_answer(json_answer(b'{"data": [[1, 2]]}'), [[1, 1], [2, 2]]),
         ModelbitIncompleteBatch,
         r"'doubler'.*2\b",
     ),

@@ -81,22 +81,26 @@ def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def doubling_operator(input_path: Path, output_path: Path, **settings: Any) -> ModelbitBatchInferenceOperator:
+    """The task doubling column ``x`` of the table at ``input_path``, rows keyed by ``key`` unless told."""
+    return ModelbitBatchInferenceOperator(
+        task_id="score",
+        deployment="doubler",
+        input_path=str(input_path),
+        output_path=str(output_path),
+        columns=["x"],
+        argument_style="positional",
+        **{"id_column": "key", **settings},
+    )
+
+
 def score_under_faults(
     server: RunningEmulator, input_path: Path, output_path: Path
 ) -> ModelbitBatchInferenceOperator:
     server.client.reset()
     server.client.set_faults(**FAULTS)
-    operator = ModelbitBatchInferenceOperator(
-        task_id="score",
-        deployment="doubler",
-        input_path=str(input_path),
-        output_path=str(output_path),
-        id_column="key",
-        columns=["x"],
-        argument_style="positional",
-        batch_size=BATCH_SIZE,
-        max_concurrency=MAX_CONCURRENCY,
-        idempotent=True,
+    operator = doubling_operator(
+        input_path, output_path, batch_size=BATCH_SIZE, max_concurrency=MAX_CONCURRENCY, idempotent=True
     )
     operator.execute({})
     return operator
@@ -166,15 +170,8 @@ class TestSyncBatchUnderFaults:
         use_connection(faulty_server.url)
         faulty_server.client.reset()
         faulty_server.client.set_faults(drop_after_rate=1.0, seed=1)
-        operator = ModelbitBatchInferenceOperator(
-            task_id="score",
-            deployment="doubler",
-            input_path=str(table_path),
-            output_path=str(tmp_path / "scores.parquet"),
-            columns=["x"],
-            argument_style="positional",
-            batch_size=ROWS,
-            max_concurrency=1,
+        operator = doubling_operator(
+            table_path, tmp_path / "scores.parquet", id_column=None, batch_size=ROWS, max_concurrency=1
         )
         with pytest.raises(Exception, match="the connection broke after the request was sent"):
             operator.execute({})
@@ -188,14 +185,9 @@ def deferred_scoring_dag(input_path: Path, output_path: Path) -> DAG:
         schedule=None,
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     ) as dag:
-        operator = ModelbitBatchInferenceOperator(
-            task_id="score",
-            deployment="doubler",
-            input_path=str(input_path),
-            output_path=str(output_path),
-            id_column="key",
-            columns=["x"],
-            argument_style="positional",
+        operator = doubling_operator(
+            input_path,
+            output_path,
             batch_size=DEFERRED_BATCH_SIZE,
             timeout_seconds=20,
             deferrable=True,
