@@ -3,9 +3,13 @@
 Route: ``POST /v1/callbacks/{conn_id}/{job_id}/{chunk}?expires=<unix>&token=<hex>``. The token
 is checked before the body is read; the body is streamed to a spooled temporary file with a
 size cap, checked to be a Modelbit response (``{"data": ...}`` or ``{"error": ...}``), and
-only then written to the store. Every rejection is a 4xx and stores nothing. A valid delivery
-for a job whose task has already finished (its manifest is gone) is acknowledged with a 2xx, so
-Modelbit stops retrying, and dropped.
+only then written to the store. Every rejection is a 4xx and stores nothing.
+
+A valid delivery is stored only for a job a task is waiting for: its manifest is in the store
+and it is not retired. A delivery for a retired job (a tombstone: the task was marked failed or
+success, cleared, killed or timed out) or for a job the store does not know (finished and
+removed, or expired) is acknowledged with a 2xx, so Modelbit stops redelivering it, and dropped.
+The answer's ``outcome`` says which.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ SECRET_CACHE_SECONDS = 60.0
 _SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 _READ_PIECE_BYTES = 1024 * 1024
 _FULL_PARSE_LIMIT_BYTES = 8 * 1024 * 1024
+
+STORED = "stored"
+ALREADY_STORED = "already stored"
+DROPPED_RETIRED = "dropped: job retired"
+DROPPED_UNKNOWN = "dropped: job not awaited"
+#: What the receiver did with a valid delivery; every one is answered 200.
+DELIVERY_OUTCOMES: frozenset[str] = frozenset({STORED, ALREADY_STORED, DROPPED_RETIRED, DROPPED_UNKNOWN})
 
 
 class DeliveryRejected(Exception):
@@ -236,30 +247,34 @@ class CallbackReceiver:
         body, size = await _spool_body(request, self.max_body_bytes)
         batch_id = request.headers.get("x-mb-batch-id", "")
         with body:
-            kind, stored = await asyncio.to_thread(
+            kind, outcome = await asyncio.to_thread(
                 self._classify_and_store, job_id, chunk, batch_id, body, size
             )
-        outcome = {True: "stored", False: "already stored", None: "ignored: job no longer awaited"}[stored]
         log.info(
             "Modelbit delivery for job %s chunk %d (batch %s, %d bytes, %s): %s",
             job_id, chunk, batch_id or "-", size, kind, outcome,
         )  # fmt: skip
-        return {"job_id": job_id, "chunk": chunk, "stored": bool(stored), "kind": kind, "outcome": outcome}
+        stored = outcome == STORED
+        return {"job_id": job_id, "chunk": chunk, "stored": stored, "kind": kind, "outcome": outcome}
 
     def _classify_and_store(
         self, job_id: str, chunk: int, batch_id: str, body: IO[bytes], size: int
-    ) -> tuple[DeliveryKind, bool | None]:
+    ) -> tuple[DeliveryKind, str]:
         """
         Validate and store a spooled body in one worker-thread hop (both block on I/O or CPU).
 
-        :return: the kind, and whether it was stored (``None``: the job is no longer awaited).
+        :return: the kind, and the outcome: one of :data:`DELIVERY_OUTCOMES`.
         """
         kind = classify_delivery(body, size)
+        # Late deliveries are acknowledged (so Modelbit stops redelivering) but never kept.
+        if self.store.is_retired(job_id):
+            return kind, DROPPED_RETIRED
         if not self.store.has_manifest(job_id):
-            # The task finished or gave up and removed the job: a late delivery is acknowledged
-            # (so Modelbit stops retrying) but not kept.
-            return kind, None
-        return kind, self.store.put_delivery(job_id, chunk, batch_id, _read_pieces(body), kind)
+            return kind, DROPPED_UNKNOWN
+        if self.store.put_delivery(job_id, chunk, batch_id, _read_pieces(body), kind):
+            return kind, STORED
+        # put_delivery refuses a redelivery, and a delivery whose job was retired meanwhile.
+        return kind, DROPPED_RETIRED if self.store.is_retired(job_id) else ALREADY_STORED
 
     async def _verify(self, conn_id: str, job_id: str, chunk: int, expires: int, token: str) -> None:
         secret = await self.secrets.secret_for(conn_id)

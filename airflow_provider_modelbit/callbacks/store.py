@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import IO, Any, Literal
 
 from fsspec import AbstractFileSystem, filesystem
@@ -21,6 +22,38 @@ DELIVERY_KINDS: frozenset[str] = frozenset({"data", "link", "error"})
 
 _META_NAME = re.compile(r"chunk-(\d+)\.meta\.json$")
 _MANIFEST = "manifest.json"
+#: Tombstones live beside the job folders; a job id cannot start with "_", so no job can collide.
+_RETIRED_DIR = "_retired"
+TOMBSTONE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """
+    What is left of a retired job: enough to refuse its late deliveries, nothing of its results.
+
+    :param job_id: the retired job.
+    :param retired_at: unix time of the retirement.
+    :param reason: why it was retired, for whoever reads the store.
+    """
+
+    job_id: str
+    retired_at: float
+    reason: str = ""
+    schema_version: int = TOMBSTONE_SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Tombstone:
+        record = json.loads(raw)
+        if record.get("schema_version") != TOMBSTONE_SCHEMA_VERSION:
+            raise ValueError(
+                f"Tombstone of job {record.get('job_id')!r} has schema version "
+                f"{record.get('schema_version')!r}; this provider reads version {TOMBSTONE_SCHEMA_VERSION}."
+            )
+        return cls(record["job_id"], float(record["retired_at"]), str(record.get("reason", "")))
 
 
 def default_store_location() -> str:
@@ -63,9 +96,13 @@ class CallbackStore:
         <location>/<job_id>/chunk-<n>.json        the delivered body, byte for byte
         <location>/<job_id>/chunk-<n>.meta.json   {"batch_id", "received_at", "size", "kind"}
         <location>/<job_id>/manifest.json         what the operator submitted
+        <location>/_retired/<job_id>.json         a retired job's tombstone (:class:`Tombstone`)
 
     A delivery counts only once its meta file exists; both files are written to a temporary
     name and moved into place, so readers never see half a delivery.
+
+    A retired job (:meth:`retire_job`) keeps only its tombstone: no delivery is stored for it
+    again, even one that was being written while it was retired.
 
     :param location: folder or object-storage URL; ``None`` uses :func:`default_store_location`.
     """
@@ -99,15 +136,31 @@ class CallbackStore:
         if not self._claim(key):
             return False
         try:
-            if self._fs.exists(self._meta_path(job_id, chunk)):
+            if self.is_retired(job_id) or self._fs.exists(self._meta_path(job_id, chunk)):
                 return False
-            size = self._write_atomic(self._body_path(job_id, chunk), body_chunks)
-            meta = {"batch_id": batch_id, "received_at": time.time(), "size": size, "kind": kind}
-            self._write_atomic(self._meta_path(job_id, chunk), [json.dumps(meta).encode()])
+            try:
+                self._write_delivery(job_id, chunk, batch_id, body_chunks, kind)
+            except FileNotFoundError:
+                # Retiring deleted the folder under the half-written delivery.
+                if not self.is_retired(job_id):
+                    raise
+            if self.is_retired(job_id):
+                # Retired while this delivery was being written. retire_job writes the tombstone
+                # before it deletes the folder, so either its deletion saw these files or this
+                # check sees the tombstone: whichever runs last removes them, nothing resurrects.
+                self._remove_job_dir(job_id)
+                return False
             return True
         finally:
             with self._write_lock:
                 self._in_progress.discard(key)
+
+    def _write_delivery(
+        self, job_id: str, chunk: int, batch_id: str, body_chunks: Iterable[bytes], kind: DeliveryKind
+    ) -> None:
+        size = self._write_atomic(self._body_path(job_id, chunk), body_chunks)
+        meta = {"batch_id": batch_id, "received_at": time.time(), "size": size, "kind": kind}
+        self._write_atomic(self._meta_path(job_id, chunk), [json.dumps(meta).encode()])
 
     def _claim(self, key: tuple[str, int]) -> bool:
         """Reserve a chunk for this process's writer; concurrent redeliveries see it taken."""
@@ -146,10 +199,53 @@ class CallbackStore:
             self._remove_quietly(path)
 
     def remove_job(self, job_id: str) -> None:
-        """Delete everything stored for ``job_id``; missing is fine."""
+        """Delete everything stored for ``job_id`` (its task is done with it); missing is fine."""
+        self._remove_job_dir(job_id)
+
+    def retire_job(self, job_id: str, reason: str = "") -> Tombstone:
+        """
+        Retire ``job_id``: delete its manifest and deliveries and leave a tombstone.
+
+        Its late deliveries are then acknowledged and dropped by the receiver and never stored
+        again, so no later run can read them. Retiring twice keeps the first tombstone.
+
+        :param reason: why, in a few words (e.g. "task marked failed"); kept in the tombstone.
+        """
+        tombstone = self.tombstone(job_id)
+        if tombstone is None:
+            tombstone = Tombstone(validate_job_id(job_id), time.time(), reason)
+            # The tombstone goes first: a concurrent put_delivery checks it after writing.
+            self._write_atomic(self._tombstone_path(job_id), [tombstone.to_bytes()])
+        self._remove_job_dir(job_id)
+        return tombstone
+
+    def is_retired(self, job_id: str) -> bool:
+        """Return whether ``job_id`` was retired (its tombstone exists)."""
+        path = self._tombstone_path(job_id)
+        self._fs.invalidate_cache(path.rsplit("/", 1)[0])
+        return bool(self._fs.exists(path))
+
+    def tombstone(self, job_id: str) -> Tombstone | None:
+        """Return the tombstone of a retired job, or ``None`` when it is not retired."""
+        try:
+            with self._fs.open(self._tombstone_path(job_id), "rb") as tombstone_file:
+                return Tombstone.from_bytes(tombstone_file.read())
+        except FileNotFoundError:
+            return None
+
+    def _remove_job_dir(self, job_id: str) -> None:
         job_dir = self._job_dir(job_id)
-        if self._fs.exists(job_dir):
-            self._fs.rm(job_dir, recursive=True)
+        # A delivery being written at the same moment can refill the folder under rm; try again.
+        for attempt in range(3):
+            try:
+                if self._fs.exists(job_dir):
+                    self._fs.rm(job_dir, recursive=True)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if attempt == 2:
+                    raise
 
     def write_manifest(self, job_id: str, manifest: dict[str, Any]) -> None:
         """Atomically replace the job's manifest (a JSON object)."""
@@ -195,6 +291,9 @@ class CallbackStore:
 
     def _meta_path(self, job_id: str, chunk: int) -> str:
         return f"{self._job_dir(job_id)}/chunk-{validate_chunk(chunk)}.meta.json"
+
+    def _tombstone_path(self, job_id: str) -> str:
+        return f"{self._root}/{_RETIRED_DIR}/{validate_job_id(job_id)}.json"
 
     def _manifest_path(self, job_id: str) -> str:
         return f"{self._job_dir(job_id)}/{_MANIFEST}"

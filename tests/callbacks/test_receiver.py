@@ -62,7 +62,17 @@ class TestAcceptedDeliveries:
         response = _post(url)
         assert response.status_code == 200
         assert response.json()["stored"] is False
+        assert response.json()["outcome"] == "dropped: job not awaited"
         assert receiver.store.delivered_chunks("job-1") == set()
+
+    def test_delivery_for_a_retired_job_is_acknowledged_and_dropped(self, receiver: RunningReceiver):
+        """A retired job's deliveries get a 2xx, so Modelbit stops redelivering, and leave nothing behind."""
+        url = receiver.url("job-1", 0)
+        receiver.store.retire_job("job-1", "task marked failed")
+        response = _post(url)
+        assert (response.status_code, response.json()["outcome"]) == (200, "dropped: job retired")
+        assert receiver.store.delivered_chunks("job-1") == set()
+        assert not receiver.store.has_manifest("job-1")
 
     @pytest.mark.parametrize(
         ("body", "kind"),

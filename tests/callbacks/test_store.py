@@ -130,3 +130,55 @@ class TestLocation:
         store = CallbackStore(f"file://{tmp_path}/cb")
         store.put_delivery("job-1", 0, "b", [b"{}"])
         assert (tmp_path / "cb" / "job-1" / "chunk-0.meta.json").exists()
+
+
+class TestRetireJob:
+    def test_retiring_removes_manifest_and_deliveries_and_leaves_a_tombstone(self, store: CallbackStore):
+        store.write_manifest("job-1", {"chunks": 2})
+        store.put_delivery("job-1", 0, "b", [b'{"data": 1}'])
+        tombstone = store.retire_job("job-1", "task marked failed")
+        assert store.is_retired("job-1")
+        assert (tombstone.job_id, tombstone.reason) == ("job-1", "task marked failed")
+        assert store.tombstone("job-1") == tombstone
+        assert not store.has_manifest("job-1")
+        assert store.delivered_chunks("job-1") == set()
+        assert not store._fs.exists(store._job_dir("job-1"))
+
+    def test_a_retired_job_is_never_written_again(self, store: CallbackStore) -> None:
+        store.write_manifest("job-1", {"chunks": 1})
+        store.retire_job("job-1")
+        assert store.put_delivery("job-1", 0, "b", [b'{"data": 1}']) is False
+        assert store.delivered_chunks("job-1") == set()
+        assert not store._fs.exists(store._job_dir("job-1"))
+
+    def test_retiring_twice_keeps_the_first_tombstone(self, store: CallbackStore) -> None:
+        first = store.retire_job("job-1", "task marked failed")
+        assert store.retire_job("job-1", "cleared") == first
+
+    def test_other_jobs_are_untouched(self, store: CallbackStore) -> None:
+        store.put_delivery("job-2", 0, "b", [b'{"data": 1}'])
+        store.retire_job("job-1")
+        assert not store.is_retired("job-2")
+        assert store.delivered_chunks("job-2") == {0}
+
+    def test_delivery_written_while_the_job_is_retired_does_not_resurrect_it(
+        self, store: CallbackStore
+    ) -> None:
+        """The job is retired while a delivery's body streams in: nothing of it stays in the store."""
+        store.write_manifest("job-1", {"chunks": 1})
+
+        def body_retired_midway() -> Iterator[bytes]:
+            yield b'{"data": '
+            store.retire_job("job-1", "task marked success")
+            yield b"1}"
+
+        assert store.put_delivery("job-1", 0, "b", body_retired_midway()) is False
+        assert store.is_retired("job-1")
+        assert store.delivered_chunks("job-1") == set()
+        assert not store._fs.exists(store._job_dir("job-1"))
+
+    def test_tombstone_of_another_schema_version_is_refused_by_name(self, store: CallbackStore) -> None:
+        store.retire_job("job-1")
+        store._write_atomic(store._tombstone_path("job-1"), [b'{"job_id": "job-1", "schema_version": 99}'])
+        with pytest.raises(ValueError, match=r"job-1.*schema version 99"):
+            store.tombstone("job-1")
