@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 TRIGGER_EVENT_STATUSES: frozenset[str] = frozenset({"success", "error", "timeout"})
 DEFAULT_POLL_INTERVAL = 2.0
+#: Longest pause between looks at a store that keeps failing (the backoff doubles up to this).
+MAX_STORE_BACKOFF_SECONDS = 60.0
+#: Why the triggerer cancelled a trigger whose task a user marked failed or success, or cleared.
+RETIRE_REASON = "deferred task was marked failed or success, or cleared"
 
 
 @dataclass(eq=False)
@@ -41,6 +45,14 @@ class _Watch:
     outcome: asyncio.Future[dict[str, Any]]
     next_scan: float = 0.0
     delivered: set[int] = field(default_factory=set)
+    failures: int = 0
+
+    def back_off(self, now: float) -> float:
+        """Count a failed look at the store and return when to look again (doubling, capped)."""
+        self.failures += 1
+        pause = min(self.poll_interval * 2**self.failures, MAX_STORE_BACKOFF_SECONDS)
+        self.next_scan = min(now + max(pause, self.poll_interval), self.deadline)
+        return pause
 
 
 class DeliveryWatcher:
@@ -89,14 +101,25 @@ class DeliveryWatcher:
 
     async def _run(self) -> None:
         while self._watches:
-            now = time.time()
-            due = [watch for watch in self._watches if watch.next_scan <= now and not watch.outcome.done()]
-            if due:
-                outcomes = await asyncio.to_thread(self._scan, due, now)
-                for watch, outcome in outcomes:
-                    if outcome is not None and not watch.outcome.done():
-                        watch.outcome.set_result(outcome)
+            try:
+                await self._scan_due()
+            except Exception:
+                # Never let one bad pass end the task every trigger of this loop depends on;
+                # _check already backs off per watch, this guards the loop itself.
+                log.exception("Modelbit callback watcher pass failed; retrying")
+                await asyncio.sleep(min(w.poll_interval for w in self._watches) if self._watches else 0)
+                continue
             await self._sleep_until_next_scan()
+
+    async def _scan_due(self) -> None:
+        now = time.time()
+        due = [watch for watch in self._watches if watch.next_scan <= now and not watch.outcome.done()]
+        if not due:
+            return
+        outcomes = await asyncio.to_thread(self._scan, due, now)
+        for watch, outcome in outcomes:
+            if outcome is not None and not watch.outcome.done():
+                watch.outcome.set_result(outcome)
 
     async def _sleep_until_next_scan(self) -> None:
         pending = [watch.next_scan for watch in self._watches if not watch.outcome.done()]
@@ -115,20 +138,33 @@ class DeliveryWatcher:
         return outcomes
 
     def _check(self, watch: _Watch, now: float) -> dict[str, Any] | None:
-        store = self._store(watch.store_location)
         try:
-            watch.delivered = store.delivered_chunks(watch.job_id) & watch.expected
-            if watch.delivered == watch.expected:
-                errors = sorted(c for c in watch.expected if store.delivery_kind(watch.job_id, c) == "error")
-                return completion_event(watch.job_id, watch.store_location, watch.expected, errors)
+            outcome = self._look(watch)
         except Exception as error:
-            # A storage hiccup is not a verdict on the job: keep waiting until the deadline.
+            # A storage hiccup is not a verdict on the job: keep waiting, further apart, until the deadline.
+            pause = watch.back_off(now)
             log.warning(
-                "Could not read callback store %s for job %s: %s", store.location, watch.job_id, error
-            )
+                "Could not read callback store %s for job %s (failure %d; next look in %.0f s): %s: %s",
+                watch.store_location, watch.job_id, watch.failures, pause, type(error).__name__, error,
+            )  # fmt: skip
+        else:
+            if watch.failures:
+                log.info("Callback store %s readable again for job %s", watch.store_location, watch.job_id)
+                watch.failures = 0
+            if outcome is not None:
+                return outcome
         if now >= watch.deadline:
             return timeout_event(watch.job_id, watch.store_location, watch.expected, watch.delivered)
         return None
+
+    def _look(self, watch: _Watch) -> dict[str, Any] | None:
+        """Read the store once for ``watch``; return the completion event if every chunk is in."""
+        store = self._store(watch.store_location)
+        watch.delivered = store.delivered_chunks(watch.job_id) & watch.expected
+        if watch.delivered != watch.expected:
+            return None
+        errors = sorted(c for c in watch.expected if store.delivery_kind(watch.job_id, c) == "error")
+        return completion_event(watch.job_id, watch.store_location, watch.expected, errors)
 
     def _store(self, location: str) -> CallbackStore:
         store = self._stores.get(location)
@@ -252,3 +288,29 @@ class ModelbitCallbackTrigger(BaseTrigger):
             watcher.unwatch(watch)
         self.log.info("%s", outcome["message"])
         yield TriggerEvent(outcome)
+
+    async def on_kill(self) -> None:
+        """
+        Retire the job: a user marked the deferred task failed or success, or cleared it.
+
+        Airflow (3.3 and later) calls this only for those user actions, never when the triggerer
+        stops, restarts or hands the trigger to another triggerer, nor on the trigger's timeout:
+        in those cases the job must survive for the task that still waits on it. Retiring
+        deletes what was delivered and makes the receiver drop later deliveries, so no later
+        run of the task can read this job's results. Airflow 3.1 and 3.2 never call it; there
+        a left job is replaced by the next try when it differs, and expires after
+        ``[modelbit] callback_retention_seconds``.
+        """
+        try:
+            await asyncio.to_thread(self._retire_job)
+        except Exception as error:
+            # Expiry removes it later; the task's next try also refuses a job it did not ask for.
+            self.log.warning(
+                "Could not retire Modelbit job %s in %s: %s: %s",
+                self.job_id, self.store_location, type(error).__name__, error,
+            )  # fmt: skip
+            return
+        self.log.info("Retired Modelbit job %s: %s", self.job_id, RETIRE_REASON)
+
+    def _retire_job(self) -> None:
+        CallbackStore(self.store_location).retire_job(self.job_id, RETIRE_REASON)

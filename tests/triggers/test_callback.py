@@ -17,7 +17,7 @@ from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.triggers import ModelbitCallbackTrigger
-from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES, DeliveryWatcher
+from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES, DeliveryWatcher, _Watch
 
 POLL = 0.05
 
@@ -193,8 +193,128 @@ class TestDeliveryWatcher:
         [event] = await _events(_trigger(store, chunks=(0,)))
         assert event.payload["status"] == "success"
 
+    async def test_a_store_that_cannot_be_opened_never_stops_the_other_watches(
+        self, store: CallbackStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """One trigger's store fails to open: it is retried until its deadline, the others finish."""
+        broken = ModelbitCallbackTrigger(
+            job_id="job-broken",
+            chunks=[0],
+            store_location="nosuchscheme://nowhere",
+            deadline=time.time() + 1,
+            poll_interval=POLL,
+        )
+        broken_events = asyncio.ensure_future(_events(broken))
+        _deliver(store, 0)
+        _deliver(store, 1)
+        [event] = await _events(_trigger(store))
+        assert event.payload["status"] == "success"
+        [broken_event] = await broken_events
+        assert broken_event.payload["status"] == "timeout"
+        failures = [r for r in caplog.records if "Could not read callback store nosuchscheme" in r.message]
+        # Backoff: far fewer looks than one per poll interval over the second it waited.
+        assert 1 <= len(failures) <= 6
+
+    async def test_store_that_fails_to_open_then_recovers_completes_the_wait(
+        self, store: CallbackStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real = DeliveryWatcher._store
+        failures = iter([PermissionError("store unreadable")] * 3)
+
+        def flaky(self: DeliveryWatcher, location: str) -> CallbackStore:
+            if error := next(failures, None):
+                raise error
+            return real(self, location)
+
+        monkeypatch.setattr(DeliveryWatcher, "_store", flaky)
+        _deliver(store, 0)
+        [event] = await _events(_trigger(store, chunks=(0,)))
+        assert event.payload["status"] == "success"
+
+    def test_backoff_doubles_and_is_capped_and_never_passes_the_deadline(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            watch = _Watch("loc", "job-1", frozenset({0}), 1000.0, 1.0, loop.create_future())
+            pauses = [watch.back_off(now=0.0) for _ in range(8)]
+            assert pauses == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+            assert watch.back_off(now=990.0) == 60.0 and watch.next_scan == 1000.0
+        finally:
+            loop.close()
+
     def test_each_event_loop_has_its_own_watcher(self) -> None:
         async def current() -> DeliveryWatcher:
             return DeliveryWatcher.for_running_loop()
 
         assert asyncio.run(current()) is not asyncio.run(current())
+
+
+#: What Airflow's triggerer passes to ``Task.cancel`` when a user acted on the deferred task.
+USER_ACTION_CANCEL_MESSAGE = "__airflow_user_action__"
+
+
+async def _cancel_as_the_triggerer(trigger: ModelbitCallbackTrigger, message: str | None) -> None:
+    """
+    Cancel a running trigger the way Airflow 3.3's ``TriggerRunner.run_trigger`` does.
+
+    The triggerer calls ``on_kill`` only when the cancellation carries its user-action message
+    (mark failed / success, clear); a shutdown or restart cancels without one, and ``cleanup``
+    runs in every case.
+    """
+    running = asyncio.ensure_future(_events(trigger))
+    await asyncio.sleep(3 * POLL)
+    running.cancel(message)
+    try:
+        await running
+    except asyncio.CancelledError as cancelled:
+        if cancelled.args and cancelled.args[0] == USER_ACTION_CANCEL_MESSAGE:
+            await trigger.on_kill()
+    finally:
+        await trigger.cleanup()
+
+
+class TestCancellation:
+    def test_the_user_action_message_is_airflows(self) -> None:
+        from airflow.jobs import triggerer_job_runner
+
+        assert getattr(triggerer_job_runner, "_USER_ACTION_CANCEL_MSG", USER_ACTION_CANCEL_MESSAGE) == (
+            USER_ACTION_CANCEL_MESSAGE
+        )
+
+    async def test_user_action_retires_the_job(self, store: CallbackStore) -> None:
+        """Marked failed or success, or cleared: the job's deliveries go and later ones are dropped."""
+        store.write_manifest("job-1", {"chunks": 2})
+        _deliver(store, 0)
+        trigger = _trigger(store)
+        await _cancel_as_the_triggerer(trigger, USER_ACTION_CANCEL_MESSAGE)
+        assert store.is_retired("job-1")
+        assert store.tombstone("job-1").reason == "deferred task was marked failed or success, or cleared"
+        assert store.delivered_chunks("job-1") == set()
+        _deliver(store, 1)
+        assert store.delivered_chunks("job-1") == set()
+        assert DeliveryWatcher.for_running_loop()._watches == set()
+
+    async def test_triggerer_shutdown_keeps_the_job_for_the_next_triggerer(
+        self, store: CallbackStore
+    ) -> None:
+        """A restart or redistribution cancels without the message: nothing is retired, the wait resumes."""
+        store.write_manifest("job-1", {"chunks": 2})
+        _deliver(store, 0)
+        await _cancel_as_the_triggerer(_trigger(store), None)
+        assert not store.is_retired("job-1")
+        assert store.has_manifest("job-1")
+        assert DeliveryWatcher.for_running_loop()._watches == set()
+        _deliver(store, 1)
+        [event] = await _events(_trigger(store))
+        assert event.payload["status"] == "success"
+
+    async def test_on_kill_with_an_unreachable_store_logs_and_returns(
+        self, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Airflow bounds on_kill and only logs what it raises; a failure to retire is said, not raised."""
+        trigger = ModelbitCallbackTrigger(
+            job_id="job-1", chunks=[0], store_location="nosuchscheme://nowhere", deadline=time.time() + 30
+        )
+        await asyncio.wait_for(trigger.on_kill(), timeout=10)
+        # The trigger's own logger is structlog, printed rather than captured by caplog.
+        logged = caplog.text + capsys.readouterr().out
+        assert "Could not retire Modelbit job job-1 in nosuchscheme://nowhere: ValueError" in logged
