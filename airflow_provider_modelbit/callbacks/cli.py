@@ -18,6 +18,7 @@ from airflow_provider_modelbit.callbacks.receiver import (
     create_callback_app,
 )
 from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.defaults import DEFAULT_CONN_ID
 
 DEFAULT_PORT = 8794
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _default_conn_ids() -> list[str]:
     from airflow_provider_modelbit.version_compat import conf
 
-    return [conf.get("modelbit", "callback_conn_id", fallback="modelbit_default") or "modelbit_default"]
+    return [conf.get("modelbit", "callback_conn_id", fallback=DEFAULT_CONN_ID) or DEFAULT_CONN_ID]
 
 
 def _write_ready_file(path: str, url: str) -> None:

@@ -20,10 +20,6 @@ import pandas as pd
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.io.encoding import RowIdKey, encode_row, encode_rows, join_rows, row_id_key
 
-DEFAULT_BATCH_SIZE = 3_000
-DEFAULT_BATCH_BYTES = 20_000_000
-DEFAULT_MAX_CONCURRENCY = 3
-
 # b'{"data":[' ... b'],"timeout_seconds":900,"response_format":"links"}' with room to spare.
 ENVELOPE_BYTES = 128
 _IDS_SHOWN = 5

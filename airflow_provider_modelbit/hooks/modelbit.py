@@ -27,6 +27,17 @@ import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 
+from airflow_provider_modelbit.defaults import (
+    ASYNC_TIMEOUT_LIMIT,
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BRANCH,
+    DEFAULT_CONN_ID,
+    DEFAULT_MAX_CONCURRENCY,
+    LATEST,
+    LINKS,
+    SYNC_TIMEOUT_LIMIT,
+)
 from airflow_provider_modelbit.exceptions import (
     ModelbitConnectionError,
     ModelbitError,
@@ -35,9 +46,6 @@ from airflow_provider_modelbit.exceptions import (
 )
 from airflow_provider_modelbit.get_provider_info import UI_FIELD_BEHAVIOUR
 from airflow_provider_modelbit.hooks.batching import (
-    DEFAULT_BATCH_BYTES,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_CONCURRENCY,
     ChunkResult,
     EncodedChunk,
     dataframe_rows,
@@ -50,7 +58,6 @@ from airflow_provider_modelbit.hooks.batching import (
     split_by_bytes,
 )
 from airflow_provider_modelbit.hooks.responses import (
-    SYNC_TIMEOUT_LIMIT,
     InferenceCall,
     SendFailed,
     answer_failure,
@@ -75,7 +82,6 @@ from airflow_provider_modelbit.hooks.retries import (
     retry_verdict,
 )
 from airflow_provider_modelbit.hooks.settings import (
-    DEFAULT_BRANCH,
     ModelbitSettings,
     settings_from_connection,
 )
@@ -93,10 +99,7 @@ __all__ = [
     "unwrap_link_document",
 ]
 
-LATEST = "latest"
-LINKS = "links"
 CONNECTION_TEST_DEPLOYMENT = "__modelbit_connection_test__"
-ASYNC_TIMEOUT_LIMIT = 900
 CONNECT_TIMEOUT = 10.0
 # An async submission only waits for the short acknowledgement, never for the model.
 SUBMIT_READ_TIMEOUT = 60.0
@@ -241,7 +244,7 @@ class _ModelbitHookBase(BaseHook):
     """
 
     conn_name_attr = "modelbit_conn_id"
-    default_conn_name = "modelbit_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "modelbit"
     hook_name = "Modelbit"
 

@@ -17,6 +17,7 @@ import orjson
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from airflow_provider_modelbit.defaults import DEFAULT_CONN_ID, SYNC_TIMEOUT_LIMIT
 from airflow_provider_modelbit.exceptions import (
     ModelbitAuthError,
     ModelbitBadRequest,
@@ -35,7 +36,6 @@ from airflow_provider_modelbit.hooks.retries import parse_retry_after
 if TYPE_CHECKING:
     from airflow_provider_modelbit.hooks.settings import ModelbitSettings
 
-SYNC_TIMEOUT_LIMIT = 300
 # Modelbit's own client waits timeout_seconds plus 5 s for an answer.
 HTTP_TIMEOUT_MARGIN = 5.0
 
@@ -69,7 +69,7 @@ def parse_answer(
     deployment: str,
     version: str | int,
     branch: str | None = None,
-    conn_id: str = "modelbit_default",
+    conn_id: str = DEFAULT_CONN_ID,
 ) -> dict[str, Any]:
     """
     Return the JSON object of a successful answer, or raise the error it describes.

@@ -12,12 +12,11 @@ from urllib.parse import urlsplit
 
 from airflow.sdk.log import mask_secret
 
+from airflow_provider_modelbit.defaults import DEFAULT_BRANCH
 from airflow_provider_modelbit.exceptions import ModelbitConnectionError
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
-
-DEFAULT_BRANCH = "main"
 
 
 @dataclass(frozen=True)

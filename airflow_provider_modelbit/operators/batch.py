@@ -22,6 +22,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_modelbit.defaults import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONN_ID,
+    DEFAULT_MAX_CONCURRENCY,
+    LATEST,
+    LINKS,
+)
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.io.arrow_results import result_field
 from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
@@ -49,8 +57,6 @@ if TYPE_CHECKING:
 
 #: Bumped when the checkpoint layout or chunking changes, so old checkpoints are not reused.
 CHECKPOINT_FORMAT = 1
-#: The ``response_format`` asking for results as download links.
-LINKS = "links"
 #: Rows read from the input at a time when only the ID column is checked.
 _ID_SCAN_ROWS = 262_144
 
@@ -144,13 +150,13 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         argument_style: str = "object",
         passthrough_columns: Sequence[str] | None = None,
         expand_result: bool = False,
-        version: str | int = "latest",
+        version: str | int = LATEST,
         branch: str | None = None,
-        modelbit_conn_id: str = "modelbit_default",
+        modelbit_conn_id: str = DEFAULT_CONN_ID,
         timeout_seconds: int | None = None,
-        batch_size: int = 3000,
-        batch_bytes: int = 20_000_000,
-        max_concurrency: int = 4,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         response_format: str | None = None,
         idempotent: bool = False,
         input_conn_id: str | None = None,

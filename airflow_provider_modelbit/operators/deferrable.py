@@ -20,6 +20,7 @@ import orjson
 
 from airflow_provider_modelbit.callbacks.signing import callback_url, check_secret
 from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.defaults import DEFAULT_ASYNC_TIMEOUT_SECONDS
 from airflow_provider_modelbit.exceptions import (
     ModelbitCallbackError,
     ModelbitConnectionError,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from airflow_provider_modelbit.hooks.settings import ModelbitSettings
 
 XCOM_BATCH_IDS_KEY = "modelbit_batch_ids"
-DEFAULT_ASYNC_TIMEOUT_SECONDS = 300
 #: Time past the inference limit for the webhook to arrive (Modelbit retries deliveries for ~31 s).
 DELIVERY_MARGIN_SECONDS = 120
 #: Signed URLs stay valid this long past the deadline, so Modelbit's retries of a slow delivery land.

@@ -21,6 +21,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from airflow.sdk import BaseOperator
 
+from airflow_provider_modelbit.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONN_ID,
+    DEFAULT_MAX_CONCURRENCY,
+    LATEST,
+    LINKS,
+)
 from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
 from airflow_provider_modelbit.version_compat import conf
@@ -31,12 +38,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_modelbit.hooks.batching import ChunkResult
     from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
-
-#: Rows per request; the hook splits further by bytes. Matches Modelbit's own client.
-ROWS_PER_REQUEST = 3000
-#: Requests in flight at once for a batch; Modelbit's own client uses 3.
-MAX_CONCURRENT_REQUESTS = 3
-LINKS = "links"
 
 
 class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
@@ -112,9 +113,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         *,
         deployment: str,
         data: Any,
-        version: str | int = "latest",
+        version: str | int = LATEST,
         branch: str | None = None,
-        modelbit_conn_id: str = "modelbit_default",
+        modelbit_conn_id: str = DEFAULT_CONN_ID,
         timeout_seconds: int | None = None,
         response_format: str | None = None,
         output_path: str | ObjectStoragePath | None = None,
@@ -186,13 +187,14 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         Yield the ``data`` of each request, in input order.
 
         A single input is one chunk; batch rows are cut into chunks of at most
-        :data:`ROWS_PER_REQUEST` rows. Shared by the synchronous and the deferred path.
+        :data:`~airflow_provider_modelbit.defaults.DEFAULT_BATCH_SIZE` rows. Shared by the synchronous
+        and the deferred path.
         """
         if self._batch_rows is None:
             yield self.data
             return
-        for start in range(0, len(self._batch_rows), ROWS_PER_REQUEST):
-            yield self._batch_rows[start : start + ROWS_PER_REQUEST]
+        for start in range(0, len(self._batch_rows), DEFAULT_BATCH_SIZE):
+            yield self._batch_rows[start : start + DEFAULT_BATCH_SIZE]
 
     def _callback_payloads(self) -> Iterator[Any]:
         """The ``data`` of each async request on the deferred path: the same chunks as the sync path."""
@@ -235,7 +237,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             self.deployment,
             self._iter_chunks(),
             response_format=self.response_format,
-            max_concurrency=MAX_CONCURRENT_REQUESTS,
+            max_concurrency=DEFAULT_MAX_CONCURRENCY,
             **self._request_options(),
         )
 
@@ -548,4 +550,4 @@ class _DownloadMeter:
             yield piece
 
 
-__all__ = ["ROWS_PER_REQUEST", "ModelbitInferenceOperator", "batch_rows", "results_in_input_order"]
+__all__ = ["ModelbitInferenceOperator", "batch_rows", "results_in_input_order"]

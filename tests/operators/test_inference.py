@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from airflow.sdk import BaseOperator, task
 
+from airflow_provider_modelbit.defaults import DEFAULT_BATCH_SIZE
 from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.exceptions import (
     ModelbitAuthError,
@@ -40,7 +41,7 @@ from airflow_provider_modelbit.exceptions import (
 )
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 from airflow_provider_modelbit.operators import ModelbitInferenceOperator
-from airflow_provider_modelbit.operators.inference import ROWS_PER_REQUEST, batch_rows
+from airflow_provider_modelbit.operators.inference import batch_rows
 from tests.airflow_dags import NOT_RECEIVED, TaskOutcome, parse_dags, run_dag, run_task
 
 API_KEY = "k-inference:c2VjcmV0LXZhbHVl+/="
@@ -164,12 +165,12 @@ class TestDeferrableMode:
         assert server.client.requests() == [], "nothing is sent before the callback settings are checked"
 
     def test_uses_the_same_chunks_as_the_synchronous_path(self) -> None:
-        rows = [[index, index] for index in range(ROWS_PER_REQUEST + 1)]
+        rows = [[index, index] for index in range(DEFAULT_BATCH_SIZE + 1)]
         operator = ModelbitInferenceOperator(
             task_id="score", deployment="doubler", data=rows, deferrable=True
         )
         assert list(operator._callback_payloads()) == list(operator._iter_chunks())
-        assert [len(chunk) for chunk in operator._callback_payloads()] == [ROWS_PER_REQUEST, 1]
+        assert [len(chunk) for chunk in operator._callback_payloads()] == [DEFAULT_BATCH_SIZE, 1]
 
 
 class TestBatchRows:
@@ -338,9 +339,9 @@ class TestXComOutput:
 
     def test_batch_larger_than_one_request(self, server: RunningEmulator) -> None:
         """Rows beyond one request's worth are split into several requests and come back whole."""
-        rows = [[index, index] for index in range(ROWS_PER_REQUEST + 5)]
+        rows = [[index, index] for index in range(DEFAULT_BATCH_SIZE + 5)]
         outcome = run_inference(deployment="doubler", data=rows)
-        assert outcome.value == [[index, 2 * index] for index in range(ROWS_PER_REQUEST + 5)]
+        assert outcome.value == [[index, 2 * index] for index in range(DEFAULT_BATCH_SIZE + 5)]
         assert len(server.client.requests()) >= 2
 
     def test_result_too_large_for_xcom_fails_pointing_at_output_path(self, server: RunningEmulator) -> None:
@@ -491,7 +492,7 @@ class TestLinks:
     def test_batch_to_parquet_in_input_order(self, server: RunningEmulator, tmp_path: Path) -> None:
         """Several links (one per request) are streamed into one file, rows in input order."""
         server.client.configure(sort_results_by_id=True)
-        count = ROWS_PER_REQUEST + 3
+        count = DEFAULT_BATCH_SIZE + 3
         rows = [[f"id-{count - index:05d}", index] for index in range(count)]
         output = tmp_path / "scores.parquet"
         outcome = run_inference(
