@@ -9,18 +9,67 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
+import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from airflow_provider_modelbit.callbacks.receiver import (
     DEFAULT_MAX_BODY_BYTES,
     ConnectionSecretSource,
     create_callback_app,
 )
+from airflow_provider_modelbit.callbacks.signing import redact_tokens
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.defaults import DEFAULT_CONN_ID
 
 DEFAULT_PORT = 8794
+#: The levels offered; uvicorn's "trace" is left out because it logs whole requests, tokens included.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class RedactCallbackTokens(logging.Filter):
+    """
+    Replace callback tokens in every record a handler emits: uvicorn's access log prints each
+    request line, and a callback URL's ``token=`` query parameter is a credential.
+
+    The arguments are redacted one by one rather than folded into the message, because
+    uvicorn's access formatter reads them (client, method, path, version, status) by position.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_tokens(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact_tokens(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """
+    Return uvicorn's logging configuration with tokens redacted on every handler.
+
+    The provider's own loggers (one line per delivery at ``info``) go to the same handler.
+    """
+    config = copy.deepcopy(uvicorn_logging_config())
+    config["filters"] = {"redact_callback_tokens": {"()": RedactCallbackTokens}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact_callback_tokens"]
+    config["loggers"]["airflow_provider_modelbit"] = {
+        "handlers": ["default"], "level": level.upper(), "propagate": False,
+    }  # fmt: skip
+    # Anything else that warns (Airflow's connection lookup, fsspec) passes the same filter.
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    return config
+
+
+def uvicorn_logging_config() -> dict[str, Any]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    return LOGGING_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--ready-file", default=None, help="write the listening URL here once ready")
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=LOG_LEVELS,
+        help="warning (default) logs problems; info adds one line per request and per delivery",
+    )
     return parser
 
 
@@ -67,7 +121,14 @@ async def _serve(args: argparse.Namespace) -> None:
         secrets=ConnectionSecretSource(frozenset(args.conn_ids or _default_conn_ids())),
         max_body_bytes=args.max_body_bytes,
     )
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=log_config(args.log_level),
+        lifespan="off",
+    )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():

@@ -8,27 +8,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from airflow_provider_modelbit.callbacks.cli import build_parser
-from airflow_provider_modelbit.callbacks.signing import callback_url
+from airflow_provider_modelbit.callbacks.signing import callback_url, redact_tokens
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 
 SECRET = "cli-test-secret-0123456789"
 
 
-@pytest.fixture
-def receiver_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+@contextmanager
+def running_receiver(tmp_path: Path, *options: str) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     """The CLI in a subprocess, resolving its connection from an ``AIRFLOW_CONN_*`` variable."""
     ready_file = tmp_path / "ready.url"
     store_dir = tmp_path / "callbacks"
     connection = {"conn_type": "modelbit", "host": "http://127.0.0.1:1", "extra": {"callback_secret": SECRET}}
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW_CONN_MB_CLI": json.dumps(connection)}
     command = [sys.executable, "-m", "airflow_provider_modelbit.callbacks.cli", "--port", "0"]
-    command += ["--store", str(store_dir), "--conn-id", "mb_cli", "--ready-file", str(ready_file)]
+    command += ["--store", str(store_dir), "--conn-id", "mb_cli", "--ready-file", str(ready_file), *options]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -36,10 +37,20 @@ def receiver_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
             assert time.monotonic() < deadline, "receiver did not become ready within 60 s"
             time.sleep(0.05)
-        yield ready_file.read_text().strip(), store_dir
+        yield ready_file.read_text().strip(), store_dir, process
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def receiver_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The receiver at its default log level; its whole output is checked for tokens at the end."""
+    with running_receiver(tmp_path) as (base_url, store_dir, process):
+        yield base_url, store_dir
+        process.terminate()
+        output = process.communicate(timeout=20)[0].decode()
+    assert "token=" not in output, output
 
 
 class TestReceiverCli:
@@ -63,3 +74,45 @@ class TestReceiverCli:
         assert httpx.post(forged, content=b'{"data": 1}', timeout=10).status_code == 403
         stored = sorted(p.name for p in (store_dir / "job-c").iterdir())
         assert stored == ["chunk-3.json", "chunk-3.meta.json", "manifest.json"]
+
+
+class TestNoTokenInTheLog:
+    @pytest.mark.parametrize("level", ["info", "debug"])
+    def test_callback_tokens_are_never_logged(self, tmp_path: Path, level: str) -> None:
+        """
+        Stored, forged and dropped deliveries: the log never holds a token.
+
+        The default level (warning) is checked by the ``receiver_process`` fixture; error and
+        critical log a subset of it.
+        """
+        with running_receiver(tmp_path, "--log-level", level) as (base_url, store_dir, process):
+            expires = int(time.time()) + 600
+            CallbackStore(str(store_dir)).write_manifest("job-c", {"chunks": 2})
+            urls = [
+                callback_url(base_url, "mb_cli", "job-c", 0, SECRET, expires),  # stored
+                callback_url(base_url, "mb_cli", "job-c", 1, "a-different-secret-123", expires),  # forged
+                callback_url(base_url, "mb_cli", "job-gone", 0, SECRET, expires),  # not awaited
+            ]
+            statuses = [httpx.post(url, content=b'{"data": 1}', timeout=10).status_code for url in urls]
+            assert statuses == [200, 403, 200]
+            process.terminate()
+            output = process.communicate(timeout=20)[0].decode()
+        tokens = [url.rsplit("token=", 1)[1] for url in urls]
+        assert not [token for token in tokens if token in output], output
+        assert output.count("token=***") >= 3, output  # the access log's request lines
+        assert "Modelbit delivery for job job-c chunk 0" in output
+
+    def test_trace_level_is_not_offered(self) -> None:
+        """uvicorn's trace level logs whole requests; the receiver does not offer it."""
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--log-level", "trace"])
+
+    @pytest.mark.parametrize(
+        ("text", "redacted"),
+        [
+            ('"POST /v1/callbacks/c/j/0?expires=1&token=ab12 HTTP/1.1" 200', "expires=1&token=*** HTTP/1.1"),
+            ("https://x/v1/callbacks/c/j/0?token=ab12&expires=1", "https://x/v1/callbacks/c/j/0?token=***&"),
+        ],
+    )
+    def test_redact_tokens(self, text: str, redacted: str) -> None:
+        assert redacted in redact_tokens(text) and "ab12" not in redact_tokens(text)
