@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh
+# The official Modelbit client in its own environment, for the wire-compatibility test.
+bash scripts/official_client_env.sh
 bash scripts/install_browser.sh || echo "test: Chromium unavailable; browser tests will be skipped"
 
 .venv/bin/ruff check .

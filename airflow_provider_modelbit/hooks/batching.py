@@ -1,13 +1,16 @@
 """Batch rows into requests by row count and bytes, and match answers back to rows by ID.
 
 Modelbit may return a batch in request order or sorted by ID, so results are always matched by
-ID, and every ID sent must come back exactly once.
+ID, and every ID sent must come back exactly once. Batch rows must have unique IDs; a DataFrame
+may have a non-unique index, as with Modelbit's own client: rows sharing an ID are then matched
+in the order the answer lists them (a sort by ID keeps that order when it is stable).
 """
 
 from __future__ import annotations
 
 import gc
 import threading
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +21,14 @@ from typing import Any
 import pandas as pd
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
-from airflow_provider_modelbit.io.encoding import RowIdKey, encode_row, encode_rows, join_rows, row_id_key
+from airflow_provider_modelbit.io.encoding import (
+    RowIdKey,
+    column_key,
+    encode_row,
+    encode_rows,
+    join_rows,
+    row_id_key,
+)
 
 # b'{"data":[' ... b'],"timeout_seconds":900,"response_format":"links"}' with room to spare.
 ENVELOPE_BYTES = 128
@@ -83,7 +93,7 @@ def is_batch(data: Any) -> bool:
 
 def dataframe_rows(frame: pd.DataFrame) -> list[list[Any]]:
     """Turn a DataFrame into batch rows ``[index, {column: value}]``, as Modelbit's client sends it."""
-    columns = [str(column) for column in frame.columns]
+    columns = [column_key(column) for column in frame.columns]
     return [
         [index, dict(zip(columns, values, strict=True))]
         for index, values in zip(frame.index, frame.itertuples(index=False, name=None), strict=True)
@@ -118,9 +128,11 @@ def _row_id(row: Any, position: int) -> Any:
     return row[0]
 
 
-def encode_chunk(rows: Sequence[Sequence[Any]]) -> EncodedChunk:
+def encode_chunk(rows: Sequence[Sequence[Any]], *, unique_ids: bool = True) -> EncodedChunk:
     """
     Encode a chunk's rows as one JSON array and check their IDs are unique within it.
+
+    :param unique_ids: refuse a repeated ID (batch rows); ``False`` for a DataFrame's index.
 
     The whole chunk is encoded in one call, and the checks use set and list operations that
     run in C, because this is the hot path of a large batch; rows are only walked one by one to
@@ -134,7 +146,7 @@ def encode_chunk(rows: Sequence[Sequence[Any]]) -> EncodedChunk:
             _row_id(row, position)
     ids = list(map(itemgetter(0), rows))
     keys = ids if set(map(type, ids)) <= _PLAIN_ID_TYPES else [row_id_key(row_id) for row_id in ids]
-    if len(set(keys)) != len(keys):
+    if unique_ids and len(set(keys)) != len(keys):
         refuse_duplicate_ids(rows)
     return EncodedChunk(ids=ids, keys=keys, data=encode_rows(rows), rows=rows)
 
@@ -180,9 +192,21 @@ def reassemble(chunk: EncodedChunk, answer: Any, *, deployment: str, version: st
     if chunk.ids_are_keys and _answers_in_request_order(chunk.ids, answer):
         return answer
     results = _results_by_key(answer, deployment=deployment, version=version)
-    expected = set(chunk.keys)
+    expected = Counter(chunk.keys)
     unexpected = [key for key in results if key not in expected]
-    missing = [row_id for row_id, key in zip(chunk.ids, chunk.keys, strict=True) if key not in results]
+    repeated = [key for key, found in results.items() if len(found) > expected.get(key, 0) > 0]
+    if repeated:
+        raise ModelbitIncompleteBatch(
+            f"Deployment {deployment!r} (version {version}) answered ID {_readable(repeated[0])!r} more "
+            f"than once for each of the {expected[repeated[0]]} row(s) sent with it; the batch was not used.",
+            deployment=deployment,
+            version=version,
+        )
+    missing = [
+        row_id
+        for row_id, key in zip(chunk.ids, chunk.keys, strict=True)
+        if len(results.get(key, ())) < expected[key]
+    ]
     if unexpected or missing:
         raise ModelbitIncompleteBatch(
             f"Deployment {deployment!r} (version {version}) answered a batch of {len(chunk.ids)} rows "
@@ -191,7 +215,7 @@ def reassemble(chunk: EncodedChunk, answer: Any, *, deployment: str, version: st
             deployment=deployment,
             version=version,
         )
-    return [[row_id, results[key]] for row_id, key in zip(chunk.ids, chunk.keys, strict=True)]
+    return [[row_id, results[key].popleft()] for row_id, key in zip(chunk.ids, chunk.keys, strict=True)]
 
 
 def _answers_in_request_order(ids: list[int | str], answer: Any) -> bool:
@@ -209,7 +233,8 @@ def _answers_in_request_order(ids: list[int | str], answer: Any) -> bool:
     return answered == ids and set(map(type, answered)) <= _PLAIN_ID_TYPES
 
 
-def _results_by_key(answer: Any, *, deployment: str, version: str | int) -> dict[RowIdKey, Any]:
+def _results_by_key(answer: Any, *, deployment: str, version: str | int) -> dict[RowIdKey, deque[Any]]:
+    """Each answered ID's results, in the order the answer lists them."""
     if not isinstance(answer, list):
         raise ModelbitIncompleteBatch(
             f"Deployment {deployment!r} (version {version}) answered a batch with {type(answer).__name__} "
@@ -217,7 +242,7 @@ def _results_by_key(answer: Any, *, deployment: str, version: str | int) -> dict
             deployment=deployment,
             version=version,
         )
-    results: dict[RowIdKey, Any] = {}
+    results: dict[RowIdKey, deque[Any]] = {}
     for row in answer:
         if not isinstance(row, list) or len(row) != 2:
             raise ModelbitIncompleteBatch(
@@ -226,14 +251,7 @@ def _results_by_key(answer: Any, *, deployment: str, version: str | int) -> dict
                 deployment=deployment,
                 version=version,
             )
-        key = row_id_key(row[0])
-        if key in results:
-            raise ModelbitIncompleteBatch(
-                f"Deployment {deployment!r} (version {version}) answered ID {row[0]!r} more than once.",
-                deployment=deployment,
-                version=version,
-            )
-        results[key] = row[1]
+        results.setdefault(row_id_key(row[0]), deque()).append(row[1])
     return results
 
 

@@ -85,7 +85,7 @@ from airflow_provider_modelbit.hooks.settings import (
     ModelbitSettings,
     settings_from_connection,
 )
-from airflow_provider_modelbit.io.encoding import encode_json, request_body
+from airflow_provider_modelbit.io.encoding import describe_unencodable, encode_json, request_body
 
 __all__ = [
     "ChunkResult",
@@ -208,13 +208,18 @@ def _as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
     return None
 
 
+def _ids_must_be_unique(data: Any) -> bool:
+    """Batch rows need unique IDs; a DataFrame's index may repeat, as Modelbit's own client allows."""
+    return not isinstance(data, pd.DataFrame)
+
+
 def _encode_single(data: Any, call: InferenceCall) -> bytes:
     try:
         return encode_json(data)
-    except TypeError as error:
+    except TypeError:
         raise ModelbitInputError(
-            f"{call.where}: the input cannot be sent as JSON ({error}); convert it to numbers, strings, "
-            "lists or dicts.",
+            f"{call.where}: the input cannot be sent as JSON: {describe_unencodable(data)}; convert it to "
+            "numbers, strings, lists or dicts.",
             deployment=call.deployment,
             version=call.version,
         ) from None
@@ -471,7 +476,9 @@ class ModelbitHook(_ModelbitHookBase):
             )
             value, _ = self._answer_value(call, body, None, response_format)
             return value
-        refuse_duplicate_ids(rows)
+        unique_ids = _ids_must_be_unique(data)
+        if unique_ids:
+            refuse_duplicate_ids(rows)
         results = self.infer_chunks(
             deployment,
             rows_in_chunks(rows, self.batch_size),
@@ -480,6 +487,7 @@ class ModelbitHook(_ModelbitHookBase):
             timeout_seconds=timeout_seconds,
             response_format=response_format,
             idempotent=idempotent,
+            unique_ids=unique_ids,
         )
         return [row for result in results for row in result.rows]
 
@@ -495,6 +503,7 @@ class ModelbitHook(_ModelbitHookBase):
         idempotent: bool = False,
         max_concurrency: int | None = None,
         batch_bytes: int | None = None,
+        unique_ids: bool = True,
     ) -> Iterator[ChunkResult]:
         """
         Score chunks of batch rows with bounded concurrency, yielding results in input order.
@@ -512,13 +521,16 @@ class ModelbitHook(_ModelbitHookBase):
         :param idempotent: re-send after errors where the model may already have run.
         :param max_concurrency: requests in flight at once; ``None`` uses the hook's.
         :param batch_bytes: most bytes per request body; ``None`` uses the hook's.
+        :param unique_ids: refuse a chunk with a repeated ID; ``False`` matches repeated IDs (a
+            DataFrame's non-unique index) in the order the answer lists them.
         """
         _validate_options(timeout_seconds, response_format, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
         limit = self.max_concurrency if max_concurrency is None else max_concurrency
         _validate_concurrency(limit)
         call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
         self.get_conn()  # build the pooled session once, before worker threads share it
-        return self._ordered_results(call, chunks, limit, response_format, batch_bytes or self.batch_bytes)
+        chunk_bytes = batch_bytes or self.batch_bytes
+        return self._ordered_results(call, chunks, limit, response_format, chunk_bytes, unique_ids)
 
     def _ordered_results(
         self,
@@ -527,6 +539,7 @@ class ModelbitHook(_ModelbitHookBase):
         limit: int,
         response_format: str | None,
         batch_bytes: int,
+        unique_ids: bool,
     ) -> Iterator[ChunkResult]:
         in_flight: deque[Future[ChunkResult]] = deque()
         with (
@@ -536,7 +549,9 @@ class ModelbitHook(_ModelbitHookBase):
             try:
                 for index, rows in enumerate(chunks):
                     in_flight.append(
-                        pool.submit(self._infer_chunk, call, index, rows, response_format, batch_bytes)
+                        pool.submit(
+                            self._infer_chunk, call, index, rows, response_format, batch_bytes, unique_ids
+                        )
                     )
                     if len(in_flight) >= limit:
                         yield in_flight.popleft().result()
@@ -553,11 +568,12 @@ class ModelbitHook(_ModelbitHookBase):
         rows: Sequence[Sequence[Any]],
         response_format: str | None,
         batch_bytes: int,
+        unique_ids: bool = True,
     ) -> ChunkResult:
         started = time.monotonic()
         results: list[list[Any]] = []
         response_bytes = 0
-        for part in split_by_bytes(encode_chunk(rows), batch_bytes) if rows else []:
+        for part in split_by_bytes(encode_chunk(rows, unique_ids=unique_ids), batch_bytes) if rows else []:
             body = request_body(
                 part.data, timeout_seconds=call.timeout_seconds, response_format=response_format
             )
@@ -852,8 +868,10 @@ class ModelbitAsyncHook(_ModelbitHookBase):
                 )
                 value, _ = await self._aanswer_value(client, call, body, None, response_format)
                 return value
-            refuse_duplicate_ids(rows)
-            return await self._ainfer_rows(client, call, rows, response_format)
+            unique_ids = _ids_must_be_unique(data)
+            if unique_ids:
+                refuse_duplicate_ids(rows)
+            return await self._ainfer_rows(client, call, rows, response_format, unique_ids)
 
     async def _ainfer_rows(
         self,
@@ -861,11 +879,12 @@ class ModelbitAsyncHook(_ModelbitHookBase):
         call: InferenceCall,
         rows: Sequence[Sequence[Any]],
         response_format: str | None,
+        unique_ids: bool,
     ) -> list[list[Any]]:
         parts = [
             part
             for chunk in rows_in_chunks(rows, self.batch_size)
-            for part in split_by_bytes(encode_chunk(chunk), self.batch_bytes)
+            for part in split_by_bytes(encode_chunk(chunk, unique_ids=unique_ids), self.batch_bytes)
         ]
         gate = asyncio.Semaphore(self.max_concurrency)
 

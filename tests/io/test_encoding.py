@@ -36,19 +36,32 @@ class TestEncodeJson:
             pytest.param(pd.NaT, b"null", id="pandas-nat"),
             pytest.param(pd.NA, b"null", id="pandas-na"),
             pytest.param(
-                pd.Timestamp("2024-05-01 10:30", tz="UTC"), b'"2024-05-01T10:30:00+00:00"', id="timestamp"
+                pd.Timestamp("2024-05-01 10:30", tz="UTC"), b'"2024-05-01 10:30:00+00:00"', id="timestamp"
             ),
-            pytest.param(datetime.datetime(2024, 5, 1, 10, 30), b'"2024-05-01T10:30:00"', id="datetime"),
+            pytest.param(datetime.datetime(2024, 5, 1, 10, 30), b'"2024-05-01 10:30:00"', id="datetime"),
             pytest.param(datetime.date(2024, 5, 1), b'"2024-05-01"', id="date"),
             pytest.param(datetime.time(10, 30), b'"10:30:00"', id="time"),
             pytest.param(decimal.Decimal("1.25"), b"1.25", id="decimal"),
-            pytest.param(datetime.timedelta(seconds=90), b'"0:01:30"', id="timedelta"),
+            pytest.param(datetime.timedelta(seconds=90), b'"0 days 00:01:30"', id="timedelta"),
+            pytest.param(pd.Timedelta(seconds=90), b'"0 days 00:01:30"', id="pandas-timedelta"),
+            pytest.param(pd.Period("2024-05", freq="M"), b'"2024-05"', id="period"),
+            pytest.param(pd.DataFrame({"a": [1]}), b'[{"a":1}]', id="nested-frame"),
+            pytest.param({1: "a", False: "b", None: "c"}, b'{"1":"a","false":"b","null":"c"}', id="keys"),
             pytest.param({"a": [1, None]}, b'{"a":[1,null]}', id="nested"),
         ],
     )
     def test_encodes_as_modelbit_does(self, value: object, expected: bytes) -> None:
-        """NaN/Inf become null, numpy/pandas scalars numbers, dates ISO strings, decimals floats."""
+        """NaN/Inf become null, numpy/pandas scalars numbers, dates their str(), decimals floats."""
         assert encode_json(value) == expected
+
+    def test_object_is_sent_as_its_attributes(self) -> None:
+        """As the official client does for an object it has no converter for."""
+
+        class Point:
+            def __init__(self) -> None:
+                self.x, self.y = 1, float("nan")
+
+        assert encode_json([Point()]) == b'[{"x":1,"y":null}]'
 
     def test_bytes_are_refused(self) -> None:
         with pytest.raises(TypeError, match="bytes"):
@@ -70,8 +83,22 @@ class TestEncodeRows:
         assert encode_rows(rows) == join_rows(encode_row(row) for row in rows)
 
     def test_unencodable_row_is_named(self) -> None:
-        with pytest.raises(ModelbitInputError, match=r"Row with ID 'r2' .*column 'photo'"):
+        with pytest.raises(ModelbitInputError, match=r"Row with ID 'r2' .*column 'photo' is of type bytes"):
             encode_rows([["r1", {"photo": "ok"}], ["r2", {"photo": b"\x89PNG"}]])
+
+    def test_key_path_of_a_nested_value_is_named(self) -> None:
+        with pytest.raises(
+            ModelbitInputError, match=r"ID 7 .*column 'a' at key path \[1\]\['b'\] is of type set"
+        ):
+            encode_rows([[7, {"a": [0, {"b": {1}}]}]])
+
+    def test_positional_argument_is_named(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"ID 7 .*argument 2 at key path \[0\] is of type bytes"):
+            encode_rows([[7, 1, [b"x"]]])
+
+    def test_integer_beyond_64_bits_is_named(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"the ID is the integer 1180591620717411303424, out"):
+            encode_rows([[2**70, 1]])
 
 
 class TestEncodeRow:
@@ -99,7 +126,7 @@ class TestRowIdKey:
             (np.int64(3), 3),
             ("a", "a"),
             (np.str_("a"), "a"),
-            (pd.Timestamp("2024-01-01"), "2024-01-01T00:00:00"),
+            (pd.Timestamp("2024-01-01"), "2024-01-01 00:00:00"),
             (2.5, 2.5),
             (True, True),
             (np.bool_(False), False),
