@@ -23,3 +23,7 @@ mkdir -p artifacts
 VENV=.venv-floor CONSTRAINTS=constraints/airflow-3.1.txt bash scripts/bootstrap.sh
 .venv-floor/bin/python -m pytest -q -ra -p no:cacheprovider -m "not services and not browser and not slow" \
     --junitxml=artifacts/pytest-3.1.xml "$@"
+
+# The package as a release ships it: wheel and sdist built and checked with twine, the wheel alone
+# installed into a clean environment with the pinned Airflow, the provider registered there.
+bash scripts/check_package.sh

@@ -9,6 +9,7 @@ in the order the answer lists them (a sort by ID keeps that order when it is sta
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,9 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from operator import itemgetter
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.io.encoding import (
@@ -29,6 +28,9 @@ from airflow_provider_modelbit.io.encoding import (
     join_rows,
     row_id_key,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # b'{"data":[' ... b'],"timeout_seconds":900,"response_format":"links"}' with room to spare.
 ENVELOPE_BYTES = 128
@@ -89,6 +91,14 @@ class EncodedChunk:
 def is_batch(data: Any) -> bool:
     """Apply Modelbit's rule: a batch is a list whose first element is a list."""
     return isinstance(data, list | tuple) and len(data) > 0 and isinstance(data[0], list | tuple)
+
+
+def is_dataframe(value: Any) -> bool:
+    """Return whether ``value`` is a pandas DataFrame, without importing pandas."""
+    # A DataFrame can only exist once pandas is imported; looking it up in sys.modules keeps the
+    # seconds pandas takes to import out of the hook for the tasks that never send one.
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
 def dataframe_rows(frame: pd.DataFrame) -> list[list[Any]]:

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-import pandas as pd
 import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
@@ -51,6 +50,7 @@ from airflow_provider_modelbit.hooks.batching import (
     dataframe_rows,
     encode_chunk,
     is_batch,
+    is_dataframe,
     long_lived_objects_frozen,
     reassemble,
     refuse_duplicate_ids,
@@ -201,7 +201,7 @@ def _validate_concurrency(max_concurrency: int) -> None:
 
 def _as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
     """Return the batch rows of ``data`` (rows or a DataFrame), or ``None`` for a single input."""
-    if isinstance(data, pd.DataFrame):
+    if is_dataframe(data):
         return dataframe_rows(data)
     if is_batch(data):
         return list(data)
@@ -210,7 +210,7 @@ def _as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
 
 def _ids_must_be_unique(data: Any) -> bool:
     """Batch rows need unique IDs; a DataFrame's index may repeat, as Modelbit's own client allows."""
-    return not isinstance(data, pd.DataFrame)
+    return not is_dataframe(data)
 
 
 def _encode_single(data: Any, call: InferenceCall) -> bytes:

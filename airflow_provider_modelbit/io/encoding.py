@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import sys
 import types
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-import pandas as pd
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
 
@@ -51,18 +51,26 @@ _UINT64_MAX = 2**64 - 1
 
 def _encode_other(value: Any) -> Any:
     """Turn a value orjson does not know into one it does; raise ``TypeError`` when impossible."""
-    if value is pd.NaT or value is pd.NA:
+    # A pandas value can only exist once pandas is imported; looking it up in sys.modules keeps the
+    # seconds pandas takes to import out of the hook for the tasks that never send one.
+    pd = sys.modules.get("pandas")
+    if pd is not None and (value is pd.NaT or value is pd.NA):
         return None
     if isinstance(value, datetime.timedelta):
-        return str(pd.Timedelta(value))
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time | pd.Period):
+        import pandas  # the client writes durations as pandas does
+
+        return str(pandas.Timedelta(value))
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
         return str(value)
     if isinstance(value, decimal.Decimal):
         return float(value)
-    if isinstance(value, pd.Series | pd.Index):
-        return value.to_list()
-    if isinstance(value, pd.DataFrame):
-        return value.to_dict(orient="records")
+    if pd is not None:
+        if isinstance(value, pd.Period):
+            return str(value)
+        if isinstance(value, pd.Series | pd.Index):
+            return value.to_list()
+        if isinstance(value, pd.DataFrame):
+            return value.to_dict(orient="records")
     if hasattr(value, "__dict__") and not isinstance(value, type | types.ModuleType):
         return vars(value)
     raise TypeError(type(value).__name__)
