@@ -1,7 +1,7 @@
 """
 Throughput of the local Modelbit server: rows per second through ``echo`` in batches of 8 numbers.
 
-The server runs in its own process, started with the ``modelbit-emulator`` CLI; the client pre-encodes
+The server runs in its own process (``run_emulator(mode="process")``); the client pre-encodes
 one request body and sends it repeatedly over keep-alive connections, reading each answer completely.
 Prints rows per wall-clock second and, on Linux, rows per CPU-second of the server process, which is
 what one core sustains regardless of other load on the machine.
@@ -15,9 +15,6 @@ import argparse
 import contextlib
 import http.client
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -48,29 +45,11 @@ def send_until(url: str, body: bytes, deadline: float, counts: list[int]) -> Non
 
 @contextlib.contextmanager
 def emulator_process() -> Iterator[tuple[str, int]]:
-    """A CLI-started emulator: its URL and process ID."""
-    with tempfile.TemporaryDirectory() as directory:
-        ready = Path(directory) / "url"
-        command = [
-            sys.executable,
-            "-m",
-            "airflow_provider_modelbit.emulator",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
-        ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while not ready.exists() or not ready.read_text().strip():
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("The emulator did not start.")
-                time.sleep(0.05)
-            yield ready.read_text().strip(), process.pid
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    """The local server in a process of its own: its URL and process ID."""
+    from airflow_provider_modelbit.emulator import run_emulator
+
+    with run_emulator(mode="process") as emulator:
+        yield emulator.url, emulator.pid
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -17,13 +17,16 @@ admin: the harness is for a loopback-only machine, never a shared one.
 The executor is LocalExecutor on SQLite, which Airflow 3 supports (SequentialExecutor is
 gone); parallelism stays small because SQLite serialises writers. New DAGs start paused, as
 in any Airflow; ``AirflowRestClient.trigger_dag_run`` unpauses the DAG it triggers.
+
+The services run under a :class:`harness.processes.ProcessSupervisor` (the caller's, or one of
+their own): each in its own process group, stopped together, and killed by a watchdog if the
+process that started them dies without stopping them.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import os
 import secrets
 import shutil
@@ -35,15 +38,21 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from airflow_rest import AirflowRestClient
+from harness.airflow import airflow_executable, create_database, run_environment
+from harness.layout import RunLayout
+from harness.processes import (
+    STOP_GRACE_SECONDS,
+    ProcessGroup,
+    ProcessSupervisor,
+    die_with_parent,
+    interrupts_stop,
+    signal_group,
+)
 
 LOOPBACK = "127.0.0.1"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -76,65 +85,26 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def airflow_executable() -> str:
-    """The ``airflow`` command of the interpreter running this module (the project venv)."""
-    beside_python = Path(sys.executable).with_name("airflow")
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("airflow")
-    if found is None:
-        raise AirflowServicesError(
-            "The 'airflow' command was not found; install apache-airflow in this venv."
-        )
-    return found
-
-
 def new_fernet_key() -> str:
     """A Fernet key (32 random bytes, url-safe base64), so connection passwords are encrypted at rest."""
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
-@dataclass(frozen=True)
-class ServicesLayout:
-    """Where one run of the services keeps its state.
-
-    :param home: the ``AIRFLOW_HOME`` (config, SQLite database, generated files).
-    :param logs_folder: process output (``<service>.log``) and task logs (``tasks/``).
-    :param dags_folder: the DAG files the dag-processor parses.
-    """
-
-    home: Path
-    logs_folder: Path
-    dags_folder: Path
-
-    @property
-    def database(self) -> Path:
-        return self.home / "airflow.db"
-
-    @property
-    def task_logs(self) -> Path:
-        return self.logs_folder / "tasks"
-
-
 def airflow_environment(
-    layout: ServicesLayout, api_port: int, overrides: Mapping[str, str] | None = None
+    layout: RunLayout, api_port: int, overrides: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment every service and CLI call of one run shares.
+    """The environment every service and CLI call of one run shares: the run's, plus the services' own.
 
     The JWT secret and Fernet key must be identical in all processes: the scheduler's
     workers call the api-server's execution API with tokens it signs, and every process
     decrypts the same connection rows.
     """
     api_url = f"http://{LOOPBACK}:{api_port}"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
+    env = run_environment(layout)
     env.update(
         {
-            "AIRFLOW_HOME": str(layout.home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{layout.database}",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(layout.dags_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
@@ -146,7 +116,6 @@ def airflow_environment(
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(layout.task_logs),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
@@ -158,49 +127,6 @@ def airflow_environment(
     )
     env.update(overrides or {})
     return env
-
-
-@dataclass
-class RunningService:
-    """One started service: its process (the leader of its own process group) and log file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def exited(self) -> bool:
-        return self.process.poll() is not None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no output yet)"
-
-
-def signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> None:
-    """Send ``signum`` to the process group ``process`` leads (the scheduler forks workers into it)."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-
-
-def stop_process_groups(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
-    """SIGTERM every group at once, then SIGKILL the groups still alive after ``timeout`` seconds."""
-    for process in processes:
-        signal_group(process, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(timeout=max(deadline - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
-            signal_group(process, signal.SIGKILL)
-            process.wait(timeout=timeout)
-
-
-def stop_process_group(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Stop one service: SIGTERM its group, SIGKILL it if it outlives ``timeout``."""
-    stop_process_groups([process], timeout)
 
 
 @dataclass
@@ -217,7 +143,9 @@ class AirflowServices:
     :param database_cache: folder keeping a freshly migrated database per Airflow version; later runs
         copy it instead of running the ~40 s ``airflow db migrate`` again. ``None`` always migrates.
     :param startup_timeout: seconds to wait for every service to report healthy.
-    :param stop_timeout: seconds each process group gets after SIGTERM before SIGKILL.
+    :param stop_timeout: seconds the process groups get after SIGTERM before SIGKILL.
+    :param supervisor: the supervisor of the caller's run, so that one interrupt stops the services
+        with the rest of the run; one of their own when ``None``.
     """
 
     dags_folder: str | Path
@@ -226,11 +154,13 @@ class AirflowServices:
     logs_folder: str | Path | None = None
     services: Sequence[str] = tuple(SERVICE_COMMANDS)
     database_cache: str | Path | None = None
-    startup_timeout: float = 180.0
-    stop_timeout: float = 20.0
-    _layout: ServicesLayout | None = field(default=None, init=False, repr=False)
+    startup_timeout: float = 300.0
+    stop_timeout: float = STOP_GRACE_SECONDS
+    supervisor: ProcessSupervisor | None = None
+    _layout: RunLayout | None = field(default=None, init=False, repr=False)
     _environment: dict[str, str] = field(default_factory=dict, init=False, repr=False)
-    _running: list[RunningService] = field(default_factory=list, init=False, repr=False)
+    _running: list[ProcessGroup] = field(default_factory=list, init=False, repr=False)
+    _own_supervisor: ProcessSupervisor | None = field(default=None, init=False, repr=False)
     _owned_home: bool = field(default=False, init=False, repr=False)
     _api_port: int = field(default=0, init=False, repr=False)
 
@@ -252,7 +182,7 @@ class AirflowServices:
         return f"http://{LOOPBACK}:{self._api_port}"
 
     @property
-    def layout(self) -> ServicesLayout:
+    def layout(self) -> RunLayout:
         if self._layout is None:
             raise AirflowServicesError("The services are not started; use 'with AirflowServices(...)'.")
         return self._layout
@@ -272,7 +202,7 @@ class AirflowServices:
         self._api_port = free_port()
         self._environment = airflow_environment(self._layout, self._api_port, self.env)
         try:
-            self._create_database()
+            create_database(self._supervisor(), self._layout, self._environment, self._database_cache())
             for name in self.services:
                 self._running.append(self._launch(name))
             self._wait_until_healthy()
@@ -282,8 +212,12 @@ class AirflowServices:
 
     def stop(self) -> None:
         """Stop every service (all at once, so shutdown takes the slowest, not the sum) and clean up."""
-        stop_process_groups([service.process for service in self._running], self.stop_timeout)
+        if self._running:
+            self._supervisor().stop(*self._running, grace=self.stop_timeout)
         self._running.clear()
+        if self._own_supervisor is not None:
+            self._own_supervisor.close()
+            self._own_supervisor = None
         if self._owned_home and self._layout is not None:
             shutil.rmtree(self._layout.home, ignore_errors=True)
             self._owned_home = False
@@ -299,8 +233,9 @@ class AirflowServices:
         if service is None:
             running = ", ".join(service.name for service in self._running) or "none"
             raise AirflowServicesError(f"Airflow {name} is not running (running: {running}).")
-        signal_group(service.process, signum)
-        service.process.wait(timeout=self.stop_timeout)
+        signal_group(service.pgid, signum)
+        service.process.wait(timeout=max(self.stop_timeout, 30.0))
+        self._supervisor().forget(service)
         self._running.remove(service)
 
     def start_service(self, name: str) -> None:
@@ -319,6 +254,8 @@ class AirflowServices:
             text=True,
             timeout=timeout,
             check=False,
+            # Short-lived; dies with the caller, and an interrupt ends it through subprocess.run.
+            preexec_fn=die_with_parent(os.getpid()),
         )
         if result.returncode != 0:
             raise AirflowServicesError(
@@ -334,7 +271,7 @@ class AirflowServices:
         """The file holding a service's stdout and stderr."""
         return self.layout.logs_folder / f"{name}.log"
 
-    def _prepare_layout(self) -> ServicesLayout:
+    def _prepare_layout(self) -> RunLayout:
         dags_folder = Path(self.dags_folder).resolve()
         if not dags_folder.is_dir():
             raise AirflowServicesError(f"DAGs folder {dags_folder} does not exist; pass an existing folder.")
@@ -345,43 +282,33 @@ class AirflowServices:
             home = Path(self.home).resolve()
             home.mkdir(parents=True, exist_ok=True)
         logs = Path(self.logs_folder).resolve() if self.logs_folder else home / "logs"
-        (logs / "tasks").mkdir(parents=True, exist_ok=True)
-        return ServicesLayout(home=home, logs_folder=logs, dags_folder=dags_folder)
+        layout = RunLayout(
+            home=home,
+            logs_folder=logs,
+            dags_folder=dags_folder,
+            data=home / "data",
+            callback_store=home / "callbacks",
+        )
+        layout.create()
+        return layout
 
-    def _create_database(self) -> None:
-        template = self._database_template()
-        if template is not None and template.exists():
-            shutil.copyfile(template, self.layout.database)
-            return
-        self.run_cli("db", "migrate", timeout=300)
-        if template is not None:
-            # Copy then rename, so a concurrent run never copies a half-written template.
-            template.parent.mkdir(parents=True, exist_ok=True)
-            partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
-            shutil.copyfile(self.layout.database, partial)
-            os.replace(partial, template)
+    def _database_cache(self) -> Path | None:
+        return None if self.database_cache is None else Path(self.database_cache).resolve()
 
-    def _database_template(self) -> Path | None:
-        if self.database_cache is None:
-            return None
-        return Path(self.database_cache).resolve() / f"airflow-{metadata.version('apache-airflow-core')}.db"
+    def _supervisor(self) -> ProcessSupervisor:
+        if self.supervisor is not None:
+            return self.supervisor
+        if self._own_supervisor is None:
+            self._own_supervisor = ProcessSupervisor(grace=self.stop_timeout)
+        return self._own_supervisor
 
-    def _launch(self, name: str) -> RunningService:
+    def _launch(self, name: str) -> ProcessGroup:
         if name not in SERVICE_COMMANDS:
             raise AirflowServicesError(
                 f"Unknown service {name!r}; choose from {', '.join(SERVICE_COMMANDS)}."
             )
-        log_path = self.service_log(name)
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                [airflow_executable(), *SERVICE_COMMANDS[name]],
-                env=self._environment,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return RunningService(name=name, process=process, log_path=log_path)
+        command = [airflow_executable(), *SERVICE_COMMANDS[name]]
+        return self._supervisor().start(name, command, self._environment, self.service_log(name))
 
     def _wait_until_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -414,8 +341,8 @@ class AirflowServices:
         for service in self._running:
             if service.exited():
                 raise AirflowServicesError(
-                    f"Airflow {service.name} exited with code {service.process.returncode} during start-up; "
-                    f"its log {service.log_path} ends with:\n{service.log_tail()}"
+                    f"Airflow {service.name} exited with code {service.process.returncode}; "
+                    f"its log {service.log_file} ends with:\n{service.log_tail()}"
                 )
 
     def check_still_running(self) -> None:
@@ -423,36 +350,32 @@ class AirflowServices:
         self._raise_if_any_exited()
 
 
-def wait_for_interrupt() -> None:
-    """Block until Ctrl-C or SIGTERM, so ``up`` keeps the services running for a person to use."""
-    stop_requested = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    # SIGINT too: a shell starting this in the background ignores SIGINT, which would disarm Ctrl-C.
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    while not stop_requested:
-        time.sleep(0.5)
-
-
 def command_up(arguments: argparse.Namespace) -> int:
+    """Start the services and keep them up until Ctrl-C or SIGTERM, which stop them all."""
     extra_env = dict(item.split("=", 1) for item in arguments.env)
     started = time.monotonic()
-    with AirflowServices(
-        dags_folder=arguments.dags_folder,
-        env=extra_env,
-        home=arguments.home,
-        logs_folder=arguments.logs_folder,
-        database_cache=arguments.database_cache,
-    ) as services:
-        elapsed = time.monotonic() - started
-        print(f"Airflow is up in {elapsed:.0f}s: {services.api_url}/ (every visitor is admin)", flush=True)
-        print(f"AIRFLOW_HOME={services.layout.home}  logs: {services.layout.logs_folder}", flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-        wait_for_interrupt()
+    # Handlers installed explicitly: a shell starting this in the background ignores SIGINT.
+    with ProcessSupervisor() as supervisor, interrupts_stop(supervisor):
+        try:
+            with AirflowServices(
+                dags_folder=arguments.dags_folder,
+                env=extra_env,
+                home=arguments.home,
+                logs_folder=arguments.logs_folder,
+                database_cache=arguments.database_cache,
+                supervisor=supervisor,
+            ) as services:
+                elapsed = time.monotonic() - started
+                print(
+                    f"Airflow is up in {elapsed:.0f}s: {services.api_url}/ (every visitor is admin)",
+                    flush=True,
+                )
+                print(f"AIRFLOW_HOME={services.layout.home}  logs: {services.layout.logs_folder}", flush=True)
+                print("Press Ctrl-C to stop.", flush=True)
+                while True:
+                    time.sleep(3600)
+        except KeyboardInterrupt:
+            print("Stopped.", flush=True)
     return 0
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
+import signal
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
@@ -79,10 +81,12 @@ class RunningEmulator:
 
     :param url: its base URL, ``http://127.0.0.1:<port>``.
     :param client: an :class:`EmulatorClient` for its ``/_emulator/`` routes.
+    :param pid: the process serving it (this one in ``thread`` mode), e.g. to read its CPU time.
     """
 
     url: str
     client: EmulatorClient
+    pid: int = field(default_factory=os.getpid)
 
 
 class _ThreadRunner:
@@ -95,6 +99,7 @@ class _ThreadRunner:
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self.url = ""
+        self.pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="modelbit-emulator", daemon=True)
 
     def _run(self) -> None:
@@ -127,6 +132,9 @@ class _ThreadRunner:
 
 def _serve_in_child(config: EmulatorConfig, host: str, port: int, channel: Connection) -> None:
     """Child-process entry: report the URL (or the start-up error), serve until told to stop."""
+    # The parent decides when the server stops (its word, or its death closing the pipe): a terminal's
+    # Ctrl-C, sent to the whole process group, must not kill the server under a parent still using it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -159,6 +167,10 @@ class _ProcessRunner:
             name="modelbit-emulator",
             daemon=True,
         )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid or 0
 
     def start(self) -> str:
         self._process.start()
@@ -252,7 +264,7 @@ def run_emulator(
     url = runner.start()
     client = EmulatorClient(url)
     try:
-        yield RunningEmulator(url=url, client=client)
+        yield RunningEmulator(url=url, client=client, pid=runner.pid)
     finally:
         client.close()
         runner.stop()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from harness.processes import ProcessGroup, ProcessSupervisor
 
 from airflow_provider_modelbit.callbacks.cli import build_parser
 from airflow_provider_modelbit.callbacks.signing import callback_url, redact_tokens
@@ -21,8 +22,21 @@ from airflow_provider_modelbit.callbacks.store import CallbackStore
 SECRET = "cli-test-secret-0123456789"
 
 
+@dataclass
+class RunningReceiver:
+    """The CLI started by the harness, its output in a log file."""
+
+    supervisor: ProcessSupervisor
+    group: ProcessGroup
+
+    def stop_and_read_output(self) -> str:
+        """SIGTERM the receiver, wait until it exits, and return everything it printed."""
+        self.supervisor.stop(self.group)
+        return self.group.log_file.read_text(errors="replace")
+
+
 @contextmanager
-def running_receiver(tmp_path: Path, *options: str) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+def running_receiver(tmp_path: Path, *options: str) -> Iterator[tuple[str, Path, RunningReceiver]]:
     """The CLI in a subprocess, resolving its connection from an ``AIRFLOW_CONN_*`` variable."""
     ready_file = tmp_path / "ready.url"
     store_dir = tmp_path / "callbacks"
@@ -30,26 +44,17 @@ def running_receiver(tmp_path: Path, *options: str) -> Iterator[tuple[str, Path,
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW_CONN_MB_CLI": json.dumps(connection)}
     command = [sys.executable, "-m", "airflow_provider_modelbit.callbacks.cli", "--port", "0"]
     command += ["--store", str(store_dir), "--conn-id", "mb_cli", "--ready-file", str(ready_file), *options]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready_file.exists():
-            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-            assert time.monotonic() < deadline, "receiver did not become ready within 60 s"
-            time.sleep(0.05)
-        yield ready_file.read_text().strip(), store_dir, process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with ProcessSupervisor() as supervisor:
+        group = supervisor.start("callback receiver", command, env, tmp_path / "receiver.log")
+        yield group.wait_for_ready_file(ready_file), store_dir, RunningReceiver(supervisor, group)
 
 
 @pytest.fixture
 def receiver_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The receiver at its default log level; its whole output is checked for tokens at the end."""
-    with running_receiver(tmp_path) as (base_url, store_dir, process):
+    with running_receiver(tmp_path) as (base_url, store_dir, receiver):
         yield base_url, store_dir
-        process.terminate()
-        output = process.communicate(timeout=20)[0].decode()
+        output = receiver.stop_and_read_output()
     assert "token=" not in output, output
 
 
@@ -85,7 +90,7 @@ class TestNoTokenInTheLog:
         The default level (warning) is checked by the ``receiver_process`` fixture; error and
         critical log a subset of it.
         """
-        with running_receiver(tmp_path, "--log-level", level) as (base_url, store_dir, process):
+        with running_receiver(tmp_path, "--log-level", level) as (base_url, store_dir, receiver):
             expires = int(time.time()) + 600
             CallbackStore(str(store_dir)).write_manifest("job-c", {"chunks": 2})
             urls = [
@@ -95,8 +100,7 @@ class TestNoTokenInTheLog:
             ]
             statuses = [httpx.post(url, content=b'{"data": 1}', timeout=10).status_code for url in urls]
             assert statuses == [200, 403, 200]
-            process.terminate()
-            output = process.communicate(timeout=20)[0].decode()
+            output = receiver.stop_and_read_output()
         tokens = [url.rsplit("token=", 1)[1] for url in urls]
         assert not [token for token in tokens if token in output], output
         assert output.count("token=***") >= 3, output  # the access log's request lines

@@ -52,10 +52,8 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +62,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from harness.processes import ProcessSupervisor
 
 from airflow_provider_modelbit.emulator import RunningEmulator, run_emulator
 from tests.airflow_dags import parse_dags, run_dag
@@ -401,24 +400,10 @@ def run_cli_serve_sample(sample: Sample, context: SampleContext) -> None:
     env = _environment(
         AIRFLOW_CONN_MODELBIT_DEFAULT=json.dumps({"conn_type": "modelbit", "host": "http://127.0.0.1:9"})
     )
-    process = subprocess.Popen(
-        command, cwd=context.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not ready_file.exists():
-            assert process.poll() is None, f"exited early: {process.communicate()}"
-            assert time.monotonic() < deadline, "not listening within 60 s"
-            time.sleep(0.05)
-        url = ready_file.read_text().strip()
+    with ProcessSupervisor(cwd=context.tmp_path) as supervisor:
+        server = supervisor.start(" ".join(words[:1]), command, env, context.tmp_path / "serve.log")
+        url = server.wait_for_ready_file(ready_file)
         assert url.startswith("http://127.0.0.1:"), url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def run_shell_sample(sample: Sample, context: SampleContext) -> None:

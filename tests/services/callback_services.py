@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import airflow_services  # scripts/ is on sys.path through tests/services/conftest.py
+import airflow_services
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from airflow_rest import AirflowRestClient
+from airflow_services import AirflowServices
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from airflow_rest import AirflowRestClient  # noqa: E402
-from airflow_services import AirflowServices  # noqa: E402
 
 HARNESS_DAGS = Path(__file__).resolve().parent / "dags"
 ARTIFACTS = REPO_ROOT / "artifacts"

@@ -1,12 +1,9 @@
-"""The services harness (scripts/airflow_services.py): environment, process control, real services."""
+"""The services harness (scripts/airflow_services.py): environment, start-up checks, real services."""
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,21 +13,19 @@ from airflow_services import (
     LOOPBACK,
     AirflowServices,
     AirflowServicesError,
-    ServicesLayout,
     airflow_environment,
     build_parser,
     free_port,
-    stop_process_group,
 )
+from harness.layout import RunLayout
+from harness.watchdog import group_alive
 
 PROVIDER_DISTRIBUTION = "airflow-provider-modelbit"
 
 
 @pytest.fixture
-def layout(tmp_path: Path) -> ServicesLayout:
-    return ServicesLayout(
-        home=tmp_path / "home", logs_folder=tmp_path / "logs", dags_folder=tmp_path / "dags"
-    )
+def layout(tmp_path: Path) -> RunLayout:
+    return RunLayout.in_folder(tmp_path, dags_folder=tmp_path / "dags")
 
 
 class TestAirflowEnvironment:
@@ -49,32 +44,35 @@ class TestAirflowEnvironment:
             ("AIRFLOW__CORE__TEST_CONNECTION", "Enabled"),
         ],
     )
-    def test_sets_the_option(self, layout: ServicesLayout, variable: str, expected: str) -> None:
+    def test_sets_the_option(self, layout: RunLayout, variable: str, expected: str) -> None:
         assert airflow_environment(layout, 8123)[variable] == expected
 
-    def test_points_home_database_dags_and_logs_into_the_layout(self, layout: ServicesLayout) -> None:
+    def test_points_home_database_dags_and_logs_into_the_layout(self, layout: RunLayout) -> None:
         env = airflow_environment(layout, 8123)
         assert env["AIRFLOW_HOME"] == str(layout.home)
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{layout.home / 'airflow.db'}"
         assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(layout.dags_folder)
         assert env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] == str(layout.logs_folder / "tasks")
+        assert env["AIRFLOW__MODELBIT__CALLBACK_STORE"] == str(layout.callback_store)
 
-    def test_generates_fresh_secrets_for_each_run(self, layout: ServicesLayout) -> None:
+    def test_generates_fresh_secrets_for_each_run(self, layout: RunLayout) -> None:
         """Two runs never share a JWT secret or Fernet key (one run shares them across its services)."""
         first, second = airflow_environment(layout, 1), airflow_environment(layout, 1)
         for variable in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY"):
             assert first[variable] != second[variable]
 
     def test_ignores_airflow_options_of_the_calling_shell(
-        self, layout: ServicesLayout, monkeypatch: pytest.MonkeyPatch
+        self, layout: RunLayout, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "999")
         monkeypatch.setenv("AIRFLOW__WEBSERVER__STRAY", "x")
+        monkeypatch.setenv("AIRFLOW_CONN_STRAY", "http://elsewhere")
         env = airflow_environment(layout, 1)
         assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
         assert "AIRFLOW__WEBSERVER__STRAY" not in env
+        assert "AIRFLOW_CONN_STRAY" not in env
 
-    def test_overrides_win_over_harness_defaults(self, layout: ServicesLayout) -> None:
+    def test_overrides_win_over_harness_defaults(self, layout: RunLayout) -> None:
         env = airflow_environment(
             layout, 1, {"AIRFLOW__CORE__PARALLELISM": "2", "AIRFLOW_CONN_X": "http://h"}
         )
@@ -90,55 +88,11 @@ class TestFreePort:
         assert 1024 < port < 65536
 
 
-def spawn_group(script: str) -> subprocess.Popen[bytes]:
-    """A Python process leading its own process group, as the harness starts services."""
-    return subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_until_group_gone(pgid: int, timeout: float = 5.0) -> bool:
+def wait_until_group_gone(pgid: int, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.1)
     return not group_alive(pgid)
-
-
-class TestStopProcessGroup:
-    """Stopping a service ends its forked children too, and a service deaf to SIGTERM is killed."""
-
-    def test_terminates_the_children_of_the_service(self) -> None:
-        parent = spawn_group(
-            "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
-            "time.sleep(60)']); time.sleep(60)"
-        )
-        time.sleep(0.5)
-        stop_process_group(parent, timeout=5)
-        assert parent.returncode == -signal.SIGTERM
-        assert wait_until_group_gone(parent.pid)
-
-    def test_kills_a_service_that_ignores_sigterm_after_the_timeout(self) -> None:
-        stubborn = spawn_group(
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-            "time.sleep(60)"
-        )
-        time.sleep(0.5)
-        started = time.monotonic()
-        stop_process_group(stubborn, timeout=1)
-        assert stubborn.returncode == -signal.SIGKILL
-        assert 0.9 < time.monotonic() - started < 5
-
-    def test_does_nothing_for_a_service_that_already_exited(self) -> None:
-        finished = spawn_group("pass")
-        finished.wait(timeout=10)
-        stop_process_group(finished, timeout=1)
-        assert finished.returncode == 0
 
 
 class TestStartUpFailures:
