@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import secrets
 import shutil
 import signal
@@ -49,7 +48,7 @@ from harness.processes import (
     STOP_GRACE_SECONDS,
     ProcessGroup,
     ProcessSupervisor,
-    die_with_parent,
+    dying_with_parent,
     interrupts_stop,
     signal_group,
 )
@@ -136,7 +135,8 @@ class AirflowServices:
     :param dags_folder: folder of DAG files the dag-processor parses.
     :param env: extra environment for every service (e.g. ``AIRFLOW_CONN_*``, ``AIRFLOW__...`` options);
         applied last, so it can override the harness defaults.
-    :param home: ``AIRFLOW_HOME`` to use; a new temporary folder (removed on exit) when ``None``.
+    :param home: ``AIRFLOW_HOME`` to use (a database already in it is kept); a new temporary folder
+        (removed on exit) when ``None``.
     :param logs_folder: where ``<service>.log`` and task logs go; ``<home>/logs`` when ``None``
         (kept on exit when given, so CI can upload it).
     :param services: which services to start; all four by default.
@@ -202,7 +202,8 @@ class AirflowServices:
         self._api_port = free_port()
         self._environment = airflow_environment(self._layout, self._api_port, self.env)
         try:
-            create_database(self._supervisor(), self._layout, self._environment, self._database_cache())
+            if not self._layout.database.exists():
+                create_database(self._supervisor(), self._layout, self._environment, self._database_cache())
             for name in self.services:
                 self._running.append(self._launch(name))
             self._wait_until_healthy()
@@ -248,14 +249,13 @@ class AirflowServices:
     def run_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``airflow <args>`` against this run's home and database; raise with its output on failure."""
         result = subprocess.run(
-            [airflow_executable(), *args],
+            # Short-lived; dies with the caller, and an interrupt ends it through subprocess.run.
+            dying_with_parent([airflow_executable(), *args]),
             env=self._environment,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
-            # Short-lived; dies with the caller, and an interrupt ends it through subprocess.run.
-            preexec_fn=die_with_parent(os.getpid()),
         )
         if result.returncode != 0:
             raise AirflowServicesError(

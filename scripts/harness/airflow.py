@@ -135,7 +135,7 @@ def list_local(
     :param check: raise when the command fails (``list-import-errors`` fails when there are some).
     """
     log_file = layout.logs_folder / "airflow-dags.log"
-    output_file = layout.logs_folder / f"airflow-{'-'.join(command)}.json"
+    output_file = layout.logs_folder / f"airflow-{'-'.join(command[:2])}.json"
     output_file.unlink(missing_ok=True)
     arguments = [*command, "--local", "--output", "json"]
     run_airflow(supervisor, arguments, env, output_file, LISTING_TIMEOUT_SECONDS, check=check)

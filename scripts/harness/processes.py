@@ -8,7 +8,8 @@ A :class:`ProcessSupervisor` owns the groups of one run and stops them all at on
 SIGKILL after a grace period). Two guards cover a script that dies without cleaning up
 (``kill -9``, the OOM killer), since then no Python code of it runs:
 
-- each group leader asks the kernel for ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``);
+- each group leader asks the kernel for ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``,
+  :func:`dying_with_parent`);
 - a watchdog process (``watchdog.py``), in a session of its own, is told every group as it starts
   and kills the groups still alive when its pipe from the script closes, which the kernel does
   however the script ends. It reaches what the leader forked, which the first guard cannot.
@@ -17,15 +18,13 @@ SIGKILL after a grace period). Two guards cover a script that dies without clean
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -33,11 +32,10 @@ from types import FrameType, TracebackType
 from harness.watchdog import group_alive
 
 #: Seconds a group gets between SIGTERM and SIGKILL; all groups share them, so a stop takes this long at most.
-STOP_GRACE_SECONDS = 5.0
+STOP_GRACE_SECONDS = 4.0
 #: Seconds a server gets to write its ready file; generous, for a busy machine.
 READY_TIMEOUT_SECONDS = 120.0
 WATCHDOG = Path(__file__).with_name("watchdog.py")
-_PR_SET_PDEATHSIG = 1
 _POLL_SECONDS = 0.05
 _REAP_SECONDS = 5.0
 
@@ -46,34 +44,27 @@ class ProcessError(RuntimeError):
     """A started command failed or was not ready in time; the message names it and its log file."""
 
 
-def _libc_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return libc.prctl  # type: ignore[no-any-return]
+# Run in the child in place of the command: ask the kernel for SIGKILL when the parent dies, check the
+# parent did not die already, then become the command (the request survives exec). A fresh interpreter
+# rather than a preexec_fn, which may deadlock when the parent has threads.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL); "
+    "os.getppid() == int(sys.argv[1]) or os.kill(os.getpid(), signal.SIGKILL); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
 
 
-# Looked up once here: the child between fork and exec should do as little as possible.
-_PRCTL = _libc_prctl()
-
-
-def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+def dying_with_parent(command: Sequence[str]) -> list[str]:
     """
-    A ``preexec_fn`` making the kernel SIGKILL the child when the thread that started it ends.
+    ``command`` made to receive SIGKILL from the kernel when the process starting it dies (Linux).
 
-    Only for children started on the main thread: the kernel ties the signal to the starting
-    thread, so a child started from a worker thread would be killed when that thread finishes.
+    Only for commands started on the main thread: the kernel ties the signal to the thread that
+    starts the child, so a command started from a worker thread would die with that thread.
     """
-    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = _PRCTL
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return list(command)
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 def signal_group(pgid: int, signum: signal.Signals) -> None:
@@ -203,6 +194,8 @@ class ProcessSupervisor:
     grace: float = STOP_GRACE_SECONDS
     _groups: list[ProcessGroup] = field(default_factory=list, init=False, repr=False)
     _watchdog: Watchdog | None = field(default=None, init=False, repr=False)
+    _starting: bool = field(default=False, init=False, repr=False)
+    _interrupt_pending: bool = field(default=False, init=False, repr=False)
 
     def __enter__(self) -> ProcessSupervisor:
         return self
@@ -222,19 +215,26 @@ class ProcessSupervisor:
         watchdog = self._ensure_watchdog()
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as log:
-            process = subprocess.Popen(
-                list(command),
-                env=dict(env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent(os.getpid()),
-                cwd=self.cwd,
-            )
-        watchdog.watch(process.pid)
-        group = ProcessGroup(name=name, process=process, log_file=log_file)
-        self._groups.append(group)
+            # An interrupt waits until the new group is known, so that it is stopped with the others.
+            self._starting = True
+            try:
+                process = subprocess.Popen(
+                    dying_with_parent(command),
+                    env=dict(env),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    cwd=self.cwd,
+                )
+                watchdog.watch(process.pid)
+                group = ProcessGroup(name=name, process=process, log_file=log_file)
+                self._groups.append(group)
+            finally:
+                self._starting = False
+                if self._interrupt_pending:
+                    self._interrupt_pending = False
+                    self.interrupt()
         return group
 
     def run(
@@ -260,8 +260,20 @@ class ProcessSupervisor:
 
     def terminate_all(self) -> None:
         """SIGTERM every group without waiting: what an interrupt does first (safe in a signal handler)."""
-        for group in self._groups:
+        for group in list(self._groups):
             signal_group(group.pgid, signal.SIGTERM)
+
+    def interrupt(self) -> None:
+        """
+        SIGTERM every group and raise ``KeyboardInterrupt``; called from a signal handler.
+
+        While a group is being started the interrupt waits until the group is registered.
+        """
+        if self._starting:
+            self._interrupt_pending = True
+            return
+        self.terminate_all()
+        raise KeyboardInterrupt
 
     def stop_all(self) -> None:
         self.stop(*self._groups)
@@ -297,7 +309,8 @@ def interrupts_stop(supervisor: ProcessSupervisor | None = None) -> Iterator[Non
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if supervisor is not None:
-            supervisor.terminate_all()
+            supervisor.interrupt()
+            return
         raise KeyboardInterrupt
 
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -315,7 +328,7 @@ __all__ = [
     "ProcessGroup",
     "ProcessSupervisor",
     "Watchdog",
-    "die_with_parent",
+    "dying_with_parent",
     "group_alive",
     "interrupts_stop",
     "signal_group",

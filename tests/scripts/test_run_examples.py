@@ -37,7 +37,7 @@ SMALL_PARTITIONS = 3
 #: Seconds to reach a moment of the run (servers up, a DAG running) on a busy machine.
 SETUP_TIMEOUT = 300.0
 #: Seconds the run may take to stop after a signal before the test fails. The run itself allows its
-#: processes 5 s between SIGTERM and SIGKILL; the rest is room for a busy machine.
+#: processes 4 s between SIGTERM and SIGKILL; the rest is room for a busy machine.
 STOP_TIMEOUT = 60.0
 # A tiny table, and the migrated database copied from the cache the service tests share.
 SMALL_RUN = ("--rows", "200", "--partitions", "2", "--database-cache", str(DATABASE_CACHE))

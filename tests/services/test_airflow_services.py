@@ -169,12 +169,12 @@ class TestRunningServices:
     """With the real services up: healthy, loopback only, provider and plugin loaded."""
 
     def test_every_component_reports_healthy(self, airflow_services: AirflowServices) -> None:
-        health = httpx.get(f"{airflow_services.api_url}/api/v2/monitor/health", timeout=10).json()
+        health = httpx.get(f"{airflow_services.api_url}/api/v2/monitor/health", timeout=30).json()
         for component in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
             assert health[component]["status"] == "healthy", health
 
     def test_serves_the_ui_on_loopback(self, airflow_services: AirflowServices) -> None:
-        response = httpx.get(f"{airflow_services.api_url}/", timeout=10, follow_redirects=True)
+        response = httpx.get(f"{airflow_services.api_url}/", timeout=30, follow_redirects=True)
         assert response.status_code == 200
         assert "<html" in response.text.lower()
 
@@ -195,7 +195,7 @@ class TestRunningServices:
         assert [app["url_prefix"] for app in plugin["fastapi_apps"]] == ["/modelbit"]
 
     def test_the_callback_receiver_answers_under_modelbit(self, airflow_services: AirflowServices) -> None:
-        response = httpx.get(f"{airflow_services.api_url}/modelbit/v1/health", timeout=10)
+        response = httpx.get(f"{airflow_services.api_url}/modelbit/v1/health", timeout=30)
         assert response.status_code == 200
 
     def test_cli_calls_share_the_services_database(self, airflow_services: AirflowServices) -> None:
@@ -221,6 +221,6 @@ class TestLifecycle:
         with services:
             home = services.layout.home
             pgid = services._running[0].process.pid
-            assert httpx.get(f"{services.api_url}/api/v2/monitor/health", timeout=10).status_code == 200
+            assert httpx.get(f"{services.api_url}/api/v2/monitor/health", timeout=30).status_code == 200
         assert wait_until_group_gone(pgid)
         assert not home.exists()
