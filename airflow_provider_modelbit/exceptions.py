@@ -3,11 +3,19 @@
 Every error a user can cause is a :class:`ModelbitError`, so a DAG can catch one class, and
 each kind has its own subclass so callers can tell a refused key from a failing model.
 Messages name the deployment, version and HTTP status where known, and never the API key.
+
+Errors that another try cannot fix — bad input, a refused key, a missing deployment or version, a
+request Modelbit rejects as invalid — are permanent errors (:class:`ModelbitPermanentError`), also
+Airflow's ``AirflowFailException``: the task fails at once instead of spending its ``retries``.
+Every other error (rate limits, timeouts, transport and gateway failures, a model that raised, an
+expired link, an incomplete answer, a failed callback job) keeps Airflow's retries.
 """
 
 from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_modelbit.version_compat import AirflowFailException
 
 
 class ModelbitError(AirflowException):
@@ -52,23 +60,32 @@ def _rebuild_error(cls, message, deployment, version, status, state):
     return error
 
 
-class ModelbitInputError(ModelbitError, ValueError):
+class ModelbitPermanentError(ModelbitError, AirflowFailException):
+    """
+    An error another try cannot fix: the task fails without using its ``retries``.
+
+    The one home of that rule: a subclass of this class ends the task, any other ``ModelbitError``
+    leaves the decision to the task's ``retries``.
+    """
+
+
+class ModelbitInputError(ModelbitPermanentError, ValueError):
     """A value given by the user (name, version, data, file, setting) is invalid; nothing was sent."""
 
 
-class ModelbitConnectionError(ModelbitError):
+class ModelbitConnectionError(ModelbitPermanentError):
     """The Airflow Connection is missing or misconfigured."""
 
 
-class ModelbitAuthError(ModelbitError):
+class ModelbitAuthError(ModelbitPermanentError):
     """Modelbit refused the API key (missing, unknown or malformed)."""
 
 
-class ModelbitNotFound(ModelbitError):
+class ModelbitNotFound(ModelbitPermanentError):
     """The workspace, deployment, branch, version or alias does not exist."""
 
 
-class ModelbitBadRequest(ModelbitError):
+class ModelbitBadRequest(ModelbitPermanentError):
     """Modelbit rejected the request as invalid (HTTP 400)."""
 
 

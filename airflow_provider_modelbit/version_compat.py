@@ -7,4 +7,9 @@ try:
 except ImportError:  # Airflow 3.1: the configuration is not re-exported by the Task SDK yet
     from airflow.configuration import conf  # type: ignore[assignment]
 
-__all__ = ["conf"]
+try:
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1: the task runner still catches the core class
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+
+__all__ = ["AirflowFailException", "conf"]
