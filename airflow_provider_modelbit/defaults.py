@@ -31,12 +31,16 @@ DEFAULT_BATCH_BYTES = 20_000_000
 #: Requests in flight at once for one batch.
 DEFAULT_MAX_CONCURRENCY = 3
 
+#: How long a callback job, its deliveries or its tombstone stay in the store after their last write.
+DEFAULT_CALLBACK_RETENTION_SECONDS = 7 * 24 * 3600
+
 __all__ = [
     "ASYNC_TIMEOUT_LIMIT",
     "DEFAULT_ASYNC_TIMEOUT_SECONDS",
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_BRANCH",
+    "DEFAULT_CALLBACK_RETENTION_SECONDS",
     "DEFAULT_CONN_ID",
     "DEFAULT_MAX_CONCURRENCY",
     "LATEST",

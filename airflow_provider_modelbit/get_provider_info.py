@@ -132,6 +132,18 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "modelbit_default",
                         "default": "modelbit_default",
                     },
+                    "callback_retention_seconds": {
+                        "description": (
+                            "Seconds a callback job, its deliveries or a retired job's tombstone stay "
+                            "in the callback store after their last write. The receiver expires older "
+                            "ones (at most once an hour) and so does modelbit-callback-cleanup. Keep it "
+                            "longer than a task's whole life, retries included."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "86400",
+                        "default": "604800",
+                    },
                 },
             }
         },

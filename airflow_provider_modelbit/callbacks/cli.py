@@ -1,8 +1,12 @@
-"""``modelbit-callback-receiver``: the webhook receiver as its own small web server.
+"""The callback store's commands.
 
-For deployments whose api-server is not reachable from the internet. It binds 127.0.0.1 by
-default (put a TLS-terminating proxy in front of it) and resolves connections like any Airflow
-process, including ``AIRFLOW_CONN_*`` environment variables.
+``modelbit-callback-receiver``: the webhook receiver as its own small web server, for
+deployments whose api-server is not reachable from the internet. It binds 127.0.0.1 by default
+(put a TLS-terminating proxy in front of it) and resolves connections like any Airflow process,
+including ``AIRFLOW_CONN_*`` environment variables.
+
+``modelbit-callback-cleanup``: remove the jobs and tombstones nothing wrote to for
+``[modelbit] callback_retention_seconds``, e.g. from cron where no receiver runs.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from airflow_provider_modelbit.callbacks.receiver import (
     create_callback_app,
 )
 from airflow_provider_modelbit.callbacks.signing import redact_tokens
-from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.callbacks.store import CallbackStore, callback_retention_seconds
 from airflow_provider_modelbit.defaults import DEFAULT_CONN_ID
 
 DEFAULT_PORT = 8794
@@ -143,6 +147,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the stand-alone receiver until interrupted."""
     args = build_parser().parse_args(argv)
     asyncio.run(_serve(args))
+
+
+def build_cleanup_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of ``modelbit-callback-cleanup``."""
+    parser = argparse.ArgumentParser(
+        prog="modelbit-callback-cleanup",
+        description="Remove callback jobs, deliveries and tombstones nothing wrote to for a while.",
+    )
+    parser.add_argument(
+        "--store", default=None, help="callback store location (default: [modelbit] callback_store)"
+    )
+    parser.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="age to expire (default: [modelbit] callback_retention_seconds, 7 days)",
+    )
+    return parser
+
+
+def cleanup_main(argv: Sequence[str] | None = None) -> None:
+    """Expire the callback store once and say what was removed."""
+    parser = build_cleanup_parser()
+    args = parser.parse_args(argv)
+    if args.older_than is not None and args.older_than <= 0:
+        parser.error(f"--older-than must be a positive number of seconds, got {args.older_than!r}.")
+    older_than = args.older_than or callback_retention_seconds()
+    store = CallbackStore(args.store)
+    report = store.expire(older_than)
+    print(f"Removed {report} older than {older_than:.0f} s from {store.location}.")
 
 
 if __name__ == "__main__":

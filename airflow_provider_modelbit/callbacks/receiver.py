@@ -31,7 +31,7 @@ from airflow_provider_modelbit.callbacks.signing import (
     InvalidToken,
     verify_token,
 )
-from airflow_provider_modelbit.callbacks.store import CallbackStore, DeliveryKind
+from airflow_provider_modelbit.callbacks.store import CallbackStore, DeliveryKind, callback_retention_seconds
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ SECRET_CACHE_SECONDS = 60.0
 _SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 _READ_PIECE_BYTES = 1024 * 1024
 _FULL_PARSE_LIMIT_BYTES = 8 * 1024 * 1024
+#: Seconds between two expiry passes of one receiver over its store.
+EXPIRY_SWEEP_INTERVAL_SECONDS = 3600.0
 
 STORED = "stored"
 ALREADY_STORED = "already stored"
@@ -218,6 +220,10 @@ class CallbackReceiver:
     :param store: where deliveries go; ``None`` opens the configured store on first use.
     :param secrets: where callback secrets come from (``secret_for(conn_id)``).
     :param max_body_bytes: largest accepted delivery body.
+    :param retention_seconds: age past which jobs and tombstones are expired; ``None`` reads
+        ``[modelbit] callback_retention_seconds``.
+    :param sweep_interval: seconds between two expiry passes. A pass starts after a delivery
+        is answered, in a worker thread, never on a request's path.
     """
 
     def __init__(
@@ -225,10 +231,16 @@ class CallbackReceiver:
         store: CallbackStore | None,
         secrets: ConnectionSecretSource | StaticSecretSource,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        retention_seconds: float | None = None,
+        sweep_interval: float = EXPIRY_SWEEP_INTERVAL_SECONDS,
     ) -> None:
         self._store = store
         self.secrets = secrets
         self.max_body_bytes = max_body_bytes
+        self.retention_seconds = retention_seconds
+        self.sweep_interval = sweep_interval
+        self._next_sweep = 0.0
+        self._sweeps: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> CallbackStore:
@@ -254,6 +266,7 @@ class CallbackReceiver:
             "Modelbit delivery for job %s chunk %d (batch %s, %d bytes, %s): %s",
             job_id, chunk, batch_id or "-", size, kind, outcome,
         )  # fmt: skip
+        self._maybe_sweep()
         stored = outcome == STORED
         return {"job_id": job_id, "chunk": chunk, "stored": stored, "kind": kind, "outcome": outcome}
 
@@ -276,6 +289,28 @@ class CallbackReceiver:
         # put_delivery refuses a redelivery, and a delivery whose job was retired meanwhile.
         return kind, DROPPED_RETIRED if self.store.is_retired(job_id) else ALREADY_STORED
 
+    def _maybe_sweep(self) -> None:
+        """Start an expiry pass in the background when the last one is ``sweep_interval`` old."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_interval
+        sweep = asyncio.create_task(asyncio.to_thread(self._sweep), name="modelbit-callback-expiry")
+        self._sweeps.add(sweep)  # keep a reference until done, or the loop may drop the task
+        sweep.add_done_callback(self._sweeps.discard)
+
+    def _sweep(self) -> None:
+        try:
+            retention = self.retention_seconds or callback_retention_seconds()
+            report = self.store.expire(retention)
+        except Exception as error:
+            log.warning(
+                "Expiring old callback jobs in %s failed: %s: %s", self.store, type(error).__name__, error
+            )
+            return
+        if report.jobs or report.tombstones:
+            log.info("Expired %s older than %.0f s from %s", report, retention, self.store.location)
+
     async def _verify(self, conn_id: str, job_id: str, chunk: int, expires: int, token: str) -> None:
         secret = await self.secrets.secret_for(conn_id)
         if secret is None:
@@ -292,6 +327,7 @@ def create_callback_app(
     store: CallbackStore | None = None,
     secrets: ConnectionSecretSource | StaticSecretSource | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    retention_seconds: float | None = None,
 ) -> FastAPI:
     """
     Build the receiver app; it does no I/O until the first delivery.
@@ -299,8 +335,12 @@ def create_callback_app(
     :param store: where deliveries go; ``None`` uses the ``[modelbit] callback_store`` location.
     :param secrets: where callback secrets come from; ``None`` reads them from Airflow Connections.
     :param max_body_bytes: largest accepted delivery body; larger ones get 413 and are not stored.
+    :param retention_seconds: age past which the receiver expires jobs and tombstones (at most
+        once an hour); ``None`` reads ``[modelbit] callback_retention_seconds``.
     """
-    receiver = CallbackReceiver(store, secrets or ConnectionSecretSource(), max_body_bytes)
+    receiver = CallbackReceiver(
+        store, secrets or ConnectionSecretSource(), max_body_bytes, retention_seconds=retention_seconds
+    )
     app = FastAPI(title="Modelbit callback receiver", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.receiver = receiver
     app.add_api_route(

@@ -11,11 +11,13 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import IO, Any, Literal
 
 from fsspec import AbstractFileSystem, filesystem
 
 from airflow_provider_modelbit.callbacks.signing import validate_chunk, validate_job_id
+from airflow_provider_modelbit.defaults import DEFAULT_CALLBACK_RETENTION_SECONDS
 
 DeliveryKind = Literal["data", "link", "error"]
 DELIVERY_KINDS: frozenset[str] = frozenset({"data", "link", "error"})
@@ -68,6 +70,49 @@ def default_store_location() -> str:
     return os.path.join(home, "modelbit", "callbacks")
 
 
+def callback_retention_seconds() -> float:
+    """Return ``[modelbit] callback_retention_seconds``: how long the store keeps what nothing writes to."""
+    from airflow_provider_modelbit.version_compat import conf
+
+    raw = conf.get("modelbit", "callback_retention_seconds", fallback="") or ""
+    if not str(raw).strip():
+        return float(DEFAULT_CALLBACK_RETENTION_SECONDS)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ValueError(
+            f"[modelbit] callback_retention_seconds must be a positive number of seconds, got {raw!r}."
+        )
+    return seconds
+
+
+@dataclass(frozen=True)
+class ExpiryReport:
+    """What one :meth:`CallbackStore.expire` pass removed."""
+
+    jobs: int
+    tombstones: int
+
+    def __str__(self) -> str:
+        return f"{self.jobs} job(s) and {self.tombstones} tombstone(s)"
+
+
+def _modified_at(info: dict[str, Any]) -> float | None:
+    """Return a listing entry's last write as unix time; each fsspec backend names it differently."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "mtime_ns", "created"):
+        value = info.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) / (1e9 if key == "mtime_ns" else 1)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
 def _resolve_filesystem(location: str) -> tuple[AbstractFileSystem, str]:
     """Return the filesystem and root path for ``location``, through Airflow's ObjectStoragePath."""
     from airflow.sdk import ObjectStoragePath
@@ -78,6 +123,14 @@ def _resolve_filesystem(location: str) -> tuple[AbstractFileSystem, str]:
     except ValueError:
         # Schemes Airflow has no store for (memory://, ...) still work through fsspec's own registry.
         return filesystem(path.protocol), path.path.rstrip("/") or "/"
+
+
+def _is_job_id(name: str) -> bool:
+    try:
+        validate_job_id(name)
+    except ValueError:
+        return False
+    return True
 
 
 class CallbackStore:
@@ -232,6 +285,47 @@ class CallbackStore:
                 return Tombstone.from_bytes(tombstone_file.read())
         except FileNotFoundError:
             return None
+
+    def expire(self, older_than: float, now: float | None = None) -> ExpiryReport:
+        """
+        Remove every job and tombstone that nothing has written to for ``older_than`` seconds.
+
+        A job goes whole (manifest, deliveries, half-written files) once its newest file is that
+        old, so a job a task still waits on is never cut in half; ``older_than`` must exceed the
+        longest life of a task instance, retries included. Entries whose backend reports no
+        modification time are kept.
+
+        :param now: the current unix time (for tests); ``None`` reads the clock.
+        """
+        cutoff = (time.time() if now is None else now) - older_than
+        jobs = sum(self._expire_job(name, cutoff) for name in self._entries(self._root, "directory"))
+        tombstones = 0
+        for info in self._listing(f"{self._root}/{_RETIRED_DIR}"):
+            modified = _modified_at(info)
+            if info.get("type") == "file" and modified is not None and modified < cutoff:
+                self._remove_quietly(info["name"])
+                tombstones += 1
+        return ExpiryReport(jobs, tombstones)
+
+    def _expire_job(self, name: str, cutoff: float) -> bool:
+        job_id = name.rstrip("/").rsplit("/", 1)[-1]
+        if job_id.startswith("_") or not _is_job_id(job_id):
+            return False
+        times = [_modified_at(info) for info in self._listing(self._job_dir(job_id))]
+        if not times or any(modified is None or modified >= cutoff for modified in times):
+            return False
+        self._remove_job_dir(job_id)
+        return True
+
+    def _entries(self, path: str, kind: str) -> list[str]:
+        return [str(info["name"]) for info in self._listing(path) if info.get("type") == kind]
+
+    def _listing(self, path: str) -> list[dict[str, Any]]:
+        self._fs.invalidate_cache(path)
+        try:
+            return list(self._fs.ls(path, detail=True))
+        except FileNotFoundError:
+            return []
 
     def _remove_job_dir(self, job_id: str) -> None:
         job_dir = self._job_dir(job_id)

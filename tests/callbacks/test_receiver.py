@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +16,8 @@ import pytest
 
 from airflow_provider_modelbit.callbacks.receiver import DeliveryRejected, classify_delivery
 from airflow_provider_modelbit.callbacks.signing import sign_token
+from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.defaults import DEFAULT_CALLBACK_RETENTION_SECONDS
 
 if TYPE_CHECKING:
     from conftest import RunningReceiver
@@ -185,3 +189,32 @@ class TestClassifyDelivery:
         assert classify_delivery(io.BytesIO(raw), len(raw)) == "data"
         with pytest.raises(DeliveryRejected):
             classify_delivery(io.BytesIO(raw[:-1]), len(raw) - 1)
+
+
+def _age(store: CallbackStore, job_id: str, seconds: float) -> None:
+    """Make every file of a local store's job look last written ``seconds`` ago."""
+    then = time.time() - seconds
+    for path in Path(store.location, job_id).iterdir():
+        os.utime(path, (then, then))
+
+
+class TestExpiry:
+    def test_a_delivery_starts_one_expiry_pass_per_interval_in_the_background(
+        self, receiver: RunningReceiver
+    ) -> None:
+        """Jobs older than the retention go after a delivery; the next pass waits an hour."""
+        store = receiver.store
+        week = float(DEFAULT_CALLBACK_RETENTION_SECONDS)
+        store.put_delivery("job-old", 0, "b", [b'{"data": 1}'])
+        _age(store, "job-old", week + 60)
+        assert _post(receiver.url("job-1", 0)).status_code == 200
+        deadline = time.monotonic() + 30
+        while store.delivered_chunks("job-old") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.delivered_chunks("job-old") == set()
+        assert store.delivered_chunks("job-1") == {0}
+
+        store.put_delivery("job-old-2", 0, "b", [b'{"data": 1}'])
+        _age(store, "job-old-2", week + 60)
+        assert _post(receiver.url("job-1", 1)).status_code == 200
+        assert store.delivered_chunks("job-old-2") == {0}, "a second pass ran within the hour"

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from airflow_provider_modelbit.callbacks.store import CallbackStore, default_store_location
+from airflow_provider_modelbit.callbacks.cli import cleanup_main
+from airflow_provider_modelbit.callbacks.store import (
+    CallbackStore,
+    ExpiryReport,
+    callback_retention_seconds,
+    default_store_location,
+)
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -182,3 +190,75 @@ class TestRetireJob:
         store._write_atomic(store._tombstone_path("job-1"), [b'{"job_id": "job-1", "schema_version": 99}'])
         with pytest.raises(ValueError, match=r"job-1.*schema version 99"):
             store.tombstone("job-1")
+
+
+class TestExpire:
+    AGE = 3600.0
+
+    def test_jobs_and_tombstones_past_the_age_are_removed_and_newer_ones_kept(self, store: CallbackStore):
+        store.write_manifest("job-old", {"chunks": 1})
+        store.put_delivery("job-old", 0, "b", [b'{"data": 1}'])
+        store.retire_job("job-retired")
+        later = time.time() + self.AGE + 1
+        store.put_delivery("job-new", 0, "b", [b'{"data": 1}'])
+        assert store.expire(self.AGE, now=later) == ExpiryReport(jobs=2, tombstones=1)
+        assert not store.has_manifest("job-old") and store.delivered_chunks("job-old") == set()
+        assert not store.is_retired("job-retired")
+        # job-new was written before 'later' too: it goes as well; nothing else is left
+        assert store._fs.ls(store._root, detail=False) in ([], [f"{store._root}/_retired"])
+
+    def test_nothing_younger_than_the_age_is_removed(self, store: CallbackStore) -> None:
+        store.put_delivery("job-1", 0, "b", [b'{"data": 1}'])
+        store.retire_job("job-2")
+        assert store.expire(self.AGE) == ExpiryReport(jobs=0, tombstones=0)
+        assert store.delivered_chunks("job-1") == {0} and store.is_retired("job-2")
+
+    def test_a_job_is_kept_whole_while_any_of_its_files_is_recent(self, tmp_path: Path) -> None:
+        """An old manifest with a fresh delivery: a task may still wait on it, so nothing goes."""
+        store = CallbackStore(str(tmp_path / "callbacks"))
+        store.write_manifest("job-1", {"chunks": 2})
+        old = time.time() - 2 * self.AGE
+        os.utime(tmp_path / "callbacks" / "job-1" / "manifest.json", (old, old))
+        store.put_delivery("job-1", 0, "b", [b'{"data": 1}'])
+        assert store.expire(self.AGE) == ExpiryReport(jobs=0, tombstones=0)
+        assert store.has_manifest("job-1") and store.delivered_chunks("job-1") == {0}
+
+    def test_an_empty_store_is_fine(self, store: CallbackStore) -> None:
+        assert store.expire(self.AGE) == ExpiryReport(jobs=0, tombstones=0)
+
+
+class TestRetentionSetting:
+    def test_default_is_a_week(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("AIRFLOW__MODELBIT__CALLBACK_RETENTION_SECONDS", raising=False)
+        assert callback_retention_seconds() == 7 * 24 * 3600
+
+    def test_configured_value_is_read(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_RETENTION_SECONDS", "86400")
+        assert callback_retention_seconds() == 86400
+
+    @pytest.mark.parametrize("value", ["0", "-5", "a day"])
+    def test_a_value_that_is_not_a_positive_number_is_refused_by_name(
+        self, monkeypatch: pytest.MonkeyPatch, value: str
+    ) -> None:
+        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_RETENTION_SECONDS", value)
+        with pytest.raises(ValueError, match=r"\[modelbit\] callback_retention_seconds must be a positive"):
+            callback_retention_seconds()
+
+
+class TestCleanupCommand:
+    def test_removes_what_is_older_than_the_given_age_and_says_so(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        store = CallbackStore(str(tmp_path / "callbacks"))
+        store.put_delivery("job-old", 0, "b", [b'{"data": 1}'])
+        old = time.time() - 7200
+        for path in (tmp_path / "callbacks" / "job-old").iterdir():
+            os.utime(path, (old, old))
+        store.put_delivery("job-new", 0, "b", [b'{"data": 1}'])
+        cleanup_main(["--store", store.location, "--older-than", "3600"])
+        assert capsys.readouterr().out.startswith("Removed 1 job(s) and 0 tombstone(s) older than 3600 s")
+        assert store.delivered_chunks("job-old") == set() and store.delivered_chunks("job-new") == {0}
+
+    def test_refuses_an_age_that_is_not_positive(self, tmp_path: Path) -> None:
+        with pytest.raises(SystemExit):
+            cleanup_main(["--store", str(tmp_path), "--older-than", "0"])

@@ -86,7 +86,7 @@ KINDS = {
     "json": ("json",),
 }
 MUST_BE_MARKED = ("python", "bash")
-PROGRAMS = ("modelbit-emulator", "modelbit-callback-receiver")
+PROGRAMS = ("modelbit-emulator", "modelbit-callback-receiver", "modelbit-callback-cleanup")
 
 
 # ---------------------------------------------------------------------- finding samples
