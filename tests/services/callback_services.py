@@ -127,5 +127,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, describe: Callable
 
 
 def job_folders(store: Path) -> list[str]:
-    """The job folders in the callback store (a job's folder is removed once its task succeeds)."""
-    return sorted(path.name for path in store.iterdir()) if store.exists() else []
+    """
+    The job folders in the callback store (a job's folder is removed once its task succeeds).
+
+    ``_retired`` (the tombstones of retired jobs) is not a job folder: no job id starts with ``_``.
+    """
+    if not store.exists():
+        return []
+    return sorted(path.name for path in store.iterdir() if not path.name.startswith("_"))
