@@ -135,3 +135,14 @@ class ModelbitIncompleteBatch(ModelbitError):
 
 class ModelbitCallbackError(ModelbitError):
     """An async-callback job failed: a delivery carried an error, or deliveries did not arrive in time."""
+
+
+class ModelbitOutputError(ModelbitInputError):
+    """
+    An output location cannot take the results: the input itself, a directory, unwritable,
+    unreachable, or its filesystem package is missing. Raised before any request is sent.
+    """
+
+
+class ModelbitOutputBusy(ModelbitError):
+    """Another run is writing the same output: it holds the output's lease and is still working."""

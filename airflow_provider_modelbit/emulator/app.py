@@ -124,7 +124,7 @@ class EmulatorApp:
                 403, ACCESS_DENIED.format(reason=refused).encode(), content_type="application/xml"
             )
         plan = self.faults.plan_for(stored.deployment)
-        if plan is not None and plan.roll(plan.settings.truncate_link_rate):
+        if plan is not None and plan.cuts_link(request.path):
             self.faults.record("truncate_link", request.path, stored.deployment)
             return FileResponse(stored.path, send_bytes=stored.path.stat().st_size // 2)
         return FileResponse(stored.path)

@@ -129,6 +129,7 @@ FAULT_TRIGGERS: tuple[tuple[str, type, str], ...] = (
     ("drop_after_rate", float, "rate of connections closed after the model ran"),
     ("latency_seconds", float, "added latency per inference request"),
     ("truncate_link_rate", float, "rate of link downloads cut short"),
+    ("truncate_link_first", int, "cut the first N downloads of every link short"),
     ("webhook_duplicate_rate", float, "rate of webhook deliveries sent twice"),
     ("webhook_delay_seconds", float, "delay before the first webhook attempt"),
 )
@@ -139,7 +140,9 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
         "fault injection (also settable at run time: /_emulator/faults/settings)"
     )
     for setting, value_type, help_text in FAULT_TRIGGERS:
-        group.add_argument("--" + setting.replace("_", "-"), type=value_type, default=0.0, help=help_text)
+        group.add_argument(
+            "--" + setting.replace("_", "-"), type=value_type, default=value_type(0), help=help_text
+        )
     group.add_argument("--webhook-reorder", action="store_true", help="deliver webhooks out of order")
     group.add_argument(
         "--error-statuses", default="503", help="comma-separated, from 500,502,503 (default: 503)"

@@ -46,6 +46,7 @@ class EmulatorClient:
         drop_after_rate: float = 0.0,
         latency_seconds: float = 0.0,
         truncate_link_rate: float = 0.0,
+        truncate_link_first: int = 0,
         webhook_duplicate_rate: float = 0.0,
         webhook_delay_seconds: float = 0.0,
         webhook_reorder: bool = False,

@@ -38,6 +38,8 @@ class FaultSettings:
     :param drop_after_rate: run the model, then close the connection without an answer.
     :param latency_seconds: extra seconds before every answer.
     :param truncate_link_rate: cut a link download short after announcing its full length.
+    :param truncate_link_first: cut the first N downloads of every link short (then serve it whole),
+        as a flaky network does to a link a client fetches again.
     :param webhook_duplicate_rate: deliver a webhook a second time after it was delivered.
     :param webhook_delay_seconds: wait this long before the first webhook attempt.
     :param webhook_reorder: hold each delivery until the next one is ready and send the newer first.
@@ -52,6 +54,7 @@ class FaultSettings:
     drop_after_rate: float = 0.0
     latency_seconds: float = 0.0
     truncate_link_rate: float = 0.0
+    truncate_link_first: int = 0
     webhook_duplicate_rate: float = 0.0
     webhook_delay_seconds: float = 0.0
     webhook_reorder: bool = False
@@ -69,6 +72,9 @@ class FaultSettings:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ValueError(f"Fault rate {name} must be between 0 and 1, got {value!r}.")
+        if not isinstance(self.truncate_link_first, int) or self.truncate_link_first < 0:
+            first = self.truncate_link_first
+            raise ValueError(f"truncate_link_first must be a whole number >= 0, got {first!r}.")
         bad = [status for status in self.error_statuses if status not in INJECTABLE_STATUSES]
         if bad or not self.error_statuses:
             raise ValueError(
@@ -97,9 +103,17 @@ class FaultPlan:
     def __init__(self, settings: FaultSettings) -> None:
         self.settings = settings
         self._random = random.Random(settings.seed)
+        self._link_downloads: Counter[str] = Counter()
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self._random.random() < rate
+
+    def cuts_link(self, path: str) -> bool:
+        """Tell whether this download of the link at ``path`` is cut short (random or among its first N)."""
+        self._link_downloads[path] += 1
+        if self._link_downloads[path] <= self.settings.truncate_link_first:
+            return True
+        return self.roll(self.settings.truncate_link_rate)
 
     def error_status(self) -> int:
         return self._random.choice(self.settings.error_statuses)

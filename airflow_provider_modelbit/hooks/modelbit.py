@@ -10,14 +10,18 @@ wherever it is read — a webhook delivery included.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
+import socket
+import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,6 +29,7 @@ import orjson
 import requests
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from airflow_provider_modelbit.defaults import (
     ASYNC_TIMEOUT_LIMIT,
@@ -42,6 +47,7 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitError,
     ModelbitIncompleteBatch,
     ModelbitInputError,
+    ModelbitTransportError,
 )
 from airflow_provider_modelbit.get_provider_info import UI_FIELD_BEHAVIOUR
 from airflow_provider_modelbit.hooks.batching import (
@@ -105,6 +111,11 @@ CONNECT_TIMEOUT = 10.0
 SUBMIT_READ_TIMEOUT = 60.0
 LINK_READ_TIMEOUT = 300.0
 LINK_PIECE_BYTES = 1 << 16
+#: Fetches of one results link before a cut-short or unreachable download fails the chunk.
+LINK_FETCH_ATTEMPTS = 4
+LINK_FETCH_BACKOFF = 0.5
+
+_T = TypeVar("_T")
 
 _DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9_]+")
 _VERSION_NAME = re.compile(r"[A-Za-z0-9_:+=][A-Za-z0-9._:+=-]*")
@@ -269,6 +280,7 @@ class _ModelbitHookBase(BaseHook):
         self.max_concurrency = max_concurrency
         self.retry_policy = retry_policy or RetryPolicy()
         self._retry_stats = RetryStats()
+        self._timeout_capped = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(modelbit_conn_id={self.modelbit_conn_id!r})"
@@ -286,12 +298,38 @@ class _ModelbitHookBase(BaseHook):
         branch: str | None,
         timeout_seconds: int | None,
         idempotent: bool,
+        *,
+        limit: int = SYNC_TIMEOUT_LIMIT,
     ) -> InferenceCall:
         effective_branch = branch if branch is not None else settings.branch
         url_branch = None if branch is None and effective_branch == DEFAULT_BRANCH else effective_branch
         url = deployment_url(settings.base_url, deployment, version, url_branch)
-        timeout = timeout_seconds if timeout_seconds is not None else settings.timeout_seconds
+        timeout = self._connection_timeout(settings, limit) if timeout_seconds is None else timeout_seconds
         return InferenceCall(settings.conn_id, deployment, version, url_branch, url, timeout, idempotent)
+
+    def _connection_timeout(self, settings: ModelbitSettings, limit: int) -> int | None:
+        """
+        The connection's default timeout, capped to what the mode allows (300 s sync, 900 s async).
+
+        One connection serves both modes, and its default may suit async callbacks (up to 900 s):
+        a synchronous call uses the most Modelbit allows instead of failing with HTTP 400.
+        """
+        seconds = settings.timeout_seconds
+        if seconds is None or seconds <= limit:
+            return seconds
+        if not self._timeout_capped:
+            self._timeout_capped = True
+            self.log.warning(
+                "Connection %r sets the extra timeout_seconds=%d, more than the %d s synchronous "
+                "inference allows; synchronous calls on it use %d s (asynchronous calls keep %d s). "
+                "Set timeout_seconds on the task to choose another value.",
+                settings.conn_id,
+                seconds,
+                limit,
+                limit,
+                seconds,
+            )
+        return limit
 
     def _retry_wait(self, schedule: RetrySchedule, failure: SendFailed, call: InferenceCall) -> float:
         """Return the wait before re-sending, or raise the failure's error when it must not be re-sent."""
@@ -340,7 +378,9 @@ class _ModelbitHookBase(BaseHook):
                 f"webhook_url must be an http(s) URL, got a {type(webhook_url).__name__}."
             )
         # A submission is never declared idempotent: re-sending it could start the model twice.
-        call = self._new_call(settings, deployment, version, branch, timeout_seconds, idempotent=False)
+        call = self._new_call(
+            settings, deployment, version, branch, timeout_seconds, False, limit=ASYNC_TIMEOUT_LIMIT
+        )
         rows = _as_rows(data)
         encoded = encode_chunk(rows).data if rows is not None else _encode_single(data, call)
         body = request_body(
@@ -366,6 +406,70 @@ class _ModelbitHookBase(BaseHook):
 
 
 # --- Sync hook ---------------------------------------------------------------------------------
+
+
+class _AbortableAdapter(HTTPAdapter):
+    """
+    An adapter that can close, from another thread, the connections its requests are using.
+
+    A request blocked on a model that takes minutes cannot be interrupted any other way: shutting
+    its socket down wakes the thread at once, so a stopped task does not wait for the model.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._in_use: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._in_use_lock = threading.Lock()
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _tracked_pool(HTTPConnectionPool, self),
+            "https": _tracked_pool(HTTPSConnectionPool, self),
+        }
+
+    def track(self, conn: Any, in_use: bool) -> None:
+        with self._in_use_lock:
+            if in_use:
+                self._in_use.add(conn)
+            else:
+                self._in_use.discard(conn)
+
+    def abort_in_use(self) -> int:
+        """Shut down every connection a request is using now; return how many."""
+        with self._in_use_lock:
+            connections = list(self._in_use)
+        for conn in connections:
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with suppress(Exception):
+                conn.close()
+        return len(connections)
+
+
+def _tracked_pool(base: type[HTTPConnectionPool], adapter: _AbortableAdapter) -> type[HTTPConnectionPool]:
+    class TrackedPool(base):  # type: ignore[valid-type,misc]
+        def _get_conn(self, timeout: float | None = None) -> Any:
+            conn = super()._get_conn(timeout)
+            adapter.track(conn, True)
+            return conn
+
+        def _put_conn(self, conn: Any) -> None:
+            if conn is not None:
+                adapter.track(conn, False)
+            super()._put_conn(conn)
+
+    return TrackedPool
+
+
+def _batch_stopped(call: InferenceCall) -> ModelbitError:
+    return ModelbitError(
+        f"{call.where}: the batch was stopped; this request was abandoned.",
+        deployment=call.deployment,
+        version=call.version,
+    )
 
 
 class ModelbitHook(_ModelbitHookBase):
@@ -410,9 +514,53 @@ class ModelbitHook(_ModelbitHookBase):
         return self._session
 
     @cached_property
+    def _stopping(self) -> threading.Event:
+        return threading.Event()
+
+    @cached_property
+    def _adapters(self) -> list[_AbortableAdapter]:
+        return []
+
+    def _abortable_adapter(self, **kwargs: Any) -> _AbortableAdapter:
+        adapter = _AbortableAdapter(**kwargs)
+        self._adapters.append(adapter)
+        return adapter
+
+    def stop(self) -> int:
+        """
+        Stop the batch under way: send nothing more and abandon the requests in flight.
+
+        Safe to call from a signal handler or another thread (``on_kill``, ``execution_timeout``).
+
+        :return: the number of connections closed.
+        """
+        self._stopping.set()
+        return sum(adapter.abort_in_use() for adapter in list(self._adapters))
+
+    def check_call(
+        self,
+        deployment: str,
+        *,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        asynchronous: bool = False,
+    ) -> None:
+        """Validate a call's target and options without sending anything (the connection is read)."""
+        limit = ASYNC_TIMEOUT_LIMIT if asynchronous else SYNC_TIMEOUT_LIMIT
+        _validate_options(
+            timeout_seconds,
+            response_format,
+            limit=limit,
+            call_name="async inference" if asynchronous else "inference",
+        )
+        self._new_call(self.settings, deployment, version, branch, timeout_seconds, False, limit=limit)
+
+    @cached_property
     def _session(self) -> requests.Session:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(10, 2 * self.max_concurrency))
+        adapter = self._abortable_adapter(pool_connections=4, pool_maxsize=max(10, 2 * self.max_concurrency))
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers["Content-Type"] = "application/json"
@@ -424,8 +572,9 @@ class ModelbitHook(_ModelbitHookBase):
     def _link_session(self) -> requests.Session:
         # Links are pre-signed object-store URLs: the Modelbit key must never be sent there.
         session = requests.Session()
-        session.mount("https://", HTTPAdapter(pool_maxsize=max(10, 2 * self.max_concurrency)))
-        session.mount("http://", HTTPAdapter(pool_maxsize=max(10, 2 * self.max_concurrency)))
+        adapter = self._abortable_adapter(pool_maxsize=max(10, 2 * self.max_concurrency))
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         return session
 
     def deployment_url(self, deployment: str, version: str | int = LATEST, branch: str | None = None) -> str:
@@ -504,7 +653,7 @@ class ModelbitHook(_ModelbitHookBase):
         max_concurrency: int | None = None,
         batch_bytes: int | None = None,
         unique_ids: bool = True,
-    ) -> Iterator[ChunkResult]:
+    ) -> Generator[ChunkResult, None, None]:
         """
         Score chunks of batch rows with bounded concurrency, yielding results in input order.
 
@@ -530,6 +679,8 @@ class ModelbitHook(_ModelbitHookBase):
         call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
         self.get_conn()  # build the pooled session once, before worker threads share it
         chunk_bytes = batch_bytes or self.batch_bytes
+        self._link_session  # noqa: B018 -- and the links session
+        self._stopping.clear()
         return self._ordered_results(call, chunks, limit, response_format, chunk_bytes, unique_ids)
 
     def _ordered_results(
@@ -540,14 +691,14 @@ class ModelbitHook(_ModelbitHookBase):
         response_format: str | None,
         batch_bytes: int,
         unique_ids: bool,
-    ) -> Iterator[ChunkResult]:
+    ) -> Generator[ChunkResult, None, None]:
         in_flight: deque[Future[ChunkResult]] = deque()
-        with (
-            long_lived_objects_frozen(),
-            ThreadPoolExecutor(max_workers=limit, thread_name_prefix="modelbit") as pool,
-        ):
+        pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="modelbit")
+        with long_lived_objects_frozen():
             try:
                 for index, rows in enumerate(chunks):
+                    if self._stopping.is_set():
+                        raise _batch_stopped(call)
                     in_flight.append(
                         pool.submit(
                             self._infer_chunk, call, index, rows, response_format, batch_bytes, unique_ids
@@ -558,8 +709,10 @@ class ModelbitHook(_ModelbitHookBase):
                 while in_flight:
                     yield in_flight.popleft().result()
             finally:
-                for future in in_flight:
-                    future.cancel()
+                # Stopped or failed with requests in flight: abandon them rather than wait for the model.
+                if any(not future.done() for future in in_flight):
+                    self.stop()
+                pool.shutdown(wait=not in_flight, cancel_futures=True)
 
     def _infer_chunk(
         self,
@@ -594,8 +747,40 @@ class ModelbitHook(_ModelbitHookBase):
         return _parse_link_document(raw, str(value), call), size + len(raw)
 
     def _download(self, url: str, call: InferenceCall) -> bytes:
-        with self.open_link(url) as pieces:
-            return b"".join(pieces)
+        return self.read_link(url, b"".join)
+
+    def read_link(self, url: str, consume: Callable[[Iterator[bytes]], _T]) -> _T:
+        """
+        Hand a results link's body to ``consume``, fetching it again if the download breaks.
+
+        A download cut short, broken off or unreachable is fetched again (up to
+        :data:`LINK_FETCH_ATTEMPTS` times, with backoff) while the link is valid: the results are
+        already computed, so only an expired link (403) makes a caller run the model again.
+        ``consume`` is called afresh on every fetch, so it must start its output over.
+
+        :param url: the pre-signed link from a links answer or a webhook delivery.
+        :param consume: reads the body pieces and returns what the caller needs.
+        :raises ModelbitLinkExpired: the link answered 403.
+        :raises ModelbitIncompleteBatch: every fetch was cut short.
+        """
+        for attempt in range(1, LINK_FETCH_ATTEMPTS + 1):
+            try:
+                with self.open_link(url) as pieces:
+                    return consume(pieces)
+            except (ModelbitIncompleteBatch, ModelbitTransportError) as error:
+                if not _link_fetch_may_repeat(error) or attempt == LINK_FETCH_ATTEMPTS:
+                    raise
+                wait = LINK_FETCH_BACKOFF * 2 ** (attempt - 1) * (1 + random.random() / 2)
+                self.log.warning(
+                    "Results link %s: fetch %d failed (%s); fetching it again in %.1f s.",
+                    link_location(url),
+                    attempt,
+                    error.message,
+                    wait,
+                )
+                if self._stopping.wait(wait):
+                    raise
+        raise AssertionError("unreachable")
 
     def _send(
         self, call: InferenceCall, body: bytes, rows: int | None, *, read_timeout: float
@@ -603,11 +788,15 @@ class ModelbitHook(_ModelbitHookBase):
         """POST a body, re-sending where the retry rules allow; return the answer, its headers and size."""
         schedule = RetrySchedule(self.retry_policy)
         while True:
+            if self._stopping.is_set():
+                raise _batch_stopped(call)
             started = time.monotonic()
             try:
                 payload, headers, size = self._send_once(call, body, read_timeout)
             except SendFailed as failure:
-                time.sleep(self._retry_wait(schedule, failure, call))
+                if self._stopping.is_set():
+                    raise _batch_stopped(call) from None
+                self._stopping.wait(self._retry_wait(schedule, failure, call))
                 continue
             self._log_request(call, rows, time.monotonic() - started, size)
             return payload, headers, size
@@ -753,6 +942,11 @@ def _missing_connection_message(conn_id: str) -> str:
         f"Admin > Connections, or set {env_name}, e.g. "
         f"{env_name}='modelbit://:YOUR_KEY@acme.us-east-2.aws.modelbit.com'."
     )
+
+
+def _link_fetch_may_repeat(error: ModelbitError) -> bool:
+    """A broken download, an unreachable store or a 5xx can be fetched again; a 4xx cannot."""
+    return error.status is None or error.status >= 500
 
 
 def _link_pieces(response: requests.Response, url: str) -> Iterator[bytes]:

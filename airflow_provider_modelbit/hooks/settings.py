@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_modelbit.defaults import DEFAULT_BRANCH
+from airflow_provider_modelbit.defaults import ASYNC_TIMEOUT_LIMIT, DEFAULT_BRANCH
 from airflow_provider_modelbit.exceptions import ModelbitConnectionError
 
 if TYPE_CHECKING:
@@ -131,7 +131,8 @@ def _timeout(value: Any, conn_id: str) -> int | None:
         seconds = int(value)
     except (TypeError, ValueError):
         seconds = 0
-    if seconds <= 0 or str(seconds) != str(value).strip():
+    # 900 s is the most either mode allows; synchronous calls cap a longer default to 300 s.
+    if not 0 < seconds <= ASYNC_TIMEOUT_LIMIT or str(seconds) != str(value).strip():
         raise ModelbitConnectionError(
             f"Connection {conn_id!r} has timeout_seconds={value!r}; set a whole number of seconds (1-900)."
         )

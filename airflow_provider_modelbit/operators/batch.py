@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,9 @@ from airflow_provider_modelbit.io.batch_inputs import (
     refuse_bad_id_type,
     refuse_unsendable_columns,
 )
-from airflow_provider_modelbit.io.chunk_store import ChunkStore
+from airflow_provider_modelbit.io.chunk_store import CheckpointRecord, ChunkStore
+from airflow_provider_modelbit.io.destination import check_output_location, refuse_column_clashes
+from airflow_provider_modelbit.io.ownership import OutputLease, TaskIdentity
 from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN, ResultWriter
 from airflow_provider_modelbit.io.tables import TableSource, open_table
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
@@ -55,8 +58,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 
-#: Bumped when the checkpoint layout or chunking changes, so old checkpoints are not reused.
-CHECKPOINT_FORMAT = 1
 #: Rows read from the input at a time when only the ID column is checked.
 _ID_SCAN_ROWS = 262_144
 
@@ -85,11 +86,26 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     empty file with those columns. The file is written atomically: a failed task leaves nothing
     at ``output_path``.
 
+    Before anything is sent the destination is checked too: ``output_path`` must not be the input,
+    a directory, unwritable or unreachable, its filesystem package must be installed, and no
+    pass-through column may clash with the ID or result columns.
+
+    One run writes an output at a time: the run holds a lease on ``output_path`` (an owner record
+    in ``<output_path>.checkpoint/``, renewed while it works). Another run writing the same output
+    waits up to ``output_wait_seconds`` for it, then fails naming the run that holds it.
+
     Finished chunks are kept in ``<output_path>.checkpoint/`` until the output is written. A retry
-    with the same input and settings reuses them and scores only the rest; a checkpoint made from
-    a different input or different settings is discarded with a warning. With
-    ``version="latest"`` a new version deployed between attempts would score the remaining
-    chunks only — pin a version when that matters.
+    of the same task instance with the same input and settings reuses them and scores only the
+    rest; a checkpoint made by another run, from a different input, workspace, deployment,
+    version, branch or settings is discarded with a warning. With ``version="latest"`` a new
+    version deployed between attempts would score the remaining chunks only — pin a version when
+    that matters. Before the output replaces what was there, every input row must have exactly
+    one result (row counts per chunk and in total, and the IDs); otherwise the task fails and the
+    previous output is untouched.
+
+    ``on_kill`` and ``execution_timeout`` stop the synchronous path within seconds: requests in
+    flight are abandoned (their connections closed), no new chunk is sent, and the finished
+    chunks stay for the retry.
 
     Progress (rows done, rows per second, ETA) is logged every ``progress_interval_seconds``.
     The task returns ``{"path", "rows", "chunks", "seconds", "rows_per_second"}``, never results.
@@ -125,6 +141,8 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         be scheduled on fresh scores.
     :param deferrable: submit chunks asynchronously and free the worker while they are scored (see above).
     :param progress_interval_seconds: seconds between progress lines in the task log.
+    :param output_wait_seconds: how long to wait for another run writing the same ``output_path``
+        before failing; ``0`` fails at once.
     """
 
     template_fields: Sequence[str] = (
@@ -164,6 +182,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         asset: Asset | str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         progress_interval_seconds: float = 10.0,
+        output_wait_seconds: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if asset is not None:
@@ -192,6 +211,8 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.asset = _as_asset(asset) if asset is not None else None
         self.deferrable = deferrable
         self.progress_interval_seconds = progress_interval_seconds
+        self.output_wait_seconds = output_wait_seconds
+        self._lease: OutputLease | None = None
 
     @cached_property
     def hook(self) -> ModelbitHook:
@@ -211,12 +232,51 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         total_rows = self._prepare()
         if self.deferrable:
             return self.execute_deferrable(context)
-        finished = self.checkpoint.start(self._manifest())
-        if finished:
-            self.log.info("Resuming: %d chunk(s) finished by an earlier attempt are reused.", len(finished))
-        progress = _Progress(self.log, total_rows, self.progress_interval_seconds)
-        self._score_pending(finished, progress)
-        return self._write_results(context, started)
+        with self._owned_checkpoint(context) as finished:
+            progress = _Progress(self.log, total_rows, self.progress_interval_seconds)
+            self._score_pending(finished, progress)
+            return self._write_results(context, started)
+
+    def on_kill(self) -> None:
+        self._stop_running_batch()
+        super().on_kill()
+
+    def _stop_running_batch(self) -> None:
+        """Abandon the requests in flight and send no new chunk; the checkpoint stays for the retry."""
+        if "hook" in self.__dict__:
+            self.hook.stop()
+
+    @contextmanager
+    def _owned_checkpoint(self, context: Context) -> Iterator[set[int]]:
+        """
+        Hold the output's lease and its checkpoint for the run; yield the chunks a retry can reuse.
+
+        On success the checkpoint is removed; on failure it is kept when it holds finished chunks,
+        and removed when it is empty, so a refusal leaves nothing behind.
+        """
+        task = TaskIdentity.from_context(context)
+        lease = OutputLease(
+            self.checkpoint.location,
+            task,
+            output=str(self.output_location),
+            wait_seconds=self.output_wait_seconds,
+        )
+        lease.acquire()
+        self._lease = lease
+        try:
+            finished = self.checkpoint.start(CheckpointRecord.for_work(self._work(), task))
+            if finished:
+                self.log.info("Resuming: %d chunk(s) finished by an earlier try are reused.", len(finished))
+            yield finished
+        except BaseException:
+            if not self.checkpoint.indices():
+                self.checkpoint.discard()
+            lease.release()
+            self.checkpoint.remove_if_empty()
+            raise
+        self.checkpoint.discard()
+        lease.release()
+        self.checkpoint.remove_if_empty()
 
     def _score_pending(self, finished: set[int], progress: _Progress) -> None:
         """Send every chunk not finished yet and save each answer as it arrives."""
@@ -232,10 +292,22 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             max_concurrency=self.max_concurrency,
             batch_bytes=self.batch_bytes,
         )
-        for chunk_result in results:
-            chunk = in_flight.popleft()
-            self._record_chunk(chunk, chunk_result.rows)
-            progress.advance(chunk.num_rows)
+        try:
+            with closing(results):
+                for chunk_result in results:
+                    chunk = in_flight.popleft()
+                    self._record_chunk(chunk, chunk_result.rows)
+                    progress.advance(chunk.num_rows)
+        except BaseException as stopped:
+            self.log.warning(
+                "The batch stopped (%s) with %d chunk(s) in flight: their requests were abandoned and "
+                "no new chunk was sent; %d finished chunk(s) stay in %s for the retry.",
+                type(stopped).__name__,
+                len(in_flight),
+                len(self.checkpoint.indices()),
+                self.checkpoint.location,
+            )
+            raise
 
     def _requests(
         self, finished: set[int], in_flight: deque[InputChunk], progress: _Progress
@@ -259,17 +331,17 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     ) -> dict[str, Any]:
         """Save each delivered chunk into the checkpoint, then write the output as the sync path does."""
         resumed = time.monotonic()
-        finished = self.checkpoint.start(self._manifest())
-        progress = _Progress(self.log, self.source.num_rows, self.progress_interval_seconds)
-        waited = 0.0
-        with tempfile.TemporaryDirectory(prefix="modelbit-deliveries-") as scratch:
-            for delivery, chunk in zip(deliveries, self._iter_chunks(), strict=True):
-                waited = max(waited, delivery.seconds)
-                if chunk.index not in finished:
-                    self._record_delivery(chunk, delivery, Path(scratch))
-                progress.advance(chunk.num_rows, reused=chunk.index in finished)
-        # Time runs from the first submission: the deferral is part of the task's work.
-        return self._write_results(context, resumed - waited)
+        with self._owned_checkpoint(context) as finished:
+            progress = _Progress(self.log, self.source.num_rows, self.progress_interval_seconds)
+            waited = 0.0
+            with tempfile.TemporaryDirectory(prefix="modelbit-deliveries-") as scratch:
+                for delivery, chunk in zip(deliveries, self._iter_chunks(), strict=True):
+                    waited = max(waited, delivery.seconds)
+                    if chunk.index not in finished:
+                        self._record_delivery(chunk, delivery, Path(scratch))
+                    progress.advance(chunk.num_rows, reused=chunk.index in finished)
+            # Time runs from the first submission: the deferral is part of the task's work.
+            return self._write_results(context, resumed - waited)
 
     def _record_delivery(self, chunk: InputChunk, delivery: CallbackDelivery, scratch: Path) -> None:
         """Save one chunk's delivery: inline results matched by ID, or a link streamed to disk."""
@@ -284,7 +356,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             return
         linked = self._download_link(delivery.value, rows, scratch / f"chunk-{chunk.index:08d}.parquet")
         result = linked.column(RESULT_COLUMN)
-        self.checkpoint.put(chunk.index, self._chunk_table(chunk, linked.schema.field(RESULT_COLUMN), result))
+        self._save_chunk(chunk.index, self._chunk_table(chunk, linked.schema.field(RESULT_COLUMN), result))
 
     def _download_link(self, url: str, rows: list[list[Any]], part: Path) -> pa.Table:
         """Stream a results link to a local Parquet file and return it in the chunk's row order."""
@@ -293,8 +365,11 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         from airflow_provider_modelbit.io.links import link_rows_to_parquet
         from airflow_provider_modelbit.operators.inference import results_in_input_order
 
-        with self.hook.open_link(url) as stream, part.open("wb") as sink:
-            link_rows_to_parquet(stream, sink)
+        def save(stream: Iterator[bytes]) -> None:
+            with part.open("wb") as sink:
+                link_rows_to_parquet(stream, sink)
+
+        self.hook.read_link(url, save)
         table = results_in_input_order(pq.read_table(part), rows, deployment=self.deployment)
         part.unlink()
         return table
@@ -342,16 +417,23 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
                 version=self.version,
             )
         field, results = result_field(RESULT_COLUMN, [row[1] for row in rows])
-        self.checkpoint.put(chunk.index, self._chunk_table(chunk, field, results))
+        self._save_chunk(chunk.index, self._chunk_table(chunk, field, results))
+
+    def _save_chunk(self, index: int, table: pa.Table) -> None:
+        if self._lease is not None:
+            self._lease.check()
+        self.checkpoint.put(index, table)
 
     def _write_results(self, context: Context, started: float) -> dict[str, Any]:
-        """Assemble the finished chunks into the Parquet output, atomically, and clean up."""
+        """Check every input row has one result, then assemble the Parquet output atomically."""
         chunks = len(self.checkpoint.indices())
+        self.checkpoint.verify_complete(self._expected_chunks(), str(self.output_location))
         with atomic_output(self.output_location) as sink:
             rows = ResultWriter(self.checkpoint, expand_result=self.expand_result).write_parquet(
                 sink, empty_schema=self._empty_schema()
             )
-        self.checkpoint.remove()
+            if self._lease is not None:
+                self._lease.confirm()  # raising here leaves what was at output_path untouched
         seconds = time.monotonic() - started
         self._announce_asset(context, rows)
         self.log.info("Wrote %d rows to %s in %.1f s.", rows, self.output_location, seconds)
@@ -366,15 +448,37 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     # Checks and descriptions -----------------------------------------------------------------
 
     def _prepare(self) -> int | None:
-        """Check the input before anything is sent; return its row count when known."""
+        """Check the input, the destination and the call before anything is sent; return the row count."""
         where = f"input {self.source.location}"
         if not self._model_columns:
             raise ModelbitInputError(f"No model input columns: {where} has only the ID column.")
         refuse_unsendable_columns(self.source.schema, self._model_columns, where)
+        check_output_location(self.output_location, inputs=[self.source.location])
+        refuse_column_clashes(
+            self._output_passthrough,
+            id_name=self._id_name,
+            expand_result=self.expand_result,
+            output=str(self.output_location),
+        )
+        self.hook.check_call(
+            self.deployment,
+            version=self.version,
+            branch=self.branch,
+            timeout_seconds=self.timeout_seconds,
+            response_format=self.response_format,
+        )
         if self.id_column is None:
             return self.source.num_rows
         refuse_bad_id_type(self.source.schema, self.id_column, where)
         return count_and_check_ids(self._id_batches(self.id_column), self.id_column, where)
+
+    def _expected_chunks(self) -> Iterator[tuple[int, pa.Array]]:
+        """Each input chunk's index and IDs, read again from the input (one column) to check the results."""
+        column = self.id_column or self._model_columns[0]
+        narrow = open_table(self.source.location, columns=[column], format=self.source.format)
+        batches = narrow.iter_batches(max_rows=max(self.batch_size, 65_536))
+        chunks = exact_chunks(batches, self.batch_size)
+        return ((chunk.index, chunk_ids(chunk, self.id_column)) for chunk in chunks)
 
     def _id_batches(self, id_column: str) -> Iterable[pa.Array]:
         id_only = open_table(self.source.location, columns=[id_column], format=self.source.format)
@@ -410,10 +514,15 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         passthrough = [self.source.schema.field(name) for name in self._output_passthrough]
         return pa.schema([pa.field(self._id_name, id_type), pa.field(RESULT_COLUMN, pa.null()), *passthrough])
 
-    def _manifest(self) -> dict[str, Any]:
-        """What the chunks are computed from; a checkpoint with a different manifest is stale."""
+    def _work(self) -> dict[str, Any]:
+        """Everything that decides the chunks' answers; a checkpoint made for other work is discarded."""
+        settings = self.hook.settings
         return {
-            "checkpoint_format": CHECKPOINT_FORMAT,
+            "workspace": settings.base_url,
+            "connection": self.modelbit_conn_id,
+            "connection_branch": settings.branch,
+            "timeout_seconds": self.timeout_seconds or settings.timeout_seconds,
+            "response_format": self.response_format,
             "input": self.source.fingerprint(),
             "input_schema": self.source.schema.to_string(show_schema_metadata=False),
             "deployment": self.deployment,

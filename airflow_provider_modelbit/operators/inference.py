@@ -148,6 +148,15 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
         return ModelbitHook(modelbit_conn_id=self.modelbit_conn_id)
 
+    def on_kill(self) -> None:
+        self._stop_running_batch()
+        super().on_kill()
+
+    def _stop_running_batch(self) -> None:
+        """Abandon the requests in flight and send nothing more."""
+        if "hook" in self.__dict__:
+            self.hook.stop()
+
     def execute(self, context: Context) -> Any:
         self._check_arguments()
         if self.deferrable:
@@ -208,6 +217,10 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             )
         if isinstance(self.max_xcom_bytes, bool) or not isinstance(self.max_xcom_bytes, int):
             raise ModelbitInputError(f"max_xcom_bytes must be an integer, got {self.max_xcom_bytes!r}.")
+        if self.output_path is not None:
+            from airflow_provider_modelbit.io.destination import check_output_location
+
+            check_output_location(self._destination)
         self._warn_if_data_rendered_to_text()
 
     def _warn_if_data_rendered_to_text(self) -> None:
@@ -320,8 +333,13 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         meter = _DownloadMeter(self.max_xcom_bytes, on_exceeded=self._check_xcom_size)
         values = []
         for url in link_urls:
-            with self.hook.open_link(url) as stream:
-                values.append(read_link_value(meter.count(stream)))
+            before = meter.total
+
+            def consume(stream: Iterator[bytes], before: int = before) -> Any:
+                meter.total = before  # a link fetched again is counted once
+                return read_link_value(meter.count(stream))
+
+            values.append(self.hook.read_link(url, consume))
         if self._is_single:
             return values[0]
         rows = [row for chunk_rows in values for row in chunk_rows]
@@ -331,8 +349,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         from airflow_provider_modelbit.io.arrow_results import results_table
         from airflow_provider_modelbit.io.links import read_link_value
 
-        with self.hook.open_link(url) as stream:
-            return results_table([0], [read_link_value(stream)])
+        return results_table([0], [self.hook.read_link(url, read_link_value)])
 
     def _batch_link_tables(self, link_urls: Iterable[str], scratch: Path) -> Iterator[pa.Table]:
         """Yield each link's rows as a table in input order; one chunk is in memory at a time."""
@@ -345,9 +362,12 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
         from airflow_provider_modelbit.io.links import link_rows_to_parquet
 
+        def save(stream: Iterator[bytes]) -> None:
+            with part.open("wb") as sink:
+                link_rows_to_parquet(stream, sink)
+
         started = time.monotonic()
-        with self.hook.open_link(url) as stream, part.open("wb") as sink:
-            link_rows_to_parquet(stream, sink)
+        self.hook.read_link(url, save)
         self.log.info(
             "Downloaded results link of %d rows from %s (version %s): %d bytes in %.2f s",
             len(chunk),
@@ -366,19 +386,36 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         nothing at ``output_path``; types that differ between chunks are reconciled.
         """
         from airflow_provider_modelbit.io.arrow_results import results_table
-        from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
+        from airflow_provider_modelbit.io.atomic import atomic_output
         from airflow_provider_modelbit.io.result_writer import ResultWriter
 
-        assert self.output_path is not None
-        destination = resolve_output(self.output_path, self.output_conn_id)
+        destination = self._destination
         with ResultWriter() as writer:
             for table in tables:
                 writer.write(table)
             with atomic_output(destination) as sink:
                 rows = writer.write_parquet(sink, empty_schema=results_table([], []).schema)
+                self._refuse_incomplete(rows, destination)
         size = destination.stat().st_size
         self.log.info("Wrote %d result rows (%d bytes) to %s", rows, size, destination)
         return {"path": str(destination), "rows": rows, "bytes": size}
+
+    @cached_property
+    def _destination(self) -> ObjectStoragePath:
+        from airflow_provider_modelbit.io.atomic import resolve_output
+
+        assert self.output_path is not None
+        return resolve_output(self.output_path, self.output_conn_id)
+
+    def _refuse_incomplete(self, rows: int, destination: ObjectStoragePath) -> None:
+        """Fail before the file replaces what was at ``destination`` unless every input has its result."""
+        if rows != self._input_count:
+            raise ModelbitIncompleteBatch(
+                f"The results of {self.deployment!r} hold {rows} rows for {self._input_count} inputs; "
+                f"nothing was written to {destination} (what was there is untouched).",
+                deployment=self.deployment,
+                version=self.version,
+            )
 
     def _check_xcom_size(self, size: int) -> None:
         if size > self.max_xcom_bytes:

@@ -138,6 +138,20 @@ class TestLinkTruncation:
             http.get(link)
         assert emulator.client.fault_counts() == {"truncate_link": 1}
 
+    def test_the_first_downloads_of_each_link_are_cut_then_it_is_served_whole(
+        self, http: httpx.Client, emulator: RunningEmulator
+    ) -> None:
+        emulator.client.set_faults(truncate_link_first=2)
+        link = http.post(
+            emulator.url + "/v1/echo/latest",
+            json={"data": [[i, i] for i in range(1000)], "response_format": "links"},
+        ).json()["data"]
+        for _ in range(2):
+            with pytest.raises(httpx.RemoteProtocolError):
+                http.get(link)
+        assert http.get(link).status_code == 200
+        assert emulator.client.fault_counts() == {"truncate_link": 2}
+
 
 class TestWebhookFaults:
     def test_duplicate_delivery(

@@ -1,4 +1,5 @@
-"""Finished chunks are kept atomically beside an output and discarded when stale."""
+"""Finished chunks are kept atomically beside an output, discarded when made for other work or
+another run, and checked complete before the output is written."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
 from airflow_provider_modelbit.io.atomic import resolve_output
-from airflow_provider_modelbit.io.chunk_store import ChunkStore
+from airflow_provider_modelbit.io.chunk_store import CheckpointRecord, ChunkStore
+from airflow_provider_modelbit.io.ownership import TaskIdentity
 
-MANIFEST = {"input": [{"path": "in.parquet", "size": "10"}], "batch_size": 3}
+WORK = {"input": [{"path": "in.parquet", "size": "10"}], "batch_size": 3}
+TRY_1 = TaskIdentity("nightly", "score", "scheduled__1", -1, 1)
+MANIFEST = CheckpointRecord.for_work(WORK, TRY_1)
 
 
 @pytest.fixture
@@ -34,7 +39,8 @@ class TestChunkStore:
         store.start(MANIFEST)
         store.put(0, chunk([1, 2]))
         store.put(2, chunk([5]))
-        assert store.start(dict(MANIFEST)) == {0, 2}
+        retry = CheckpointRecord.for_work(dict(WORK), TaskIdentity("nightly", "score", "scheduled__1", -1, 2))
+        assert store.start(retry) == {0, 2}
         assert pa.Table.from_batches(list(store.batches(2))) == chunk([5])
 
     def test_a_different_run_discards_the_chunks_with_a_warning(
@@ -43,7 +49,7 @@ class TestChunkStore:
         store.start(MANIFEST)
         store.put(0, chunk([1]))
         with caplog.at_level(logging.WARNING):
-            assert store.start({**MANIFEST, "batch_size": 4}) == set()
+            assert store.start(CheckpointRecord.for_work({**WORK, "batch_size": 4}, TRY_1)) == set()
         assert "Discarding checkpoint" in caplog.text
         assert store.indices() == []
 
@@ -58,3 +64,51 @@ class TestChunkStore:
         store.put(0, chunk([1]))
         store.remove()
         assert not store.location.exists()
+
+    def test_another_run_never_reuses_the_chunks(
+        self, store: ChunkStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        store.start(MANIFEST)
+        store.put(0, chunk([1]))
+        manual = CheckpointRecord.for_work(WORK, TaskIdentity("nightly", "score", "manual__2", -1, 1))
+        with caplog.at_level(logging.WARNING):
+            assert store.start(manual) == set()
+        assert "belongs to DAG 'nightly' task 'score' run 'scheduled__1'" in caplog.text
+        assert store.indices() == []
+
+    def test_a_record_of_another_schema_version_is_never_reused(self, store: ChunkStore) -> None:
+        store.start(MANIFEST)
+        store.put(0, chunk([1]))
+        (Path(store.location.path) / "manifest.json").write_text('{"schema_version": 1, "batch_size": 3}')
+        assert store.start(MANIFEST) == set()
+
+
+class TestVerifyComplete:
+    """Every input row must have exactly one result before the output may be written."""
+
+    def test_complete_chunks_pass(self, store: ChunkStore) -> None:
+        store.start(MANIFEST)
+        store.put(0, chunk([1, 2]))
+        store.put(1, chunk([3]))
+        expected = [(0, pa.array([1, 2])), (1, pa.array([3]))]
+        assert store.verify_complete(expected, "scores.parquet") == 3
+
+    @pytest.mark.parametrize(
+        ("stored", "why"),
+        [
+            ({0: [1, 2]}, "chunk 1 has no results"),
+            ({0: [1], 1: [3]}, "chunk 0 holds 1 results for 2 input rows"),
+            ({0: [1, 9], 1: [3]}, "chunk 0 holds results for other IDs"),
+            ({0: [1, 2], 1: [3], 2: [4]}, "chunk(s) [2] lie beyond"),
+        ],
+    )
+    def test_a_short_or_foreign_checkpoint_is_refused(
+        self, store: ChunkStore, stored: dict[int, list[int]], why: str
+    ) -> None:
+        store.start(MANIFEST)
+        for index, ids in stored.items():
+            store.put(index, chunk(ids))
+        expected = [(0, pa.array([1, 2])), (1, pa.array([3]))]
+        with pytest.raises(ModelbitIncompleteBatch, match="untouched") as raised:
+            store.verify_complete(expected, "scores.parquet")
+        assert why in raised.value.message

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +23,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
-from airflow_provider_modelbit.exceptions import ModelbitConnectionError, ModelbitInputError
+from airflow_provider_modelbit.exceptions import (
+    ModelbitConnectionError,
+    ModelbitIncompleteBatch,
+    ModelbitInputError,
+    ModelbitOutputBusy,
+)
+from airflow_provider_modelbit.io.chunk_store import CheckpointRecord
+from airflow_provider_modelbit.io.ownership import TaskIdentity
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from tests.airflow_dags import parse_dags, run_dag
 from tests.operators.flaky_deployment import write_flaky_deployment
@@ -226,23 +236,22 @@ class TestValidation:
 
 class TestResume:
     def test_a_retry_scores_only_unfinished_chunks_and_writes_the_same_file(
-        self, tmp_path: Path, run_batch: Any, server: RunningEmulator
+        self, tmp_path: Path, run_batch: Any, server: RunningEmulator, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """x=13 fails once, in chunk 4 of 7; one request at a time so chunks 0-3 finish first."""
+        """
+        x=13 fails once, in chunk 4 of 7; one request at a time so chunks 0-3 finish first. The
+        task's retry (same task instance, try 2) reuses them; a new DAG run would not.
+        """
         input_path = write_input(tmp_path, "parquet")
-        spec = echo_spec(tmp_path, input_path, deployment="flaky", max_concurrency=1)
-        assert run_batch(**spec) == "failed"
-        checkpoint = tmp_path / "out" / "scores.parquet.checkpoint"
-        assert sorted(path.name for path in checkpoint.glob("chunk-*")) == [
-            f"chunk-{i:08d}.arrow" for i in range(4)
-        ]
-        assert not (tmp_path / "out" / "scores.parquet").exists()
-
+        spec = echo_spec(
+            tmp_path, input_path, deployment="flaky", max_concurrency=1, retries=1, retry_delay=0
+        )
         assert run_batch(**spec) == "success"
+        assert "Resuming: 4 chunk(s) finished by an earlier try are reused." in capsys.readouterr().out
         runs = server.client.runs("flaky")
         finished_first = KEYS[:12]
         assert all(runs[key] == 1 for key in finished_first), runs
-        assert not checkpoint.exists()
+        assert not (tmp_path / "out" / "scores.parquet.checkpoint").exists()
 
         uninterrupted = tmp_path / "uninterrupted"
         uninterrupted.mkdir()
@@ -330,3 +339,131 @@ class TestConstruction:
             "deployment", "input_path", "output_path", "version",
             "branch", "modelbit_conn_id", "columns", "id_column",
         }  # fmt: skip
+
+
+def task_context(run_id: str, try_number: int = 1) -> dict[str, Any]:
+    """The identity part of a task's context, for operator executions run side by side in threads."""
+    ti = SimpleNamespace(
+        dag_id="nightly", task_id="score", run_id=run_id, map_index=-1, try_number=try_number
+    )
+    return {"ti": ti}
+
+
+class TestDestinationCheckedFirst:
+    """Every destination refusal comes before the first request and leaves nothing behind."""
+
+    @pytest.mark.parametrize(
+        ("case", "message"),
+        [
+            ("output is the input", "output_path .* is the input table itself"),
+            ("output is a directory", "output_path .* is a directory"),
+            ("output under a file", "output_path .* cannot be created: .* is a file"),
+            ("filesystem package missing", "output_path gs://no-bucket/scores.parquet: .*gcsfs"),
+            ("pass-through clashes with result", "passthrough_columns names 'result'"),
+            ("pass-through clashes with id", "passthrough_columns names 'id'"),
+            ("invalid deployment name", "Deployment name 'no such' is invalid"),
+        ],
+    )
+    def test_refused_before_any_request_with_nothing_left_behind(
+        self, case: str, message: str, tmp_path: Path, server: RunningEmulator
+    ) -> None:
+        table = TABLE.append_column("result", pa.array(["old"] * ROWS)).append_column("id", pa.array(KEYS))
+        input_path = write_input(tmp_path, "parquet", table)
+        spec = echo_spec(tmp_path, input_path)
+        output = Path(spec["output_path"])
+        if case == "output is the input":
+            spec["output_path"] = str(input_path)
+        elif case == "output is a directory":
+            output.mkdir(parents=True)
+        elif case == "output under a file":
+            (tmp_path / "blocker").write_text("a file")
+            spec["output_path"] = str(tmp_path / "blocker" / "scores.parquet")
+        elif case == "filesystem package missing":
+            spec["output_path"] = "gs://no-bucket/scores.parquet"
+        elif case == "pass-through clashes with result":
+            spec["passthrough_columns"] = ["result"]
+        elif case == "pass-through clashes with id":
+            spec.update(id_column=None, passthrough_columns=["id"])
+        else:
+            spec["deployment"] = "no such"
+        before = sorted(tmp_path.rglob("*"))
+        server.client.reset()
+        with pytest.raises(ModelbitInputError, match=message):
+            ModelbitBatchInferenceOperator(task_id="score", **spec).execute({})
+        assert server.client.requests() == []
+        assert sorted(tmp_path.rglob("*")) == before
+        assert pq.read_table(input_path).equals(table)
+
+
+class TestOneWriterPerOutput:
+    """Two runs writing one output_path at once: the second fails clearly or waits; never a short file."""
+
+    @pytest.fixture
+    def slow_echo(self, server: RunningEmulator) -> Iterator[RunningEmulator]:
+        server.client.reset()
+        server.client.set_faults(latency_seconds=0.5, deployment="echo")
+        yield server
+        server.client.clear_faults()
+
+    def start_first_run(self, spec: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            operator = ModelbitBatchInferenceOperator(task_id="score", **spec)
+            outcome["summary"] = operator.execute(task_context("scheduled__1"))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        owner = Path(spec["output_path"] + ".checkpoint") / "owner.json"
+        deadline = time.monotonic() + 60
+        while not owner.exists():
+            assert time.monotonic() < deadline and thread.is_alive(), "the first run never claimed the output"
+            time.sleep(0.05)
+        return thread, outcome
+
+    def test_a_second_run_fails_at_once_naming_the_first_and_the_output_stays_complete(
+        self, tmp_path: Path, slow_echo: RunningEmulator
+    ) -> None:
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"), max_concurrency=1)
+        thread, outcome = self.start_first_run(spec)
+        second = ModelbitBatchInferenceOperator(task_id="score", **spec)
+        with pytest.raises(ModelbitOutputBusy, match="run 'scheduled__1'"):
+            second.execute(task_context("manual__2"))
+        thread.join(timeout=120)
+        assert outcome["summary"]["rows"] == ROWS
+        assert read_output(tmp_path).column("key").to_pylist() == KEYS
+        assert set(slow_echo.client.runs("echo").values()) == {1}
+
+    def test_a_second_run_that_may_wait_scores_everything_itself_after_the_first(
+        self, tmp_path: Path, slow_echo: RunningEmulator
+    ) -> None:
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"), max_concurrency=1)
+        thread, outcome = self.start_first_run(spec)
+        second = ModelbitBatchInferenceOperator(task_id="score", output_wait_seconds=120, **spec)
+        summary = second.execute(task_context("manual__2"))
+        thread.join(timeout=120)
+        assert outcome["summary"]["rows"] == summary["rows"] == ROWS
+        assert read_output(tmp_path).column("key").to_pylist() == KEYS
+        # Each run scored every row itself: a run never reuses another run's chunks.
+        assert set(slow_echo.client.runs("echo").values()) == {2}
+        assert not Path(spec["output_path"] + ".checkpoint").exists()
+
+
+class TestCompleteOrNothing:
+    def test_a_forged_short_checkpoint_never_reaches_the_output(
+        self, tmp_path: Path, server: RunningEmulator
+    ) -> None:
+        """A chunk that lost rows is caught before the output is replaced; the old output stays."""
+        spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"))
+        output = Path(spec["output_path"])
+        output.parent.mkdir(parents=True)
+        pq.write_table(pa.table({"key": ["yesterday"], "result": [1]}), output)
+        previous = output.read_bytes()
+        forger = ModelbitBatchInferenceOperator(task_id="score", **spec)
+        forger.checkpoint.start(CheckpointRecord.for_work(forger._work(), TaskIdentity()))
+        forger.checkpoint.put(0, pa.table({"key": KEYS[:1], "result": [0]}))  # 1 row of chunk 0's 3
+        server.client.reset()
+        with pytest.raises(ModelbitIncompleteBatch, match="chunk 0 holds 1 results for 3 input rows"):
+            ModelbitBatchInferenceOperator(task_id="score", **spec).execute({})
+        assert output.read_bytes() == previous
+        assert set(server.client.runs("echo")) == set(KEYS[3:])
