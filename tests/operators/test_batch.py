@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -467,3 +468,63 @@ class TestCompleteOrNothing:
             ModelbitBatchInferenceOperator(task_id="score", **spec).execute({})
         assert output.read_bytes() == previous
         assert set(server.client.runs("echo")) == set(KEYS[3:])
+
+
+class TestStopWhenTold:
+    def test_execution_timeout_ends_the_batch_within_seconds_and_keeps_the_checkpoint(
+        self, tmp_path: Path, dags_folder: Path, server: RunningEmulator, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """
+        Requests take 60 s; execution_timeout is 8 s. The task ends within 15 s of starting, the
+        two requests in flight are abandoned, no further chunk is sent, and the chunk that
+        finished stays in the checkpoint for the retry.
+        """
+        input_path = tmp_path / "in.parquet"
+        pq.write_table(
+            pa.table({"key": ["fast", "slow-1", "slow-2", "slow-3"], "x": [0.1, 60.0, 60.0, 60.0]}),
+            input_path,
+        )
+        output = tmp_path / "out" / "scores.parquet"
+        server.client.reset()
+
+        moments: dict[str, float] = {}
+
+        def build() -> ModelbitBatchInferenceOperator:
+            return ModelbitBatchInferenceOperator(
+                task_id="score",
+                deployment="sleeper",
+                input_path=str(input_path),
+                output_path=str(output),
+                id_column="key",
+                columns=["x"],
+                argument_style="positional",
+                batch_size=1,
+                max_concurrency=2,
+                execution_timeout=timedelta(seconds=8),
+                on_execute_callback=lambda context: moments.setdefault("started", time.monotonic()),
+                on_failure_callback=lambda context: moments.setdefault("ended", time.monotonic()),
+            )
+
+        assert run_task_state(build) == "failed"
+        seconds = moments["ended"] - moments["started"]
+        print(f"stop report: execution_timeout 8 s against 60 s requests; the task ended after {seconds:.1f} s")
+        assert seconds < 15, f"the task ran {seconds:.1f} s"
+        log = capsys.readouterr().out
+        assert "with 2 chunk(s) in flight: their requests were abandoned" in log
+        sent = [record for record in server.client.requests() if "/sleeper/" in record["path"]]
+        assert len(sent) == 3  # the fast chunk and the two in flight; the fourth was never sent
+        assert not output.exists()
+        checkpoint = output.with_name("scores.parquet.checkpoint")
+        assert sorted(path.name for path in checkpoint.glob("chunk-*")) == ["chunk-00000000.arrow"]
+        assert not (checkpoint / "owner.json").exists()
+
+
+def run_task_state(build: Any) -> str:
+    """Run one operator in a fresh DAG with ``dag.test()``; return its final state."""
+    import pendulum
+    from airflow.sdk import DAG
+
+    start = pendulum.datetime(2026, 1, 1, tz="UTC")
+    with DAG(f"stop_{time.monotonic_ns()}", schedule=None, start_date=start) as dag:
+        operator = build()
+    return str(run_dag(dag).get_task_instance(operator.task_id).state)
