@@ -507,7 +507,7 @@ class TestStopWhenTold:
 
         assert run_task_state(build) == "failed"
         seconds = moments["ended"] - moments["started"]
-        print(f"stop report: execution_timeout 8 s against 60 s requests; the task ended after {seconds:.1f} s")
+        print(f"stop report: execution_timeout 8 s, requests of 60 s; the task ended after {seconds:.1f} s")
         assert seconds < 15, f"the task ran {seconds:.1f} s"
         log = capsys.readouterr().out
         assert "with 2 chunk(s) in flight: their requests were abandoned" in log
