@@ -241,6 +241,20 @@ class TestGetInference:
             hook_for(emulator.url).get_inference("doubler", 1, **arguments)
         assert emulator.client.requests() == []
 
+    def test_a_connection_default_over_300_is_capped_for_sync_calls_with_a_warning(
+        self, emulator, hook_for, capfd
+    ) -> None:
+        """The connection's timeout_seconds may suit async callbacks (up to 900 s); sync calls use 300."""
+        hook = hook_for(emulator.url, extra={"timeout_seconds": 600})
+        assert hook.get_inference("doubler", 1) == 2
+        hook.get_inference("doubler", 2)
+        hook.submit_async("doubler", 1, webhook_url="http://127.0.0.1:9/hook?job=1")
+        bodies = [orjson.loads(request["body"]) for request in emulator.client.requests()]
+        assert [body["timeout_seconds"] for body in bodies] == [300, 300, 600]
+        logged = _logged(capfd)
+        assert logged.count("sets the extra timeout_seconds=600") == 1
+        assert "Connection 'modelbit_default' sets the extra timeout_seconds=600" in logged
+
     def test_timeout_seconds_is_sent(self, emulator, hook_for) -> None:
         hook_for(emulator.url, extra={"timeout_seconds": 42}).get_inference("doubler", 1)
         hook_for(emulator.url).get_inference("doubler", 1, timeout_seconds=7)
@@ -290,6 +304,24 @@ class TestLinks:
             hook.open_link(_link_for(hook, "doubler", 4) + "0") as pieces,
         ):
             b"".join(pieces)
+
+    def test_a_download_cut_short_is_fetched_again_and_the_model_runs_once(self, emulator, hook_for) -> None:
+        emulator.client.set_faults(truncate_link_first=2)
+        rows = _rows(200)
+        result = hook_for(emulator.url).get_inference("echo", rows, response_format="links")
+        assert [row[0] for row in result] == [row[0] for row in rows]
+        assert emulator.client.fault_counts() == {"truncate_link": 2}
+        assert set(emulator.client.runs("echo").values()) == {1}
+
+    def test_an_expired_link_is_not_fetched_again(self, emulator, hook_for) -> None:
+        emulator.client.configure(link_expiry_seconds=1)
+        hook = hook_for(emulator.url)
+        url = _link_for(hook, "doubler", 4)
+        time.sleep(2.1)
+        fetches = []
+        with pytest.raises(ModelbitLinkExpired):
+            hook.read_link(url, fetches.append)
+        assert fetches == []
 
     def test_truncated_download_is_an_incomplete_batch(self, emulator, hook_for) -> None:
         emulator.client.set_faults(truncate_link_rate=1.0)

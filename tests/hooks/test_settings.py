@@ -99,6 +99,7 @@ class TestSettingsFromConnection:
             ("ftp://files.example.com", {}, "unusable workspace URL"),
             ("http://", {}, "unusable workspace URL"),
             ("http://127.0.0.1:1", {"timeout_seconds": "soon"}, "timeout_seconds='soon'"),
+            ("http://127.0.0.1:1", {"timeout_seconds": 901}, r"timeout_seconds=901; set .* \(1-900\)"),
         ],
     )
     def test_unusable_connection_says_which_and_what_to_set(
