@@ -34,6 +34,7 @@ PERMANENT = [
     exceptions.ModelbitNotFound,
     exceptions.ModelbitBadRequest,
     exceptions.ModelbitPayloadTooLarge,
+    exceptions.ModelbitOutputError,
 ]
 TRANSIENT = [
     exceptions.ModelbitError,
@@ -44,6 +45,8 @@ TRANSIENT = [
     exceptions.ModelbitLinkExpired,
     exceptions.ModelbitIncompleteBatch,
     exceptions.ModelbitCallbackError,
+    # Another run holds the output: a later try may find it free.
+    exceptions.ModelbitOutputBusy,
 ]
 TASK_RETRIES = 3
 # Two attempts per request inside a try, quickly: the test is about the task's tries.
