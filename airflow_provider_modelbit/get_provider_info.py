@@ -99,6 +99,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_modelbit.triggers.callback"],
             }
         ],
+        "task-decorators": [
+            {
+                "name": "modelbit",
+                "class-name": "airflow_provider_modelbit.decorators.modelbit.modelbit_task",
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "modelbit",

@@ -12,4 +12,9 @@ try:
 except ImportError:  # Airflow 3.1: the task runner still catches the core class
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
-__all__ = ["AirflowFailException", "conf"]
+try:
+    from airflow.sdk.bases.decorator import determine_kwargs
+except ImportError:  # Airflow 3.1: still in the core's operator helpers
+    from airflow.utils.operator_helpers import determine_kwargs
+
+__all__ = ["AirflowFailException", "conf", "determine_kwargs"]

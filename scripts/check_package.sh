@@ -50,6 +50,7 @@ behaviour = manager.field_behaviours["modelbit"]
 assert behaviour["relabeling"] == {"host": "Workspace URL", "password": "API Key"}, behaviour
 widgets = {name for name in manager.connection_form_widgets if name.startswith("extra__modelbit__")}
 assert "extra__modelbit__workspace" in widgets, f"connection form extras missing: {sorted(widgets)}"
+assert "modelbit" in manager.taskflow_decorators, "@task.modelbit is not registered"
 print(
     f"package: airflow-provider-modelbit {info.version} registered in a clean environment; "
     f"documentation {info.data['documentation-url']}; {len(widgets)} connection form extras"

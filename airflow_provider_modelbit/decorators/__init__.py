@@ -1,0 +1,1 @@
+"""TaskFlow decorators of the Modelbit provider, registered as ``@task.modelbit``."""
