@@ -60,7 +60,19 @@ def _add_workspace_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_behaviour_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("behaviour")
-    group.add_argument("--sort-results-by-id", action="store_true", help="return batch results sorted by ID")
+    # The newest Modelbit docs sort batch results by ID; older revisions answered in request order.
+    group.add_argument(
+        "--results-in-request-order",
+        dest="sort_results_by_id",
+        action="store_false",
+        help="answer batches in request order, as older docs did",
+    )
+    group.add_argument(
+        "--sort-results-by-id",
+        action="store_true",
+        default=True,
+        help="answer batches sorted by ID, as the newest docs say (the default)",
+    )
     group.add_argument(
         "--link-expiry-seconds",
         type=float,

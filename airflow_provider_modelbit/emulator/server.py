@@ -201,7 +201,7 @@ def run_emulator(
     require_api_keys: bool = False,
     api_keys: tuple[str, ...] | frozenset[str] = ("k1",),
     workspaces: Mapping[str, Mapping[str, Any]] | None = None,
-    sort_results_by_id: bool = False,
+    sort_results_by_id: bool = True,
     link_expiry_seconds: float = 3600,
     webhook_time_scale: float = 1.0,
     webhook_timeout_seconds: float = 10.0,
@@ -225,7 +225,7 @@ def run_emulator(
     :param api_keys: the valid keys of the default workspace.
     :param workspaces: extra workspaces by leftmost Host label: ``{"acme": {"require_api_keys": True,
         "api_keys": ["k2"]}}``.
-    :param sort_results_by_id: return batch results sorted by ID instead of in request order.
+    :param sort_results_by_id: return batch results sorted by ID (newest docs); ``False``: in request order.
     :param link_expiry_seconds: lifetime of links-mode URLs.
     :param webhook_time_scale: factor on the webhook retry waits (1, 2, 4, 8, 16 s); 0.01: 10-160 ms.
     :param webhook_timeout_seconds: how long a webhook receiver may take to answer.

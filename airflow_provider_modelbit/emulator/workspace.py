@@ -40,7 +40,7 @@ class EmulatorConfig:
     :param require_api_keys: the default workspace rejects requests without a key.
     :param api_keys: valid keys of the default workspace.
     :param workspaces: extra workspaces by leftmost Host label.
-    :param sort_results_by_id: batch results sorted by ID instead of request order.
+    :param sort_results_by_id: batch results sorted by ID, as the newest docs say (``False``: request order).
     :param link_expiry_seconds: lifetime of links-mode URLs.
     :param webhook_time_scale: factor on the webhook retry waits.
     :param webhook_timeout_seconds: how long a webhook receiver may take to answer.
@@ -58,7 +58,7 @@ class EmulatorConfig:
     require_api_keys: bool = False
     api_keys: frozenset[str] = frozenset()
     workspaces: Mapping[str, WorkspaceOptions] = field(default_factory=dict)
-    sort_results_by_id: bool = False
+    sort_results_by_id: bool = True
     link_expiry_seconds: float = 3600.0
     webhook_time_scale: float = 1.0
     webhook_timeout_seconds: float = 10.0

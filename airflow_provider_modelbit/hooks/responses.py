@@ -7,7 +7,9 @@ failure even without a JSON body (gateways answer HTML).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+import ssl
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -131,20 +133,43 @@ _ERRORS_BY_STATUS: dict[int, tuple[type[ModelbitError], str]] = {
 }
 
 
+# Modelbit's rate-limits page names the message (``RateLimitExceeded: Concurrency request count
+# limit reached``) but documents a status only for synchronous requests (429), so the message is
+# read as a rate limit in any status, as are capacity messages of the same kind.
+_RATE_LIMIT_TEXT = re.compile(
+    r"RateLimitExceeded|request (count|size) limit reached|(at|over|out of) capacity", re.IGNORECASE
+)
+# Messages that say the workspace answered but knows no such deployment (the connection test's).
+_UNKNOWN_DEPLOYMENT_TEXT = re.compile(
+    r"not found|does not exist|doesn't exist|unknown deployment|no deployment|no such deployment",
+    re.IGNORECASE,
+)
+
+
+def is_rate_limit_message(text: str) -> bool:
+    """
+    Tell whether an error text is a rate or capacity limit, whatever status carried it.
+
+    A traceback is the deployment's own failure (its model may have called a rate-limited API
+    after running): that is never read as Modelbit refusing the request.
+    """
+    return "Traceback" not in text and bool(_RATE_LIMIT_TEXT.search(_last_line(text)))
+
+
 def _error_answer(
     status: int, headers: Mapping[str, str], text: str, where: str, conn_id: str, context: dict[str, Any]
 ) -> ModelbitError:
     """Build the exception for an error answer (no secret can be in it: the key is never echoed)."""
-    if status in _ERRORS_BY_STATUS:
-        error_class, what = _ERRORS_BY_STATUS[status]
-        return error_class(f"{where}: {what.format(conn_id=conn_id)} (HTTP {status}: {text}).", **context)
-    if status == 429:
+    if status == 429 or is_rate_limit_message(text):
         return ModelbitRateLimited(
-            f"{where}: rate limited (HTTP 429: {text}) and retries ran out; lower max_concurrency or "
+            f"{where}: rate limited (HTTP {status}: {text}) and retries ran out; lower max_concurrency or "
             "run later.",
             retry_after=parse_retry_after(headers.get("retry-after")),
             **context,
         )
+    if status in _ERRORS_BY_STATUS:
+        error_class, what = _ERRORS_BY_STATUS[status]
+        return error_class(f"{where}: {what.format(conn_id=conn_id)} (HTTP {status}: {text}).", **context)
     if status == 504 or text.startswith("Timeout:"):
         return ModelbitTimeout(
             f"{where}: {_last_line(text) or 'timed out'} (HTTP {status}); raise timeout_seconds or use "
@@ -231,19 +256,43 @@ def requests_failure(exc: requests.RequestException, call: InferenceCall) -> Sen
         )
         return SendFailed(error, request_sent=True)
     sent = not never_sent(exc)
-    what = "the connection broke after the request was sent" if sent else "could not connect"
-    error = ModelbitTransportError(
+    return SendFailed(_connection_failure(exc, call, sent=sent, tls=_tls_failure(exc)), request_sent=sent)
+
+
+def _connection_failure(exc: BaseException, call: InferenceCall, *, sent: bool, tls: bool) -> ModelbitError:
+    """The error for a request that got no answer, naming the URL tried (which never holds the key)."""
+    if tls:
+        what = (
+            f"the TLS handshake with {safe_url(call.url)} failed before anything was sent; if the server "
+            "speaks plain HTTP, use an http:// Workspace URL"
+        )
+    elif sent:
+        what = f"the connection broke after the request was sent to {safe_url(call.url)}"
+    else:
+        what = f"could not connect to {safe_url(call.url)}"
+    return ModelbitTransportError(
         f"{call.where}: {what} ({type(exc).__name__}). Check the Workspace URL of connection "
         f"{call.conn_id!r} and the network.",
-        **context,
+        deployment=call.deployment,
+        version=call.version,
     )
-    return SendFailed(error, request_sent=sent)
 
 
-def never_sent(exc: BaseException) -> bool:
-    """Find a connect-phase failure anywhere in the exception's chain."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
+def safe_url(url: str) -> str:
+    """A URL without user info or query string, safe to show in messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Find a TLS handshake failure in the exception's chain (it happens before any byte is sent)."""
+    return any(isinstance(current, ssl.SSLError | requests.exceptions.SSLError) for current in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterator[Any]:
+    """The exception, its causes, contexts, reasons and exception arguments, each once."""
     seen: set[int] = set()
     pending: list[Any] = [exc]
     while pending:
@@ -251,12 +300,18 @@ def never_sent(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, NewConnectionError | ConnectTimeoutError | ConnectionRefusedError):
-            return True
+        yield current
         if isinstance(current, BaseException):
             pending.extend([current.__cause__, current.__context__, getattr(current, "reason", None)])
             pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-    return False
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Find a connect-phase failure (TLS handshakes included) anywhere in the exception's chain."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    connect_phase = NewConnectionError | ConnectTimeoutError | ConnectionRefusedError | ssl.SSLError
+    return any(isinstance(current, connect_phase | requests.exceptions.SSLError) for current in _chain(exc))
 
 
 def httpx_failure(exc: httpx.HTTPError, call: InferenceCall) -> SendFailed:
@@ -270,13 +325,7 @@ def httpx_failure(exc: httpx.HTTPError, call: InferenceCall) -> SendFailed:
         )
         return SendFailed(error, request_sent=True)
     sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-    what = "the connection broke after the request was sent" if sent else "could not connect"
-    error = ModelbitTransportError(
-        f"{call.where}: {what} ({type(exc).__name__}). Check the Workspace URL of connection "
-        f"{call.conn_id!r} and the network.",
-        **context,
-    )
-    return SendFailed(error, request_sent=sent)
+    return SendFailed(_connection_failure(exc, call, sent=sent, tls=_tls_failure(exc)), request_sent=sent)
 
 
 def answer_failure(error: ModelbitError, headers: Mapping[str, str]) -> SendFailed:
@@ -313,7 +362,12 @@ def incomplete_link(url: str, received: int, expected: int | None, why: str) -> 
 def connection_test_verdict(
     status: int, headers: Mapping[str, str], body: bytes, settings: ModelbitSettings
 ) -> tuple[bool, str]:
-    """Read the answer to the connection test request."""
+    """
+    Read the answer to the connection test request (a deployment that cannot exist).
+
+    The docs do not say how a workspace answers an unknown deployment, so any JSON error that says
+    so, in any status, shows a workspace; so does a rate-limit answer. 401/403 mean the key was refused.
+    """
     payload = json_or_none(body)
     if not isinstance(payload, dict) or not ("error" in payload or "data" in payload):
         return False, (
@@ -323,14 +377,16 @@ def connection_test_verdict(
     if status in (401, 403):
         return (
             False,
-            f"{settings.base_url} is a Modelbit workspace, but it refused the API key (HTTP {status}).",
+            f"{settings.base_url} is a Modelbit workspace, but it refused the API key (HTTP {status}); "
+            f"check the API Key of connection {settings.conn_id!r}.",
         )
-    if status == 404:
+    text = str(payload.get("error", ""))
+    if status == 404 or _UNKNOWN_DEPLOYMENT_TEXT.search(text) or is_rate_limit_message(text):
         key_note = "the API key was accepted" if settings.api_key else "no API key is set"
         return True, f"Connected to the Modelbit workspace at {settings.base_url}; {key_note}."
     return False, (
-        f"{settings.base_url} answered HTTP {status} to the connection test; the URL does not look like a "
-        "Modelbit workspace."
+        f"{settings.base_url} answered HTTP {status} to the connection test ({text[:200] or 'no error'}); "
+        "the URL does not look like a Modelbit workspace."
     )
 
 

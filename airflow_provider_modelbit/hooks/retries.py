@@ -1,7 +1,8 @@
 """Which failed requests are sent again, and how long to wait first.
 
 A request is re-sent only when the model cannot have run (the connection failed before the
-request went out) or when the server asks for it (429, 502, 503). A deployment error, a read
+request went out) or when the server asks for it (429, 502, 503, or a rate-limit message in
+any status, since the docs name the message but not always its status). A deployment error, a read
 timeout or a connection dropped after sending may follow a model run that already happened
 (and was billed, or wrote somewhere), so those are re-sent only for callers who declared the
 inference idempotent.
@@ -56,7 +57,10 @@ def retry_verdict(error: ModelbitError, *, request_sent: bool, idempotent: bool)
     """
     if not request_sent:
         return RetryVerdict(NOT_SENT)
-    if isinstance(error, ModelbitRateLimited | ModelbitTransportError) and error.status in _SERVER_ASKS:
+    if isinstance(error, ModelbitRateLimited):
+        # The server refused before running the model, whatever status carried the refusal.
+        return RetryVerdict(RATE_LIMITED)
+    if isinstance(error, ModelbitTransportError) and error.status in _SERVER_ASKS:
         return RetryVerdict(_SERVER_ASKS[error.status])
     if idempotent and isinstance(error, ModelbitDeploymentError | ModelbitTimeout | ModelbitTransportError):
         return RetryVerdict(IDEMPOTENT_RESEND, may_rescore=True)

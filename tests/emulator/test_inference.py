@@ -247,14 +247,16 @@ class TestValidation:
 class TestBatchExecution:
     """§12.9: per-row calls, whole-request failure, request order or sorted by ID, duplicate IDs kept."""
 
-    def test_request_order_is_kept(self, http: httpx.Client, emulator: RunningEmulator) -> None:
+    def test_request_order_option(self, http: httpx.Client, emulator: RunningEmulator) -> None:
+        """Older docs: results in request order."""
+        emulator.client.configure(sort_results_by_id=False)
         rows = [["b", 1], ["a", 2], [3, 3]]
         assert post(http, emulator, "/v1/doubler/latest", {"data": rows}).json() == {
             "data": [["b", 2], ["a", 4], [3, 6]]
         }
 
-    def test_sort_by_id_option(self, http: httpx.Client, emulator: RunningEmulator) -> None:
-        emulator.client.configure(sort_results_by_id=True)
+    def test_sorted_by_id_by_default(self, http: httpx.Client, emulator: RunningEmulator) -> None:
+        """The newest docs: results sorted by ID, so clients must match them by ID."""
         rows = [[3, 1], [1, 2], [2, 3]]
         assert post(http, emulator, "/v1/doubler/latest", {"data": rows}).json() == {
             "data": [[1, 4], [2, 6], [3, 2]]

@@ -337,6 +337,23 @@ class TestLinks:
 
 
 class TestErrors:
+    def test_https_url_against_a_plain_http_server_is_a_tls_error_before_sending(
+        self, emulator, hook_for
+    ) -> None:
+        """Not "after the request was sent": the handshake failed, so the model cannot have run."""
+        https_url = emulator.url.replace("http://", "https://")
+        with pytest.raises(ModelbitTransportError) as caught:
+            hook_for(https_url).get_inference("doubler", 1, version=2, branch="feature/x")
+        message = caught.value.message
+        assert "TLS handshake with " + https_url + "/v1/doubler/feature~x/2 failed before" in message
+        assert "version 2, branch feature/x" in message and "after the request was sent" not in message
+        assert emulator.client.runs("doubler") == {}
+
+    def test_unreachable_workspace_names_the_url_tried(self, hook_for) -> None:
+        url = f"http://127.0.0.1:{_free_port()}"
+        with pytest.raises(ModelbitTransportError, match=f"could not connect to {url}/v1/doubler/latest"):
+            hook_for(url).get_inference("doubler", 1)
+
     def test_deployment_error_keeps_the_traceback(self, emulator, hook_for) -> None:
         with pytest.raises(ModelbitDeploymentError) as caught:
             hook_for(emulator.url).get_inference("raiser", 9)
@@ -400,6 +417,21 @@ class TestRetries:
         assert retries > 0
         assert time.monotonic() - started >= 1.0
         assert set(emulator.client.runs("doubler").values()) == {1}
+
+    def test_rate_limit_message_in_any_status_is_retried_after_retry_after(
+        self, scripted_server, hook_for
+    ) -> None:
+        """The docs name the message, not always its status: a 200 carrying it is a 429 all the same."""
+        refusal = b'{"error": "RateLimitExceeded: Concurrency request count limit reached"}'
+        scripted_server.script(
+            CannedResponse(200, refusal, {"Retry-After": "1"}), CannedResponse(200, b'{"data": 5}')
+        )
+        hook = hook_for(scripted_server.url, retry_policy=RetryPolicy(max_attempts=3))
+        started = time.monotonic()
+        assert hook.get_inference("doubler", 1) == 5
+        assert time.monotonic() - started >= 1.0
+        assert hook.retry_stats == {RATE_LIMITED: 1}
+        assert len(scripted_server.received) == 2
 
     def test_429_after_retries_is_rate_limited(self, emulator, hook_for) -> None:
         emulator.client.set_faults(rate_429=1.0, retry_after=0)
@@ -613,6 +645,12 @@ class TestTestConnection:
         ok, message = hook_for("http://no-such-host.invalid").test_connection()
         assert not ok and "Cannot reach" in message
 
+    def test_unknown_deployment_in_another_form(self, scripted_server, hook_for) -> None:
+        """A workspace that answers an unknown deployment with a 400 still shows a workspace."""
+        scripted_server.script(CannedResponse(400, b'{"error": "Deployment __t__ does not exist"}'))
+        ok, message = hook_for(scripted_server.url).test_connection()
+        assert ok and scripted_server.url in message
+
     def test_not_a_modelbit_server(self, scripted_server, hook_for) -> None:
         scripted_server.script(CannedResponse(200, b"<html>hello</html>", {"Content-Type": "text/html"}))
         ok, message = hook_for(scripted_server.url).test_connection()
@@ -759,7 +797,7 @@ class TestRequestLink:
         url = hook.request_link("doubler", [[2, 1], [1, 2]], version=1)
         assert url.startswith(emulator.url + "/_links/")
         with hook.open_link(url) as pieces:
-            assert orjson.loads(b"".join(pieces)) in ([[2, 2], [1, 4]], {"data": [[2, 2], [1, 4]]})
+            assert orjson.loads(b"".join(pieces)) in ([[1, 4], [2, 2]], {"data": [[1, 4], [2, 2]]})
 
     def test_single_input(self, emulator, hook_for) -> None:
         hook = hook_for(emulator.url)

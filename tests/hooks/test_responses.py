@@ -27,6 +27,10 @@ from airflow_provider_modelbit.hooks.responses import (
 from airflow_provider_modelbit.hooks.settings import ModelbitSettings
 from tests.scripted_http import CannedResponse
 
+COUNT_LIMIT = b'{"error": "RateLimitExceeded: Concurrency request count limit reached"}'
+SIZE_LIMIT = b'{"error": "RateLimitExceeded: Concurrency request size limit reached"}'
+TRACEBACK_LIMIT = b'{"error": "Traceback (most recent call last):\\nRateLimitExceeded: openai"}'
+
 KEY = "mi9z8y7x:Secret/Key+Value="
 
 
@@ -174,6 +178,39 @@ class TestParseAnswerWithNonModelbitAnswers:
             ),
             pytest.param(CannedResponse(500, b""), ModelbitTransportError, 500, id="empty-500"),
             pytest.param(
+                CannedResponse(
+                    200, b'{"error": "RateLimitExceeded: Concurrency request count limit reached"}'
+                ),
+                ModelbitRateLimited,
+                200,
+                id="rate-limit-message-on-200",
+            ),
+            pytest.param(
+                CannedResponse(
+                    500, b'{"error": "RateLimitExceeded: Concurrency request size limit reached"}'
+                ),
+                ModelbitRateLimited,
+                500,
+                id="rate-limit-message-on-500",
+            ),
+            pytest.param(
+                CannedResponse(503, b'{"error": "Deployment is at capacity"}'),
+                ModelbitRateLimited,
+                503,
+                id="capacity-message",
+            ),
+            pytest.param(
+                CannedResponse(
+                    200, b'{"error": "Traceback (most recent call last):\\nRateLimitExceeded: openai"}'
+                ),
+                ModelbitDeploymentError,
+                200,
+                id="traceback-mentioning-a-rate-limit-is-the-deployment's",
+            ),
+            pytest.param(
+                CannedResponse(504, b"<html>Gateway Timeout</html>"), ModelbitTimeout, 504, id="504"
+            ),
+            pytest.param(
                 CannedResponse(503, b'{"error": "ServiceUnavailable: scaling up"}'),
                 ModelbitTransportError,
                 503,
@@ -217,7 +254,17 @@ class TestConnectionTestVerdict:
         ("status", "body", "ok", "words"),
         [
             (404, b'{"error": "Deployment not found"}', True, "the API key was accepted"),
+            (400, b'{"error": "Deployment __x__ does not exist"}', True, "the API key was accepted"),
+            (200, b'{"error": "Unknown deployment: __x__"}', True, "the API key was accepted"),
+            (500, b'{"error": "No deployment named __x__ was found"}', True, "the API key was accepted"),
+            (
+                429,
+                b'{"error": "RateLimitExceeded: Concurrency request count limit reached"}',
+                True,
+                "accepted",
+            ),
             (401, b'{"error": "Invalid API key"}', False, "refused the API key"),
+            (403, b'{"error": "Forbidden"}', False, "check the API Key of connection 'modelbit_default'"),
             (200, b"<html></html>", False, "does not look like a Modelbit workspace"),
             (404, b"Not Found", False, "does not look like a Modelbit workspace"),
             (500, b'{"error": "x"}', False, "does not look like a Modelbit workspace"),

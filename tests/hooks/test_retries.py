@@ -38,6 +38,13 @@ class TestRetryVerdict:
         [
             pytest.param(ModelbitTransportError("refused"), False, False, NOT_SENT, id="not-sent"),
             pytest.param(ModelbitRateLimited("429", status=429), True, False, RATE_LIMITED, id="429"),
+            pytest.param(
+                ModelbitRateLimited("RateLimitExceeded", status=200),
+                True,
+                False,
+                RATE_LIMITED,
+                id="message-on-200",
+            ),
             pytest.param(ModelbitTransportError("502", status=502), True, False, BAD_GATEWAY, id="502"),
             pytest.param(ModelbitTransportError("503", status=503), True, False, UNAVAILABLE, id="503"),
             pytest.param(

@@ -262,8 +262,16 @@ CASES = [
         "unreachable host",
         with_connection(lambda scene: "http://127.0.0.1:9"),
         ModelbitTransportError,
-        r"Deployment 'doubler' \(version latest\): could not connect.*Workspace URL of connection "
-        r"'modelbit_default'",
+        r"Deployment 'doubler' \(version latest\): could not connect to "
+        r"http://127\.0\.0\.1:9/v1/doubler/latest .*Workspace URL of connection 'modelbit_default'",
+    ),
+    BadInput(
+        "https workspace URL on a plain-HTTP server",
+        with_connection(lambda scene: scene.emulator.url.replace("http://", "https://"), API_KEY),
+        ModelbitTransportError,
+        r"Deployment 'doubler' \(version latest\): the TLS handshake with "
+        r"https://127\.0\.0\.1:\d+/v1/doubler/latest failed before anything was sent; "
+        r"if the server speaks plain HTTP, use an http:// Workspace URL",
     ),
     BadInput(
         "wrong API key",
@@ -350,7 +358,21 @@ CASES = [
         "single input JSON cannot carry",
         lambda scene: infer(scene, {"when": object()}),
         ModelbitInputError,
-        r"Deployment 'doubler' \(version latest\): the input cannot be sent as JSON",
+        r"Deployment 'doubler' \(version latest\): the input cannot be sent as JSON: the value at key path "
+        r"\['when'\] is of type object",
+    ),
+    BadInput(
+        "batch value JSON cannot carry, deep in a row",
+        lambda scene: infer(scene, [[1, 2], [7, {"a": [1, {"b": b"raw"}]}]]),
+        ModelbitInputError,
+        r"Row with ID 7 cannot be sent as JSON: column 'a' at key path \[1\]\['b'\] is of type bytes",
+    ),
+    BadInput(
+        "batch ID beyond 64 bits",
+        lambda scene: infer(scene, [[2**70, 1]]),
+        ModelbitInputError,
+        r"Row with ID 1180591620717411303424 cannot be sent as JSON: the ID is the integer "
+        r"1180591620717411303424, outside the 64-bit range JSON readers keep exactly; send it as a string",
     ),
     BadInput(
         "batch row that is not a list",
