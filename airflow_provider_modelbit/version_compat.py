@@ -17,4 +17,9 @@ try:
 except ImportError:  # Airflow 3.1: still in the core's operator helpers
     from airflow.utils.operator_helpers import determine_kwargs
 
-__all__ = ["AirflowFailException", "conf", "determine_kwargs"]
+try:
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+except ImportError:  # Airflow 3.1 keeps it in airflow.exceptions
+    from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef]
+
+__all__ = ["AirflowFailException", "AirflowTaskTimeout", "conf", "determine_kwargs"]

@@ -392,6 +392,19 @@ class _ModelbitHookBase(BaseHook):
         )
         return call, body
 
+    def _accepted_batch_id(
+        self, payload: Mapping[str, Any], headers: Mapping[str, str], call: InferenceCall
+    ) -> str | None:
+        """The batchId of an accepted submission, or ``None`` (logged): it is information, not a key."""
+        batch_id = batch_id_of(payload, headers)
+        if batch_id is None:
+            self.log.warning(
+                "%s: the async submission was accepted without a batchId (neither the body's 'batchId' "
+                "nor an x-mb-batch-id header); its delivery is awaited all the same.",
+                call.where,
+            )
+        return batch_id
+
     def _log_request(
         self, call: InferenceCall, rows: int | None, seconds: float, response_bytes: int
     ) -> None:
@@ -867,7 +880,7 @@ class ModelbitHook(_ModelbitHookBase):
         timeout_seconds: int | None = None,
         response_format: str | None = None,
         webhook_ignore_timeout: bool | None = None,
-    ) -> str:
+    ) -> str | None:
         """
         Submit an inference to run asynchronously; Modelbit posts the answer to ``webhook_url``.
 
@@ -881,7 +894,8 @@ class ModelbitHook(_ModelbitHookBase):
         :param timeout_seconds: inference time limit (1-900); ``None`` uses the connection's.
         :param response_format: ``None``, or ``"links"`` for a delivery carrying a download link.
         :param webhook_ignore_timeout: count a webhook attempt that times out as delivered.
-        :return: the batchId of the submission.
+        :return: the batchId of the submission; ``None`` (logged) when the answer names none, as
+            Modelbit documents no shape for it. The submission was accepted either way.
         """
         call, body = self._submission(
             self.settings,
@@ -895,7 +909,7 @@ class ModelbitHook(_ModelbitHookBase):
             webhook_ignore_timeout,
         )
         payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT)
-        return batch_id_of(payload, headers, call)
+        return self._accepted_batch_id(payload, headers, call)
 
     @contextmanager
     def open_link(self, url: str) -> Iterator[Iterator[bytes]]:
@@ -1153,7 +1167,7 @@ class ModelbitAsyncHook(_ModelbitHookBase):
         timeout_seconds: int | None = None,
         response_format: str | None = None,
         webhook_ignore_timeout: bool | None = None,
-    ) -> str:
+    ) -> str | None:
         """
         Submit an inference to run asynchronously and return its batchId (see ``ModelbitHook.submit_async``).
 
@@ -1180,7 +1194,7 @@ class ModelbitAsyncHook(_ModelbitHookBase):
         )
         async with self._client(settings) as client:
             payload, headers, _ = await self._asend(client, call, body, None, SUBMIT_READ_TIMEOUT)
-        return batch_id_of(payload, headers, call)
+        return self._accepted_batch_id(payload, headers, call)
 
     async def adownload_link(self, url: str) -> bytes:
         """

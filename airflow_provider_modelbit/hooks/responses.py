@@ -212,16 +212,15 @@ def link_location(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-def batch_id_of(payload: Mapping[str, Any], headers: Mapping[str, str], call: InferenceCall) -> str:
-    """Read the batchId of an async submission: the body's ``batchId``, else the ``x-mb-batch-id`` header."""
+def batch_id_of(payload: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+    """
+    Read the batchId of an async submission: the body's ``batchId``, else the ``x-mb-batch-id`` header.
+
+    ``None`` when neither is there: the shape of the immediate answer is not documented, and the
+    batch ID is information, not a key (deliveries are keyed by job and chunk).
+    """
     batch_id = payload.get("batchId") or headers.get("x-mb-batch-id")
-    if not batch_id:
-        raise ModelbitTransportError(
-            f"{call.where}: the async submission was accepted but carried no batchId.",
-            deployment=call.deployment,
-            version=call.version,
-        )
-    return str(batch_id)
+    return str(batch_id) if batch_id else None
 
 
 def data_of(payload: Mapping[str, Any], call: InferenceCall) -> Any:

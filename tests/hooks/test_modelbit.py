@@ -622,6 +622,16 @@ class TestSubmitAsync:
         body = orjson.loads(scripted_server.received[0]["body"])
         assert body == {"data": 1, "timeout_seconds": 900, "response_webhook": "https://example.com/hook"}
 
+    def test_a_missing_batch_id_is_logged_and_the_submission_counts_as_accepted(
+        self, scripted_server, hook_for, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """Modelbit documents no shape for the immediate answer: no batchId is not a failure."""
+        scripted_server.script(CannedResponse(202, b"{}", {}))
+        hook = hook_for(scripted_server.url)
+        assert hook.submit_async("doubler", 1, webhook_url="https://example.com/hook") is None
+        assert "accepted without a batchId" in _logged(capfd)
+        assert len(scripted_server.received) == 1, "sent once, not again"
+
     def test_async_timeout_limit_is_900(self, emulator, hook_for) -> None:
         with pytest.raises(ModelbitInputError, match="from 1 to 900"):
             hook_for(emulator.url).submit_async("doubler", 1, webhook_url="https://x/h", timeout_seconds=901)

@@ -17,18 +17,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_provider_modelbit.callbacks.job import job_id_for_try, task_job_prefix
+from airflow_provider_modelbit.callbacks.job_runner import validate_callback_event
 from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.emulator.server import run_emulator
-from airflow_provider_modelbit.exceptions import ModelbitCallbackError, ModelbitDeploymentError
-from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
-from airflow_provider_modelbit.operators.deferrable import (
-    XCOM_BATCH_IDS_KEY,
-    ModelbitDeferrableMixin,
-    callback_job_id,
-    validate_callback_event,
+from airflow_provider_modelbit.exceptions import (
+    ModelbitCallbackError,
+    ModelbitDeploymentError,
+    ModelbitTimeout,
 )
+from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
+from airflow_provider_modelbit.operators.deferrable import XCOM_BATCH_IDS_KEY
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
 from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
 from tests.airflow_dags import TaskDeferred, TaskOutcome, run_task
@@ -38,11 +39,8 @@ from tests.operators.flaky_deployment import write_flaky_deployment
 SECRET = "deferrable-test-secret-0123"
 
 
-@pytest.fixture(autouse=True)
-def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Poll the store often and wait briefly past the deadline, so the tests take seconds."""
-    monkeypatch.setattr(ModelbitDeferrableMixin, "callback_poll_interval", 0.2)
-    monkeypatch.setattr(ModelbitDeferrableMixin, "callback_delivery_margin", 30)
+#: Poll the store often and wait briefly past the deadline, so the tests take seconds.
+FAST = {"callback_poll_interval": 0.2, "callback_delivery_margin": 30}
 
 
 @pytest.fixture
@@ -92,7 +90,8 @@ def flaky_server(
 
 def run_deferred(**operator_kwargs: Any) -> TaskOutcome:
     """Run ModelbitInferenceOperator(deferrable=True) with ``operator_kwargs``."""
-    return run_task(lambda: ModelbitInferenceOperator(task_id="score", deferrable=True, **operator_kwargs))
+    options = {**FAST, **operator_kwargs}
+    return run_task(lambda: ModelbitInferenceOperator(task_id="score", deferrable=True, **options))
 
 
 class TestDeferredInference:
@@ -129,15 +128,32 @@ class TestDeferredInference:
         assert (tmp_path / "deferred.parquet").read_bytes() == (tmp_path / "sync.parquet").read_bytes()
         assert len(server.client.batches()) == 1
 
-    def test_error_delivery_is_resubmitted_then_fails_with_the_deployment_message(self, server) -> None:
-        """A chunk delivered as an error is tried max_chunk_attempts (3) times in all."""
-        outcome = run_deferred(deployment="raiser", data=7)
+    def test_error_delivery_fails_the_try_with_the_synchronous_error(self, server) -> None:
+        """Not idempotent: a deployment error is not sent again within the try, and reads as the sync one."""
+        outcome = run_deferred(deployment="raiser", data=[[1, 7]])
         assert outcome.state == "failed"
         assert isinstance(outcome.error, ModelbitDeploymentError), repr(outcome.error)
-        assert "ValueError: boom: 7" in str(outcome.error)
-        assert "after 3 attempt(s)" in str(outcome.error)
-        assert len(server.client.batches()) == 3
+        assert len(server.client.batches()) == 1 and server.client.runs("raiser") == {"1": 1}
+        sync = run_task(
+            lambda: ModelbitInferenceOperator(task_id="score", deployment="raiser", data=[[1, 7]])
+        )
+        assert type(sync.error) is type(outcome.error) and str(sync.error) == str(outcome.error)
         assert SECRET not in str(outcome.error)
+
+    def test_an_idempotent_error_delivery_is_resent_up_to_the_bound(self, server) -> None:
+        """Idempotent: the retry policy sends a failed chunk again, max_chunk_attempts (3) times in all."""
+        outcome = run_deferred(deployment="raiser", data=7, idempotent=True)
+        assert isinstance(outcome.error, ModelbitDeploymentError), repr(outcome.error)
+        assert "ValueError: boom: 7" in str(outcome.error)
+        assert len(server.client.batches()) == 3
+
+    def test_a_timeout_delivery_raises_the_synchronous_timeout(self, server) -> None:
+        """A ``Timeout:`` delivery raises ModelbitTimeout with the sync path's message."""
+        options = {"deployment": "sleeper", "data": 5, "timeout_seconds": 1}
+        deferred = run_deferred(**options)
+        sync = run_task(lambda: ModelbitInferenceOperator(task_id="score", **options))
+        assert isinstance(deferred.error, ModelbitTimeout), repr(deferred.error)
+        assert type(sync.error) is ModelbitTimeout and str(sync.error) == str(deferred.error)
 
     def test_a_submission_whose_answer_was_lost_is_awaited_not_sent_again(self, server) -> None:
         """Modelbit accepted the request but the answer never came back: its delivery is awaited."""
@@ -153,8 +169,7 @@ class TestDeferredInference:
     ) -> None:
         unreachable = {"callback_base_url": "http://127.0.0.1:9", "callback_secret": SECRET}
         modelbit_connection(host=server.url, extra=unreachable)
-        monkeypatch.setattr(ModelbitDeferrableMixin, "callback_delivery_margin", 1)
-        outcome = run_deferred(deployment="doubler", data=1, timeout_seconds=1)
+        outcome = run_deferred(deployment="doubler", data=1, timeout_seconds=1, callback_delivery_margin=1)
         assert outcome.state == "failed"
         assert isinstance(outcome.error, ModelbitCallbackError), repr(outcome.error)
         assert "missing chunk(s) [0]" in str(outcome.error)
@@ -187,9 +202,8 @@ def batch_kwargs(input_path: Path, output_path: Path, **overrides: Any) -> dict[
 
 def run_batch(deferrable: bool, **operator_kwargs: Any) -> TaskOutcome:
     """Run ModelbitBatchInferenceOperator with ``dag.test()`` on the given path."""
-    return run_task(
-        lambda: ModelbitBatchInferenceOperator(task_id="score", deferrable=deferrable, **operator_kwargs)
-    )
+    options = {**FAST, **operator_kwargs}
+    return run_task(lambda: ModelbitBatchInferenceOperator(task_id="score", deferrable=deferrable, **options))
 
 
 @pytest.fixture
@@ -243,8 +257,9 @@ class TestDeferredBatch:
     def test_an_error_delivery_resubmits_only_its_chunk(
         self, flaky_server: RunningEmulator, input_table: Path, tmp_path: Path
     ) -> None:
-        """x=13 fails once: its chunk (rows 12-14) is sent again, the other six chunks once."""
-        outcome = run_batch(True, **batch_kwargs(input_table, tmp_path / "out.parquet", deployment="flaky"))
+        """Idempotent, x=13 fails once: its chunk (rows 12-14) is sent again, the other six chunks once."""
+        options = batch_kwargs(input_table, tmp_path / "out.parquet", deployment="flaky", idempotent=True)
+        outcome = run_batch(True, **options)
         assert outcome.state == "success", outcome.error
         assert pq.read_table(tmp_path / "out.parquet").column("result").to_pylist() == list(range(ROWS))
         results = sorted(batch["result"] for batch in flaky_server.client.batches())
@@ -274,7 +289,7 @@ class TestRetryReuse:
         ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
         context: Any = {"ti": ti}
         first = ModelbitInferenceOperator(
-            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True
+            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True, **FAST
         )
         with pytest.raises(TaskDeferred) as deferred:
             first.execute(context)
@@ -284,14 +299,11 @@ class TestRetryReuse:
 
         ti.try_number = 2  # the task failed after the delivery arrived and is retried
         retry = ModelbitInferenceOperator(
-            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True
+            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True, **FAST
         )
-        with pytest.raises(TaskDeferred) as deferred_again:
-            retry.execute(context)
+        assert retry.execute(context) == [[1, 2], [2, 4]], "every delivery is in: no deferral"
         assert len(server.client.batches()) == 1, "nothing is paid for twice"
-        event = asyncio.run(_trigger_event(deferred_again.value.trigger))
-        assert retry.execute_complete(context, event) == [[1, 2], [2, 4]]
-        assert not store.has_manifest(callback_job_id("dag", "score", ti.run_id, -1))
+        assert not store.has_manifest(job_id_for_try(task_job_prefix("dag", "score", ti.run_id, -1), 1))
 
 
 class TestEventValidation:
@@ -300,6 +312,9 @@ class TestEventValidation:
         with pytest.raises(ModelbitCallbackError):
             validate_callback_event(event)
 
-    def test_job_id_is_deterministic_per_task_instance(self) -> None:
-        assert callback_job_id("d", "t", "r", 0) == callback_job_id("d", "t", "r", 0)
-        assert callback_job_id("d", "t", "r", 0) != callback_job_id("d", "t", "r", 1)
+    def test_job_id_names_the_task_instance_and_the_generation(self) -> None:
+        assert task_job_prefix("d", "t", "r", 0) == task_job_prefix("d", "t", "r", 0)
+        assert task_job_prefix("d", "t", "r", 0) != task_job_prefix("d", "t", "r", 1)
+        assert job_id_for_try(task_job_prefix("d", "t", "r", 0), 1) != job_id_for_try(
+            task_job_prefix("d", "t", "r", 0), 2
+        )

@@ -49,12 +49,16 @@ def build_dag(tmp_path: Path) -> DAG:
             columns=["x"],
             argument_style="positional",
         )
-        deferred = ModelbitInferenceOperator(
-            task_id="deferred", deployment="doubler", data=[[1, 5]], deferrable=True, timeout_seconds=30
-        )
         # A lost delivery fails the task in under a minute instead of after the default margins.
-        deferred.callback_delivery_margin = 15
-        deferred.callback_poll_interval = 0.5
+        ModelbitInferenceOperator(
+            task_id="deferred",
+            deployment="doubler",
+            data=[[1, 5]],
+            deferrable=True,
+            timeout_seconds=30,
+            callback_delivery_margin=15,
+            callback_poll_interval=0.5,
+        )
         ModelbitInferenceOperator(task_id="failing", deployment="raiser", data=1)
     return dag
 

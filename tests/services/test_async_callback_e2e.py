@@ -53,6 +53,7 @@ with DAG("e2e_async_callback", schedule=None, start_date=START, catchup=False):
         response_format="links",
         deferrable=True,
         retries=0,
+        callback_poll_interval=1.0,
     )
     slow_model = ModelbitInferenceOperator(
         task_id="slow_model",
@@ -61,9 +62,8 @@ with DAG("e2e_async_callback", schedule=None, start_date=START, catchup=False):
         timeout_seconds=120,
         deferrable=True,
         retries=0,
+        callback_poll_interval=1.0,
     )
-    # The store is polled every second so the test does not wait on the default interval.
-    score_table.callback_poll_interval = slow_model.callback_poll_interval = 1.0
     score_table >> slow_model
 
 with DAG("e2e_free_slot", schedule=None, start_date=START, catchup=False):

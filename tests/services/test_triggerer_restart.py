@@ -57,8 +57,8 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2026, 1, 1), ca
         batch_size={batch_size},
         deferrable=True,
         retries=0,
+        callback_poll_interval=1.0,
     )
-    score.callback_poll_interval = 1.0
 """
 
 

@@ -1,0 +1,397 @@
+"""Run a :class:`CallbackJob` for a deferrable operator: find or start it, submit, settle, collect.
+
+Everything here is independent of Airflow's deferral machinery (that glue is
+``operators/deferrable.py``): which job a try works on, which chunks are sent, what a delivery
+means, and when the task fails. Whether a failed chunk is sent again is decided by
+:func:`retry_verdict`, as on the synchronous path; a delivery body is read by :func:`parse_answer`,
+as a synchronous answer is, so the same failure raises the same error in both modes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from airflow_provider_modelbit.callbacks.job import (
+    IN_FLIGHT,
+    CallbackJob,
+    ChunkState,
+    JobRequest,
+    job_id_for_try,
+    load_job,
+    payload_hash,
+    save_job,
+    task_job_prefix,
+)
+from airflow_provider_modelbit.callbacks.signing import callback_url, check_secret
+from airflow_provider_modelbit.defaults import LINKS
+from airflow_provider_modelbit.exceptions import (
+    ModelbitCallbackError,
+    ModelbitConnectionError,
+    ModelbitError,
+    ModelbitIncompleteBatch,
+    ModelbitLinkExpired,
+    ModelbitTimeout,
+    ModelbitTransportError,
+)
+from airflow_provider_modelbit.hooks.responses import parse_answer
+from airflow_provider_modelbit.hooks.retries import retry_verdict
+from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES
+from airflow_provider_modelbit.version_compat import AirflowTaskTimeout
+
+if TYPE_CHECKING:
+    from airflow_provider_modelbit.callbacks.store import CallbackStore
+    from airflow_provider_modelbit.operators.deferrable import DeferrableHost
+
+#: Time past the inference limit for the webhook to arrive (Modelbit retries deliveries for ~31 s).
+DELIVERY_MARGIN_SECONDS = 120
+#: Signed URLs stay valid this long past the deadline, so Modelbit's retries of a slow delivery land.
+TOKEN_GRACE_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class CallbackDelivery:
+    """
+    One chunk's webhook delivery, as the operator receives it on resumption.
+
+    :param chunk: the chunk number, from 0, in the order of ``_callback_payloads()``.
+    :param value: what the answer's ``data`` holds: the results, or the results link when the
+        request asked for ``response_format="links"``.
+    :param seconds: wall-clock time from the job's first submission to this delivery's arrival.
+    :param size: bytes of the delivery body.
+    """
+
+    chunk: int
+    value: Any
+    seconds: float
+    size: int
+
+
+def validate_callback_event(event: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the trigger event, or raise :class:`ModelbitCallbackError` when it is missing or unknown."""
+    if not isinstance(event, dict) or event.get("status") not in TRIGGER_EVENT_STATUSES:
+        raise ModelbitCallbackError(
+            f"The callback trigger returned an unexpected event {event!r}; expected a status among "
+            f"{sorted(TRIGGER_EVENT_STATUSES)}. Clear the task to run it again."
+        )
+    for key in ("job_id", "store_location", "chunks"):
+        if key not in event:
+            raise ModelbitCallbackError(f"The callback trigger event lacks {key!r}: {event!r}.")
+    return event
+
+
+@dataclass(frozen=True)
+class _Submission:
+    """What every async request of one submission round shares; held in memory only (it has the secret)."""
+
+    base_url: str
+    secret: str
+    timeout_seconds: int
+    expires_at: int
+
+    def __repr__(self) -> str:
+        return f"_Submission(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
+
+
+class _Reading:
+    """The chunk whose delivery the host is reading, so a failure can be pinned on it."""
+
+    chunk: int | None = None
+
+
+class JobRunner:
+    """
+    The life of one task instance's callback job, over the host operator's settings and hook.
+
+    :param store: the callback store.
+    :param host: the operator (see :class:`~airflow_provider_modelbit.operators.deferrable.DeferrableHost`).
+    :param delivery_margin: seconds past the inference time limit for a delivery to arrive.
+    :param max_attempts: submissions of one chunk allowed over the job's life.
+    """
+
+    def __init__(
+        self, store: CallbackStore, host: DeferrableHost, *, delivery_margin: float, max_attempts: int
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.delivery_margin = delivery_margin
+        self.max_attempts = max_attempts
+
+    # ------------------------------------------------------------------ which job
+
+    def job_for_try(self, ti: Any, request: JobRequest) -> CallbackJob:
+        """Return the earlier job when it asked exactly this; otherwise retire it and start a new one."""
+        prefix = task_job_prefix(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
+        try_number = int(getattr(ti, "try_number", 1) or 1)
+        previous = self._previous_job(prefix, try_number)
+        if previous is not None:
+            reason = previous.mismatch(request) or previous.mismatch(request, self._payload_hashes())
+            if reason is None:
+                delivered = len(previous.in_state(ChunkState.DELIVERED))
+                self.host.log.info(
+                    "Reusing callback job %s from an earlier try (same request and input): %d of %d "
+                    "chunk(s) delivered.", previous.job_id, delivered, len(previous.chunks),
+                )  # fmt: skip
+                return previous
+            self.host.log.warning(
+                "Retiring callback job %s of an earlier try because %s; its late deliveries are "
+                "dropped and a new job starts.", previous.job_id, reason,
+            )  # fmt: skip
+            self.store.retire_job(previous.job_id, f"replaced: {reason}"[:500])
+        job_id = job_id_for_try(prefix, try_number)
+        if self.store.is_retired(job_id):
+            # This try's id was used by a job retired before (a run deleted and made again):
+            # a fresh id keeps that job's late deliveries away from this one.
+            import uuid
+
+            job_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+        return CallbackJob(job_id, request)
+
+    def _previous_job(self, prefix: str, try_number: int) -> CallbackJob | None:
+        """The job an earlier try left (at most one is unretired at a time), newest first."""
+        for earlier in range(try_number, 0, -1):
+            job = load_job(self.store, job_id_for_try(prefix, earlier))
+            if job is not None:
+                return job
+        return None
+
+    def _payload_hashes(self) -> list[str]:
+        return [payload_hash(payload) for payload in self.host._callback_payloads()]
+
+    def load(self, job_id: str) -> CallbackJob:
+        job = load_job(self.store, job_id)
+        if job is None:
+            raise ModelbitCallbackError(
+                f"Callback job {job_id} is not in {self.store.location}: it was retired or removed "
+                "(the task was killed, cleared or timed out meanwhile). Clear the task to run it again."
+            )
+        return job
+
+    # ------------------------------------------------------------------ what to send
+
+    def due_on_new_try(self, job: CallbackJob) -> set[int]:
+        """Chunks a new try sends: pending, errored, or awaited past the deadline (within the bound)."""
+        self.record_deliveries(job)
+        overdue = time.time() >= job.deadline
+        due = set()
+        for chunk, record in enumerate(job.chunks):
+            if record.state is ChunkState.ERRORED:
+                self._requeue(job, chunk, self.delivery_error(job, chunk))
+            elif record.state in IN_FLIGHT and overdue:
+                self._requeue(job, chunk, self._lost_error(job, [chunk]))
+            if record.state is ChunkState.PENDING:
+                due.add(chunk)
+        return due
+
+    def settle(self, job: CallbackJob, *, lost: bool, last_try: bool) -> None:
+        """
+        Record the deliveries; put back to pending what the retry policy sends again, or fail.
+
+        :param lost: the trigger's deadline passed with deliveries missing.
+        """
+        self.record_deliveries(job)
+        missing = job.in_state(*IN_FLIGHT)
+        if lost and missing and job.timed_out(time.time()):
+            self.store.retire_job(job.job_id, "execution_timeout")
+            raise AirflowTaskTimeout(
+                f"execution_timeout of task {self.host.deployment!r} passed while waiting for chunk(s) "
+                f"{missing[:10]} of callback job {job.job_id}; the job was retired."
+            )
+        for chunk in job.in_state(ChunkState.ERRORED):
+            self._resend_if_allowed(job, chunk, self.delivery_error(job, chunk), last_try)
+        if lost:
+            for chunk in missing:
+                self._resend_if_allowed(job, chunk, self._lost_error(job, missing), last_try)
+        save_job(self.store, job)
+
+    def _resend_if_allowed(self, job: CallbackJob, chunk: int, error: ModelbitError, last_try: bool) -> None:
+        # A lost delivery is judged as a timeout: the request reached Modelbit and may have run.
+        judged = ModelbitTimeout(error.message) if isinstance(error, ModelbitCallbackError) else error
+        verdict = retry_verdict(judged, request_sent=True, idempotent=self.host.idempotent)
+        if verdict is None:
+            self._fail(job, error, retire=last_try)
+        self.host.log.warning(
+            "Chunk %d of job %s: %s; sending it again (%s%s).", chunk, job.job_id, error.message,
+            verdict.reason, ", rows may be scored twice" if verdict.may_rescore else "",
+        )  # fmt: skip
+        self._requeue(job, chunk, error)
+
+    def _requeue(self, job: CallbackJob, chunk: int, error: ModelbitError) -> None:
+        """Put a chunk back to pending, or fail with ``error`` once its attempts are spent."""
+        if job.chunks[chunk].attempts >= self.max_attempts:
+            self._fail(job, error, retire=True, attempts=job.chunks[chunk].attempts)
+        self.store.remove_chunk(job.job_id, chunk)
+        job.requeue(chunk)
+
+    def _fail(self, job: CallbackJob, error: ModelbitError, *, retire: bool, attempts: int = 0) -> NoReturn:
+        if retire:
+            self.store.retire_job(job.job_id, f"failed: {type(error).__name__}")
+        else:
+            save_job(self.store, job)  # a retry reads the attempts made so far
+        if attempts:
+            self.host.log.error("A chunk of job %s was sent %d time(s), the limit.", job.job_id, attempts)
+        raise error
+
+    def _lost_error(self, job: CallbackJob, missing: list[int]) -> ModelbitCallbackError:
+        return ModelbitCallbackError(
+            f"Deployment {self.host.deployment!r} (version {self.host.version}): job {job.job_id}: "
+            f"{len(job.chunks) - len(missing)} of {len(job.chunks)} deliveries arrived before the deadline; "
+            f"missing chunk(s) {missing[:10]}. Check the callback receiver is reachable at the connection's "
+            "callback_base_url.",
+            deployment=self.host.deployment,
+            version=self.host.version,
+        )
+
+    # ------------------------------------------------------------------ submission
+
+    def submit(self, job: CallbackJob, due: set[int]) -> None:
+        """Submit the ``due`` chunks (and any chunk the job does not know yet), streaming the payloads."""
+        submission: _Submission | None = None
+        submitted = 0
+        for chunk, payload in enumerate(self.host._callback_payloads()):
+            if chunk == len(job.chunks) and not job.sealed:
+                due.add(job.add_chunk(payload_hash(payload)))
+            if chunk in due:
+                submission = submission or self._open_submission(job)
+                self._submit_chunk(job, submission, chunk, payload)
+                submitted += 1
+            elif job.sealed and chunk >= max(due, default=-1):
+                break
+        if not job.sealed:
+            job.seal(len(job.chunks))
+        if job.chunks:
+            save_job(self.store, job)
+        if submitted:
+            self.host.log.info(
+                "Submitted %d of %d chunk(s) of %s asynchronously as callback job %s.",
+                submitted, len(job.chunks), self.host.deployment, job.job_id,
+            )  # fmt: skip
+
+    def _open_submission(self, job: CallbackJob) -> _Submission:
+        """Check the callback settings and save the job before the first request (the receiver needs it)."""
+        settings = self.host.hook.settings
+        if not settings.callback_base_url:
+            raise ModelbitConnectionError(
+                f"Connection {job.request.conn_id!r} has no 'callback_base_url': set it to the public "
+                "https URL of the callback receiver (e.g. https://airflow.example.com/modelbit), or run "
+                "the task with deferrable=False."
+            )
+        secret = check_secret(settings.callback_secret, job.request.conn_id)
+        job.extend_deadline(time.time() + job.request.timeout_seconds + self.delivery_margin)
+        save_job(self.store, job)
+        expires_at = int(job.deadline + TOKEN_GRACE_SECONDS)
+        return _Submission(str(settings.callback_base_url), secret, job.request.timeout_seconds, expires_at)
+
+    def _submit_chunk(self, job: CallbackJob, submission: _Submission, chunk: int, payload: Any) -> None:
+        url = callback_url(
+            submission.base_url,
+            job.request.conn_id,
+            job.job_id,
+            chunk,
+            submission.secret,
+            submission.expires_at,
+        )
+        now = time.time()
+        job.mark_sent(chunk, now)
+        # Every chunk gets its full time from its own submission, not from the first one's.
+        job.extend_deadline(now + submission.timeout_seconds + self.delivery_margin)
+        save_job(self.store, job)  # a retry must know this request may have gone out
+        try:
+            batch_id = self.host.hook.submit_async(
+                self.host.deployment,
+                payload,
+                webhook_url=url,
+                version=self.host.version,
+                branch=self.host.branch,
+                timeout_seconds=submission.timeout_seconds,
+                response_format=self.host.response_format,
+            )
+        except ModelbitError as error:
+            if not error.request_sent:
+                job.mark_not_sent(chunk)  # refused before it could run: sending it again is safe
+                save_job(self.store, job)
+                raise
+            # Modelbit may have accepted it: its delivery is awaited like the others.
+            self.host.log.warning(
+                "Chunk %d of job %s: %s Awaiting its delivery.", chunk, job.job_id, error.message
+            )
+            return
+        job.accept(chunk, batch_id)
+        save_job(self.store, job)
+
+    # ------------------------------------------------------------------ deliveries
+
+    def record_deliveries(self, job: CallbackJob) -> None:
+        """Move awaited chunks whose delivery is in the store to delivered or errored."""
+        for chunk in sorted(self.store.delivered_chunks(job.job_id)):
+            if chunk < len(job.chunks) and job.chunks[chunk].state in IN_FLIGHT:
+                job.record_delivery(chunk, self.store.delivery_kind(job.job_id, chunk))
+
+    def delivery_value(self, job: CallbackJob, chunk: int) -> Any:
+        """Read a delivery as a synchronous answer is read: its ``data``, or the error it describes."""
+        with self.store.open_delivery(job.job_id, chunk) as body:
+            answer = parse_answer(
+                200,
+                {"content-type": "application/json"},
+                body.read(),
+                deployment=self.host.deployment,
+                version=self.host.version,
+                branch=self.host.branch,
+                conn_id=job.request.conn_id,
+            )
+        return answer["data"]
+
+    def delivery_error(self, job: CallbackJob, chunk: int) -> ModelbitError:
+        try:
+            self.delivery_value(job, chunk)
+        except ModelbitError as error:
+            error.request_sent = True
+            return error
+        raise ModelbitCallbackError(
+            f"Chunk {chunk} of job {job.job_id} was stored as an error but holds data."
+        )
+
+    def collect(
+        self, job: CallbackJob, assemble: Callable[[Iterator[CallbackDelivery]], Any]
+    ) -> tuple[bool, Any]:
+        """
+        Hand the deliveries to ``assemble``; return ``(True, result)``, then remove the job.
+
+        A links delivery that expired or could not be read puts its chunk back to pending (the
+        resubmission counts as an attempt) and returns ``(False, None)``: the caller resubmits.
+        """
+        reading = _Reading()
+        try:
+            result = assemble(self._deliveries(job, reading))
+        except ModelbitError as error:
+            if reading.chunk is None or not _link_failure(error, self.host.response_format):
+                raise
+            self.host.log.warning(
+                "The results link of chunk %d of job %s could not be read (%s); resubmitting the chunk.",
+                reading.chunk, job.job_id, error.message,
+            )  # fmt: skip
+            self._requeue(job, reading.chunk, error)
+            return False, None
+        self.store.remove_job(job.job_id)
+        return True, result
+
+    def _deliveries(self, job: CallbackJob, reading: _Reading) -> Iterator[CallbackDelivery]:
+        """Yield each chunk's delivery in chunk order, reading one body at a time."""
+        for chunk in range(len(job.chunks)):
+            reading.chunk = chunk
+            meta = self.store.delivery_meta(job.job_id, chunk)
+            started = job.first_submitted_at or meta["received_at"]
+            value = self.delivery_value(job, chunk)
+            yield CallbackDelivery(chunk, value, max(0.0, meta["received_at"] - started), meta["size"])
+
+
+def _link_failure(error: ModelbitError, response_format: str | None) -> bool:
+    """A links download that failed for the link's sake (expired, unreachable, cut short), not the rows'."""
+    if response_format != LINKS:
+        return False
+    if isinstance(error, ModelbitLinkExpired):
+        return True
+    # Link download errors name no deployment; ID mismatches of the rows do.
+    return isinstance(error, ModelbitTransportError | ModelbitIncompleteBatch) and error.deployment is None
