@@ -30,6 +30,10 @@ pytestmark = pytest.mark.services
 #: Seconds the ``sleeper`` deployment runs in the execution_timeout scenario, far past the timeout.
 SLEEP_SECONDS = 85
 EXECUTION_TIMEOUT_SECONDS = 60
+#: Seconds every webhook is held back. On a busy machine the scheduler may read the executor's
+#: report of a deferring worker process only after the task resumed, and then fail the resumed
+#: try; deliveries a few seconds late keep each scenario clear of that race.
+DELIVERY_DELAY_SECONDS = 8
 
 DAG_FILE = """
 from __future__ import annotations
@@ -110,6 +114,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackDep
         AirflowRestClient(running.services.api_url, timeout=120) as patient_client,
     ):
         running.client = patient_client
+        running.emulator.client.set_faults(webhook_delay_seconds=DELIVERY_DELAY_SECONDS)
         for dag_id in DAG_IDS:
             running.client.wait_for_dag(dag_id, timeout=300)
         yield running
@@ -186,7 +191,7 @@ class TestClearedAfterAChange:
         # The run fails with its only task; clearing it before then races the scheduler.
         assert finish(deployment, dag_id, run_id) == "failed"
         write_table(root / "input.parquet", [f"new{i}" for i in range(7)], [1000 + i for i in range(7)])
-        emulator.set_faults(deployment="doubler")
+        emulator.set_faults(deployment="doubler", webhook_delay_seconds=DELIVERY_DELAY_SECONDS)
         clear(deployment, dag_id, run_id, ["score"])
         assert finish(deployment, dag_id, run_id) == "success"
 
@@ -263,9 +268,8 @@ class TestExpiredLinks:
         dag_id = "job_links_expired"
         keys = [f"link{i}" for i in range(6)]
         write_table(root / "input.parquet", keys, list(range(6)))
-        # Links live one second and arrive three seconds late: expired before the task resumes.
+        # Links live one second and arrive seconds late: expired before the task resumes.
         emulator.configure(link_expiry_seconds=1)
-        emulator.set_faults(deployment="doubler", webhook_delay_seconds=3)
         run_id = deployment.client.trigger_dag_run(dag_id)
         first = job_id(dag_id, run_id, 1)
         wait_until(
@@ -274,7 +278,6 @@ class TestExpiredLinks:
             lambda: f"deliveries of {first}: {store(deployment).delivered_chunks(first)}",
         )
         emulator.configure(link_expiry_seconds=3600)
-        emulator.set_faults(deployment="doubler")
         assert finish(deployment, dag_id, run_id) == "success"
         assert task_instance(deployment, dag_id, run_id)["try_number"] == 1
         runs = emulator.runs("doubler")
