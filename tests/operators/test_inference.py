@@ -36,6 +36,7 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitInputError,
     ModelbitLinkExpired,
     ModelbitNotFound,
+    ModelbitOutputError,
     ModelbitTimeout,
     ModelbitTransportError,
 )
@@ -355,6 +356,31 @@ class TestXComOutput:
 
 class TestParquetOutput:
     """With output_path the results are written as Parquet and the task returns a summary."""
+
+    @pytest.mark.parametrize(
+        ("where", "message"),
+        [
+            ("directory", "output_path .* is a directory"),
+            ("under a file", "output_path .* cannot be created: .* is a file"),
+            ("gs://no-bucket/out.parquet", "output_path gs://no-bucket/out.parquet: .*gcsfs"),
+        ],
+    )
+    def test_an_unusable_output_path_is_refused_before_any_request(
+        self, where: str, message: str, server: RunningEmulator, tmp_path: Path
+    ) -> None:
+        (tmp_path / "directory").mkdir()
+        (tmp_path / "blocker").write_text("a file")
+        output = {
+            "directory": str(tmp_path / "directory"),
+            "under a file": str(tmp_path / "blocker" / "o.parquet"),
+        }
+        operator = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=[[1, 10]], output_path=output.get(where, where)
+        )
+        with pytest.raises(ModelbitOutputError, match=message):
+            operator.execute({})
+        assert server.client.requests() == []
+        assert files_in(tmp_path) == ["blocker", "directory"]
 
     @pytest.mark.parametrize(
         ("operator_kwargs", "id_type", "result_type", "expected_rows"),
