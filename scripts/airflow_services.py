@@ -246,7 +246,7 @@ class AirflowServices:
         self._running.append(self._launch(name))
         self._wait_until_healthy()
 
-    def run_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run_cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run ``airflow <args>`` against this run's home and database; raise with its output on failure."""
         result = subprocess.run(
             # Short-lived; dies with the caller, and an interrupt ends it through subprocess.run.
@@ -263,8 +263,12 @@ class AirflowServices:
             )
         return result
 
-    def rest_client(self, timeout: float = 30.0) -> AirflowRestClient:
-        """A REST client for this api-server, authenticated as the all-admin SimpleAuthManager user."""
+    def rest_client(self, timeout: float = 120.0) -> AirflowRestClient:
+        """
+        A REST client for this api-server, authenticated as the all-admin SimpleAuthManager user.
+
+        SQLite serialises the services' writes, so on a busy machine one answer can take tens of seconds.
+        """
         return AirflowRestClient(self.api_url, timeout=timeout)
 
     def service_log(self, name: str) -> Path:

@@ -45,8 +45,6 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPOSITORY / "dags_examples"
 #: Seconds one DAG run may take before it is stopped and reported as ``timed out``.
 DAG_RUN_TIMEOUT_SECONDS = 900.0
-#: SQLite serialises the services' writes, so API answers can be slow while tasks run.
-REST_TIMEOUT_SECONDS = 120.0
 EMULATOR_URL_FILE = "modelbit-emulator.url"
 RECEIVER_URL_FILE = "callback-receiver.url"
 
@@ -220,7 +218,7 @@ def trigger_and_wait(services: AirflowServices, dag_id: str) -> DagOutcome:
     print(f"  running {dag_id} ...", flush=True)
     started = time.monotonic()
     try:
-        with services.rest_client(timeout=REST_TIMEOUT_SECONDS) as client:
+        with services.rest_client() as client:
             client.wait_for_dag(dag_id)
             run_id = client.trigger_dag_run(dag_id)
             state = client.wait_for_dag_run(dag_id, run_id, timeout=DAG_RUN_TIMEOUT_SECONDS)
