@@ -97,8 +97,10 @@ def is_dataframe(value: Any) -> bool:
     """Return whether ``value`` is a pandas DataFrame, without importing pandas."""
     # A DataFrame can only exist once pandas is imported; looking it up in sys.modules keeps the
     # seconds pandas takes to import out of the hook for the tasks that never send one.
-    pandas = sys.modules.get("pandas")
-    return pandas is not None and isinstance(value, pandas.DataFrame)
+    # While another thread is still importing pandas (the local server warms it up in the
+    # background) the module is there without DataFrame yet, and no DataFrame can exist.
+    frame_type = getattr(sys.modules.get("pandas"), "DataFrame", None)
+    return frame_type is not None and isinstance(value, frame_type)
 
 
 def dataframe_rows(frame: pd.DataFrame) -> list[list[Any]]:
