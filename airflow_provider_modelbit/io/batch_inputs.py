@@ -194,3 +194,8 @@ def _python_ids(chunk: InputChunk, id_column: str | None) -> list[Any]:
     if id_column is None:
         return list(range(chunk.first_row, chunk.first_row + chunk.num_rows))
     return chunk.table.column(id_column).to_pylist()
+
+
+def column_list(columns: str | Sequence[str]) -> list[str]:
+    """Read a column list; a single name is one column, never a list of its characters."""
+    return [columns] if isinstance(columns, str) else list(columns)

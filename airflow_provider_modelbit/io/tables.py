@@ -125,8 +125,8 @@ def _detect_format(location: ObjectStoragePath, format: str | None) -> str:
     detected = _SUFFIX_FORMATS.get(location.suffix.lower())
     if detected is None:
         raise ModelbitInputError(
-            f"Cannot tell the format of {location} from its suffix {location.suffix!r}; "
-            f"pass format= one of {', '.join(FORMATS)}."
+            f"Cannot tell the format of {location} from its suffix {location.suffix!r}; name the file "
+            f"with one of the suffixes {', '.join(sorted(_SUFFIX_FORMATS))}."
         )
     return detected
 
@@ -176,8 +176,8 @@ def _open_parquet(stream: Any, file: ObjectStoragePath) -> pq.ParquetFile:
 
 def _unreadable(file: ObjectStoragePath, table_format: str, error: Exception) -> ModelbitInputError:
     return ModelbitInputError(
-        f"Cannot read input file {file} as {table_format}: {error}. Check input_path, or pass "
-        "format= when the file's suffix does not say what it holds."
+        f"Cannot read input file {file} as {table_format} (the format its suffix names): {error}. "
+        "Check input_path, and that the file's suffix says what it holds."
     )
 
 

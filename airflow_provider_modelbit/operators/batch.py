@@ -40,6 +40,7 @@ from airflow_provider_modelbit.io.batch_inputs import (
     InputChunk,
     batch_rows,
     chunk_ids,
+    column_list,
     count_and_check_ids,
     exact_chunks,
     refuse_bad_id_type,
@@ -121,7 +122,8 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param input_path: the input table, local path or URL. (templated)
     :param output_path: where the Parquet result is written, local path or URL. (templated)
     :param id_column: column holding unique row IDs; ``None`` uses row positions. (templated)
-    :param columns: the columns sent to the model; ``None`` sends every column but the ID. (templated)
+    :param columns: the columns sent to the model (one name or a list); ``None`` sends every column but
+        the ID. (templated)
     :param argument_style: ``"object"`` (one ``{column: value}`` per row) or ``"positional"``.
     :param passthrough_columns: input columns copied unchanged into the output.
     :param expand_result: write the fields of object results as columns ``result_<field>``.
@@ -164,9 +166,9 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         input_path: str | ObjectStoragePath,
         output_path: str | ObjectStoragePath,
         id_column: str | None = None,
-        columns: Sequence[str] | None = None,
+        columns: str | Sequence[str] | None = None,
         argument_style: str = "object",
-        passthrough_columns: Sequence[str] | None = None,
+        passthrough_columns: str | Sequence[str] | None = None,
         expand_result: bool = False,
         version: str | int = LATEST,
         branch: str | None = None,
@@ -195,7 +197,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.id_column = id_column
         self.columns = columns
         self.argument_style = argument_style
-        self.passthrough_columns = list(passthrough_columns or [])
+        self.passthrough_columns = column_list(passthrough_columns or [])
         self.expand_result = expand_result
         self.version = version
         self.branch = branch
@@ -380,7 +382,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def source(self) -> TableSource:
         """The input table, opened with the columns the run needs."""
         # Without explicit columns every column is a model input, so all of them are read.
-        needed = None if self.columns is None else [*self.columns, *self.passthrough_columns]
+        needed = None if self.columns is None else [*column_list(self.columns), *self.passthrough_columns]
         source = open_table(
             self.input_path, columns=needed, id_column=self.id_column, conn_id=self.input_conn_id
         )
@@ -487,7 +489,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     @cached_property
     def _model_columns(self) -> list[str]:
         if self.columns is not None:
-            return list(self.columns)
+            return column_list(self.columns)
         return [name for name in self.source.schema.names if name != self.id_column]
 
     @property

@@ -13,6 +13,7 @@ from airflow_provider_modelbit.io.batch_inputs import (
     InputChunk,
     batch_rows,
     chunk_ids,
+    column_list,
     count_and_check_ids,
     exact_chunks,
     refuse_bad_id_type,
@@ -132,3 +133,11 @@ class TestBatchRows:
         assert batch_rows(chunk, columns=["when", "price"], id_column=None, argument_style="positional") == [
             [0, datetime.date(2026, 1, 2), decimal.Decimal("1.50")]
         ]
+
+
+class TestColumnList:
+    def test_a_single_name_is_one_column(self) -> None:
+        assert column_list("feature_a") == ["feature_a"]
+
+    def test_a_list_is_kept(self) -> None:
+        assert column_list(("a", "b")) == ["a", "b"]
