@@ -51,6 +51,7 @@ from airflow_provider_modelbit.io.destination import check_output_location, refu
 from airflow_provider_modelbit.io.ownership import OutputLease, TaskIdentity
 from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN, ResultWriter
 from airflow_provider_modelbit.io.tables import TableSource, open_table
+from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
 from airflow_provider_modelbit.version_compat import conf
 
@@ -187,9 +188,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         output_wait_seconds: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        if asset is not None:
-            kwargs["outlets"] = [*(kwargs.get("outlets") or []), _as_asset(asset)]
-        super().__init__(**kwargs)
+        super().__init__(**with_asset_outlet(kwargs, asset))
         _check_settings(argument_style, batch_size, batch_bytes, max_concurrency)
         self.deployment = deployment
         self.input_path = input_path
@@ -210,7 +209,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.idempotent = idempotent
         self.input_conn_id = input_conn_id
         self.output_conn_id = output_conn_id
-        self.asset = _as_asset(asset) if asset is not None else None
+        self.asset = as_asset(asset) if asset is not None else None
         self.deferrable = deferrable
         self.progress_interval_seconds = progress_interval_seconds
         self.output_wait_seconds = output_wait_seconds
@@ -437,7 +436,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             if self._lease is not None:
                 self._lease.confirm()  # raising here leaves what was at output_path untouched
         seconds = time.monotonic() - started
-        self._announce_asset(context, rows)
+        announce_output(context, self.asset, str(self.output_location), rows)
         self.log.info("Wrote %d rows to %s in %.1f s.", rows, self.output_location, seconds)
         return {
             "path": str(self.output_location),
@@ -538,13 +537,6 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             "batch_bytes": self.batch_bytes,
         }
 
-    def _announce_asset(self, context: Context, rows: int) -> None:
-        if self.asset is None:
-            return
-        outlet_events = context.get("outlet_events")
-        if outlet_events is not None:
-            outlet_events[self.asset].extra = {"path": str(self.output_location), "rows": rows}
-
 
 class _Progress:
     """Log rows done, rate and ETA at most every ``interval`` seconds."""
@@ -575,10 +567,6 @@ class _Progress:
         self._log.info(
             "Scored %d / %d rows (%.1f%%), %.0f rows/s, ETA %s.", self._done, self._total, percent, rate, eta
         )
-
-
-def _as_asset(asset: Asset | str) -> Asset:
-    return asset if isinstance(asset, Asset) else Asset(asset)
 
 
 def _check_settings(argument_style: str, batch_size: int, batch_bytes: int, max_concurrency: int) -> None:

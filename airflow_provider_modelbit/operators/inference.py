@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_modelbit.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -29,6 +29,7 @@ from airflow_provider_modelbit.defaults import (
     LINKS,
 )
 from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
 from airflow_provider_modelbit.version_compat import conf
 
@@ -89,6 +90,8 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param idempotent: declare that scoring the same input twice is harmless, which lets requests
         be re-sent after a read timeout or a dropped connection (rows may then run twice).
     :param max_xcom_bytes: largest JSON result, in bytes, returned through XCom.
+    :param asset: an Asset (or its URI) updated when the Parquet output is written, so downstream
+        DAGs can be scheduled on fresh scores; needs ``output_path``.
     :param deferrable: wait for the result in the triggerer through a Modelbit webhook instead of
         holding a worker slot; default ``[operators] default_deferrable``. Each request is submitted
         asynchronously with a signed webhook URL (the connection needs ``callback_base_url`` and
@@ -122,10 +125,17 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         output_conn_id: str | None = None,
         idempotent: bool = False,
         max_xcom_bytes: int = 1_000_000,
+        asset: Asset | str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        if asset is not None and output_path is None:
+            raise ModelbitInputError(
+                f"asset={asset!r} needs output_path: the asset is the Parquet file the task writes.",
+                deployment=deployment,
+            )
+        super().__init__(**with_asset_outlet(kwargs, asset))
+        self.asset = as_asset(asset) if asset is not None else None
         self.deployment = deployment
         self.data = data
         self.version = version
@@ -167,6 +177,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             outcome = self._write_link_results(context, self._request_links())
         else:
             outcome = self._write_results(context, self._infer())
+        self._announce(context, outcome)
         self.log.info(
             "Scored %d input(s) on %s (version %s) in %.2f s",
             self._input_count,
@@ -278,8 +289,16 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def _collect_callback_results(self, context: Context, deliveries: Iterator[CallbackDelivery]) -> Any:
         """Turn the webhook deliveries into the return value, exactly as the synchronous path would."""
         if self.response_format == LINKS:
-            return self._write_link_results(context, (delivery.value for delivery in deliveries))
-        return self._write_results(context, self._delivered_chunk_results(deliveries))
+            outcome = self._write_link_results(context, (delivery.value for delivery in deliveries))
+        else:
+            outcome = self._write_results(context, self._delivered_chunk_results(deliveries))
+        self._announce(context, outcome)
+        return outcome
+
+    def _announce(self, context: Context, outcome: Any) -> None:
+        """Attach the Parquet output to the asset event, when the task has an asset."""
+        if self.asset is not None:
+            announce_output(context, self.asset, outcome["path"], outcome["rows"])
 
     def _delivered_chunk_results(self, deliveries: Iterable[CallbackDelivery]) -> Iterator[ChunkResult]:
         """Yield each delivery as a ChunkResult, batch rows matched to the chunk's input by ID."""
