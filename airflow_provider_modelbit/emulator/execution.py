@@ -51,8 +51,14 @@ class RowFailed(Exception):
         self.cause = cause
 
 
-def _id_sort_key(row: list[Any]) -> tuple[bool, Any]:
-    return (isinstance(row[0], str), row[0])
+def _id_sort_key(row: list[Any]) -> tuple[int, Any]:
+    """Numbers by value, then strings, then any other ID (null, lists) by its text: every batch sorts."""
+    row_id = row[0]
+    if isinstance(row_id, int | float) and not isinstance(row_id, bool):
+        return (0, row_id)
+    if isinstance(row_id, str):
+        return (1, row_id)
+    return (2, repr(row_id))
 
 
 def format_deployment_error(error: BaseException) -> str:
