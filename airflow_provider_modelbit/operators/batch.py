@@ -467,6 +467,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             branch=self.branch,
             timeout_seconds=self.timeout_seconds,
             response_format=self.response_format,
+            asynchronous=self.deferrable,
         )
         if self.id_column is None:
             return self.source.num_rows
