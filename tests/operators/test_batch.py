@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +36,7 @@ from airflow_provider_modelbit.exceptions import (
 from airflow_provider_modelbit.io.chunk_store import CheckpointRecord
 from airflow_provider_modelbit.io.ownership import TaskIdentity
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
-from tests.airflow_dags import parse_dags, run_dag
+from tests.airflow_dags import parse_dags, run_dag, task_errors
 from tests.operators.flaky_deployment import write_flaky_deployment
 
 # A DAG file building one DAG per JSON spec found beside it: each test writes its own spec.
@@ -528,3 +531,105 @@ def run_task_state(build: Any) -> str:
     with DAG(f"stop_{time.monotonic_ns()}", schedule=None, start_date=start) as dag:
         operator = build()
     return str(run_dag(dag).get_task_instance(operator.task_id).state)
+
+
+# A deployment that echoes its argument but holds every request while a gate file exists, so a
+# test decides when the first of two overlapping runs may finish.
+GATED_DEPLOYMENT = """
+import pathlib, time
+
+GATE = pathlib.Path({gate!r})
+
+
+def gated(x):
+    deadline = time.monotonic() + 600
+    while GATE.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return x
+
+
+def register(registry):
+    registry.add("gated", gated)
+"""
+
+# Runs one stored DAG with dag.test() in a process of its own, as a second Airflow worker would.
+DAG_TEST_PROCESS = """
+import sys
+from tests.airflow_dags import parse_dags, run_dag
+
+run = run_dag(parse_dags(sys.argv[1]).dags[sys.argv[2]])
+print("STATE", run.state, run.run_id)
+"""
+
+
+class TestOverlappingDagRuns:
+    """Two real DAG runs of the nightly pattern (one fixed output_path) overlap in time."""
+
+    def test_the_second_run_fails_naming_the_first_and_the_first_writes_every_row(
+        self, tmp_path: Path, dags_folder: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        gate = tmp_path / "gate"
+        gate.touch()
+        deployments = tmp_path / "gated.py"
+        deployments.write_text(GATED_DEPLOYMENT.format(gate=str(gate)))
+        with run_emulator(deployments_file=str(deployments)) as server:
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_MODELBIT_GATED", json.dumps({"conn_type": "modelbit", "host": server.url})
+            )
+            spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"), deployment="gated")
+            spec_file = dags_folder / "batch_spec_overlap.json"
+            arguments = {**spec, "modelbit_conn_id": "modelbit_gated", "max_concurrency": 2}
+            spec_file.write_text(json.dumps(arguments))
+            try:
+                first, owner = self.start_first_run(tmp_path, dags_folder, spec["output_path"])
+                try:
+                    with task_errors() as errors:
+                        second = run_dag(parse_dags(dags_folder).dags["batch_spec_overlap"])
+                    assert str(second.get_task_instance("score").state) == "failed"
+                    assert isinstance(errors["score"], ModelbitOutputBusy)
+                    assert f"run {owner['task']['run_id']!r}" in str(errors["score"])
+                    gate.unlink()
+                    output, _ = first.communicate(timeout=600)
+                finally:
+                    gate.unlink(missing_ok=True)
+                    first.kill()
+                    first.wait(timeout=60)
+            finally:
+                spec_file.unlink(missing_ok=True)
+            assert f"STATE success {owner['task']['run_id']}" in output
+            # The refused run sent nothing: every row reached the model once, from the first run.
+            assert server.client.runs("gated") == dict.fromkeys(KEYS, 1)
+        table = read_output(tmp_path)
+        assert table.column("key").to_pylist() == KEYS
+        assert table.column("result").to_pylist() == TABLE.column("x").to_pylist()
+        assert not Path(spec["output_path"] + ".checkpoint").exists()
+
+    def start_first_run(
+        self, tmp_path: Path, dags_folder: Path, output_path: str
+    ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+        """Start the first run in a process of its own, on a copy of the metadata database; return it
+        once it owns the output, with the owner record it wrote."""
+        home = tmp_path / "second-worker-home"
+        home.mkdir()
+        database = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+        with sqlite3.connect(database) as source, sqlite3.connect(home / "airflow.db") as copy:
+            source.backup(copy)
+        repository = Path(__file__).resolve().parents[2]
+        environment = {**os.environ, "AIRFLOW_HOME": str(home), "PYTHONPATH": str(repository)}
+        environment.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
+        first = subprocess.Popen(
+            [sys.executable, "-c", DAG_TEST_PROCESS, str(dags_folder), "batch_spec_overlap"],
+            cwd=repository,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        owner_file = Path(output_path + ".checkpoint") / "owner.json"
+        deadline = time.monotonic() + 300
+        while not owner_file.exists():
+            if first.poll() is not None or time.monotonic() > deadline:
+                first.kill()
+                raise AssertionError(f"the first run never claimed the output:\n{first.communicate()[0]}")
+            time.sleep(0.1)
+        return first, json.loads(owner_file.read_text())
