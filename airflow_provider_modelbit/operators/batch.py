@@ -238,15 +238,6 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             self._score_pending(finished, progress)
             return self._write_results(context, started)
 
-    def on_kill(self) -> None:
-        self._stop_running_batch()
-        super().on_kill()
-
-    def _stop_running_batch(self) -> None:
-        """Abandon the requests in flight and send no new chunk; the checkpoint stays for the retry."""
-        if "hook" in self.__dict__:
-            self.hook.stop()
-
     @contextmanager
     def _owned_checkpoint(self, context: Context) -> Iterator[set[int]]:
         """

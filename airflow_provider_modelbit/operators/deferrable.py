@@ -182,7 +182,12 @@ class ModelbitDeferrableMixin:
             self._callback_job_id = None
 
     def on_kill(self) -> None:
-        """Retire the job of a killed task; operators adding their own ``on_kill`` call ``super()``."""
+        """
+        Stop a killed task in either mode: abandon the requests in flight and send nothing more
+        (a synchronous batch keeps its checkpoint for the retry), and retire the callback job.
+        """
+        if "hook" in self.__dict__:  # never build a hook (and read the connection) just to stop it
+            cast("DeferrableHost", self).hook.stop()
         self.retire_callback_job("task killed")
         super().on_kill()  # type: ignore[misc]
 

@@ -158,15 +158,6 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
         return ModelbitHook(modelbit_conn_id=self.modelbit_conn_id)
 
-    def on_kill(self) -> None:
-        self._stop_running_batch()
-        super().on_kill()
-
-    def _stop_running_batch(self) -> None:
-        """Abandon the requests in flight and send nothing more."""
-        if "hook" in self.__dict__:
-            self.hook.stop()
-
     def execute(self, context: Context) -> Any:
         self._check_arguments()
         if self.deferrable:

@@ -521,6 +521,57 @@ class TestStopWhenTold:
         assert sorted(path.name for path in checkpoint.glob("chunk-*")) == ["chunk-00000000.arrow"]
         assert not (checkpoint / "owner.json").exists()
 
+    def test_on_kill_abandons_the_requests_in_flight_and_sends_nothing_more(
+        self, tmp_path: Path, server: RunningEmulator
+    ) -> None:
+        """Killed with two 60 s requests in flight, the batch ends in seconds; the finished chunk stays."""
+        input_path = tmp_path / "in.parquet"
+        pq.write_table(
+            pa.table({"key": ["fast", "slow-1", "slow-2", "slow-3"], "x": [0.1, 60.0, 60.0, 60.0]}),
+            input_path,
+        )
+        output = tmp_path / "out" / "scores.parquet"
+        server.client.reset()
+        operator = ModelbitBatchInferenceOperator(
+            task_id="score",
+            deployment="sleeper",
+            input_path=str(input_path),
+            output_path=str(output),
+            id_column="key",
+            columns=["x"],
+            argument_style="positional",
+            batch_size=1,
+            max_concurrency=2,
+        )
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                operator.execute({})
+            except BaseException as error:
+                outcome["error"] = error
+            outcome["ended"] = time.monotonic()
+
+        def sleeper_requests() -> list[dict[str, Any]]:
+            return [record for record in server.client.requests() if "/sleeper/" in record["path"]]
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while len(sleeper_requests()) < 3:  # the fast chunk answered, the two slow ones in flight
+            assert time.monotonic() < deadline and thread.is_alive(), "the slow requests were never sent"
+            time.sleep(0.05)
+        killed = time.monotonic()
+        operator.on_kill()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the batch kept running after on_kill"
+        assert outcome["ended"] - killed < 15
+        assert "error" in outcome
+        assert len(sleeper_requests()) == 3  # the fourth chunk was never sent
+        assert not output.exists()
+        checkpoint = output.with_name("scores.parquet.checkpoint")
+        assert sorted(path.name for path in checkpoint.glob("chunk-*")) == ["chunk-00000000.arrow"]
+
 
 def run_task_state(build: Any) -> str:
     """Run one operator in a fresh DAG with ``dag.test()``; return its final state."""
