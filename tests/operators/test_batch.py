@@ -474,6 +474,26 @@ class TestCompleteOrNothing:
 
 
 class TestStopWhenTold:
+    @staticmethod
+    def sleeper_spec(tmp_path: Path, output: Path) -> dict[str, Any]:
+        """A one-row-per-chunk batch: a fast chunk, then three that sleep 60 s, two in flight at once."""
+        input_path = tmp_path / "in.parquet"
+        pq.write_table(
+            pa.table({"key": ["fast", "slow-1", "slow-2", "slow-3"], "x": [0.1, 60.0, 60.0, 60.0]}),
+            input_path,
+        )
+        return {
+            "task_id": "score",
+            "deployment": "sleeper",
+            "input_path": str(input_path),
+            "output_path": str(output),
+            "id_column": "key",
+            "columns": ["x"],
+            "argument_style": "positional",
+            "batch_size": 1,
+            "max_concurrency": 2,
+        }
+
     def test_execution_timeout_ends_the_batch_within_seconds_and_keeps_the_checkpoint(
         self, tmp_path: Path, dags_folder: Path, server: RunningEmulator, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -482,11 +502,6 @@ class TestStopWhenTold:
         two requests in flight are abandoned, no further chunk is sent, and the chunk that
         finished stays in the checkpoint for the retry.
         """
-        input_path = tmp_path / "in.parquet"
-        pq.write_table(
-            pa.table({"key": ["fast", "slow-1", "slow-2", "slow-3"], "x": [0.1, 60.0, 60.0, 60.0]}),
-            input_path,
-        )
         output = tmp_path / "out" / "scores.parquet"
         server.client.reset()
 
@@ -494,15 +509,7 @@ class TestStopWhenTold:
 
         def build() -> ModelbitBatchInferenceOperator:
             return ModelbitBatchInferenceOperator(
-                task_id="score",
-                deployment="sleeper",
-                input_path=str(input_path),
-                output_path=str(output),
-                id_column="key",
-                columns=["x"],
-                argument_style="positional",
-                batch_size=1,
-                max_concurrency=2,
+                **self.sleeper_spec(tmp_path, output),
                 execution_timeout=timedelta(seconds=8),
                 on_execute_callback=lambda context: moments.setdefault("started", time.monotonic()),
                 on_failure_callback=lambda context: moments.setdefault("ended", time.monotonic()),
@@ -525,24 +532,9 @@ class TestStopWhenTold:
         self, tmp_path: Path, server: RunningEmulator
     ) -> None:
         """Killed with two 60 s requests in flight, the batch ends in seconds; the finished chunk stays."""
-        input_path = tmp_path / "in.parquet"
-        pq.write_table(
-            pa.table({"key": ["fast", "slow-1", "slow-2", "slow-3"], "x": [0.1, 60.0, 60.0, 60.0]}),
-            input_path,
-        )
         output = tmp_path / "out" / "scores.parquet"
         server.client.reset()
-        operator = ModelbitBatchInferenceOperator(
-            task_id="score",
-            deployment="sleeper",
-            input_path=str(input_path),
-            output_path=str(output),
-            id_column="key",
-            columns=["x"],
-            argument_style="positional",
-            batch_size=1,
-            max_concurrency=2,
-        )
+        operator = ModelbitBatchInferenceOperator(**self.sleeper_spec(tmp_path, output))
         outcome: dict[str, Any] = {}
 
         def run() -> None:
