@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -84,3 +84,22 @@ def _uri_form(host: str, password: str | None, extra: dict[str, Any] | None, por
     address = f"{host}:{port}" if port else host
     query = f"?{urlencode(extra)}" if extra else ""
     return f"modelbit://{credentials}{address}{query}"
+
+
+@pytest.fixture
+def server(
+    request: pytest.FixtureRequest,
+    airflow_db: None,
+    modelbit_emulator_session: Any,
+    modelbit_connection: ConnectionSetter,
+) -> Iterator[Any]:
+    """
+    The session's local server requiring the test module's ``API_KEY``, with ``modelbit_default``
+    pointing at it (modules with a server of their own define their own ``server`` fixture).
+    """
+    api_key = request.module.API_KEY
+    modelbit_emulator_session.client.reset()
+    modelbit_emulator_session.client.configure(require_api_keys=True, api_keys=[api_key])
+    modelbit_connection(host=modelbit_emulator_session.url, password=api_key)
+    yield modelbit_emulator_session
+    modelbit_emulator_session.client.reset()

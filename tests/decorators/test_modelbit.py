@@ -6,7 +6,6 @@ written only with ``@task`` and ``@task.modelbit`` and mapped over the partition
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,6 @@ from tests.airflow_dags import parse_dags, run_dag
 
 API_KEY = "mbkDECORATOR01:key"
 EXAMPLE = Path(__file__).resolve().parents[2] / "dags_examples" / "modelbit_taskflow_scoring.py"
-
-
-@pytest.fixture
-def server(
-    airflow_db: None, modelbit_emulator_session: RunningEmulator, modelbit_connection: Callable[..., str]
-) -> Iterator[RunningEmulator]:
-    modelbit_emulator_session.client.reset()
-    modelbit_emulator_session.client.configure(require_api_keys=True, api_keys=[API_KEY])
-    modelbit_connection(host=modelbit_emulator_session.url, password=API_KEY)
-    yield modelbit_emulator_session
-    modelbit_emulator_session.client.reset()
 
 
 class TestRegistration:

@@ -6,7 +6,6 @@ local Modelbit server, and its asset event read back from the metadata database.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,17 +19,6 @@ from airflow_provider_modelbit.operators.assets import as_asset, with_asset_outl
 from tests.airflow_dags import run_task
 
 API_KEY = "mbkASSETS01:key"
-
-
-@pytest.fixture
-def server(
-    airflow_db: None, modelbit_emulator_session: RunningEmulator, modelbit_connection: Callable[..., str]
-) -> Iterator[RunningEmulator]:
-    modelbit_emulator_session.client.reset()
-    modelbit_emulator_session.client.configure(require_api_keys=True, api_keys=[API_KEY])
-    modelbit_connection(host=modelbit_emulator_session.url, password=API_KEY)
-    yield modelbit_emulator_session
-    modelbit_emulator_session.client.reset()
 
 
 class TestOutlets:

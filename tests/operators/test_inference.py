@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -53,18 +53,6 @@ CUSTOMERS = pd.DataFrame(
 
 
 # ---------------------------------------------------------------------- harness
-
-
-@pytest.fixture
-def server(
-    airflow_db: None, modelbit_emulator_session: RunningEmulator, modelbit_connection: Callable[..., str]
-) -> Iterator[RunningEmulator]:
-    """The shared local server, requiring API keys, with ``modelbit_default`` pointing at it."""
-    modelbit_emulator_session.client.reset()
-    modelbit_emulator_session.client.configure(require_api_keys=True, api_keys=[API_KEY])
-    modelbit_connection(host=modelbit_emulator_session.url, password=API_KEY)
-    yield modelbit_emulator_session
-    modelbit_emulator_session.client.reset()
 
 
 def run_inference(**operator_kwargs: Any) -> TaskOutcome:
