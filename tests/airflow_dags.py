@@ -54,14 +54,6 @@ NEEDS_LOOKUP_OUTSIDE_TASKS = pytest.mark.skipif(
     reason="Airflow 3.1 cannot report a missing connection outside a task",
 )
 
-# Airflow 3.1 resumes the retry of a deferred task that failed in its resume method at the old
-# resume point, so a try that failed on deliveries lost at the deadline fails again on every retry
-# without resubmitting them (docs/reliability.md, "Known gaps").
-RETRY_RESUMES_FROM_THE_START = pytest.mark.skipif(
-    tuple(int(part) for part in airflow.__version__.split(".")[:2]) < (3, 2),
-    reason="Airflow 3.1 retries a deferred task from its old resume point, not from execute",
-)
-
 #: The value of a task whose result no downstream task received.
 NOT_RECEIVED = object()
 

@@ -146,6 +146,7 @@ class ModelbitDeferrableMixin:
             deadline=job.wait_until(),
             poll_interval=self.callback_poll_interval,
             conn_id=job.request.conn_id,
+            deferred_by_try=_try_number(context["ti"]),
         )
         backstop = timedelta(seconds=max(job.wait_until() - time.time(), 0) + DEFER_BACKSTOP_SECONDS)
         cast("DeferrableHost", self).defer(trigger=trigger, method_name="execute_complete", timeout=backstop)
@@ -154,6 +155,15 @@ class ModelbitDeferrableMixin:
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger: resubmit what the policy allows, or assemble the deliveries."""
+        if _resumed_by_a_later_try(context, event):
+            # Airflow 3.1 keeps a deferred task's resume point when the try fails, so its retry
+            # lands here with the failed try's event. Start the try over: it reuses the job and
+            # sends again what the failed try lost.
+            cast("DeferrableHost", self).log.info(
+                "Try %d resumed at the event of try %s; starting the try from the beginning.",
+                _try_number(context["ti"]), cast("dict[str, Any]", event).get("deferred_by_try"),
+            )  # fmt: skip
+            return cast("Any", self).execute(context)
         event = validate_callback_event(event)
         runner = self._runner(CallbackStore(event["store_location"]))
         job = runner.load(event["job_id"])
@@ -192,8 +202,18 @@ class ModelbitDeferrableMixin:
         super().on_kill()  # type: ignore[misc]
 
 
+def _try_number(ti: Any) -> int:
+    return int(getattr(ti, "try_number", 1) or 1)
+
+
 def _is_last_try(ti: Any) -> bool:
-    return int(getattr(ti, "try_number", 1) or 1) > int(getattr(ti, "max_tries", 0) or 0)
+    return _try_number(ti) > int(getattr(ti, "max_tries", 0) or 0)
+
+
+def _resumed_by_a_later_try(context: Context, event: dict[str, Any] | None) -> bool:
+    """Whether the event belongs to an earlier try than the one resuming (events without a try do not)."""
+    deferred_by = event.get("deferred_by_try") if isinstance(event, dict) else None
+    return deferred_by is not None and int(deferred_by) != _try_number(context["ti"])
 
 
 __all__ = ["XCOM_BATCH_IDS_KEY", "CallbackDelivery", "DeferrableHost", "ModelbitDeferrableMixin"]

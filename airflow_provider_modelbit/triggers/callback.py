@@ -219,10 +219,10 @@ class ModelbitCallbackTrigger(BaseTrigger):
     Wait until every expected webhook delivery of a job is in the callback store, then emit one event.
 
     The event is ``{"status": "success" | "error" | "timeout", "job_id", "store_location",
-    "chunks", "errors", "message"}``: ``errors`` lists chunks delivered as errors (the operator
-    decides whether to resubmit them). It carries locations, never result data. The kwargs hold
-    only identifiers, so the trigger is restart-safe: run from scratch, it finds deliveries that
-    arrived meanwhile.
+    "chunks", "errors", "message", "deferred_by_try"}``: ``errors`` lists chunks delivered as
+    errors (the operator decides whether to resubmit them). It carries locations, never result
+    data. The kwargs hold only identifiers, so the trigger is restart-safe: run from scratch, it
+    finds deliveries that arrived meanwhile.
 
     :param job_id: the callback job, as in the webhook URLs and the store folder.
     :param chunks: chunk numbers whose deliveries are awaited.
@@ -231,6 +231,9 @@ class ModelbitCallbackTrigger(BaseTrigger):
         deadline, unlike a monotonic duration, survives the trigger moving to another triggerer.
     :param poll_interval: seconds between looks at the store.
     :param conn_id: the Modelbit connection the job was submitted with (for the reader's context only).
+    :param deferred_by_try: the try of the task instance that deferred, echoed in the event as
+        ``deferred_by_try`` so the operator can tell a resume of that try from a later try that
+        Airflow resumed at the same point.
     """
 
     def __init__(
@@ -242,6 +245,7 @@ class ModelbitCallbackTrigger(BaseTrigger):
         deadline: float,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         conn_id: str | None = None,
+        deferred_by_try: int | None = None,
     ) -> None:
         super().__init__()
         self.job_id = validate_job_id(job_id)
@@ -256,6 +260,7 @@ class ModelbitCallbackTrigger(BaseTrigger):
         self.deadline = float(deadline)
         self.poll_interval = float(poll_interval)
         self.conn_id = conn_id
+        self.deferred_by_try = deferred_by_try
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the identifier-only kwargs the triggerer rebuilds the trigger from."""
@@ -268,6 +273,7 @@ class ModelbitCallbackTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "poll_interval": self.poll_interval,
                 "conn_id": self.conn_id,
+                "deferred_by_try": self.deferred_by_try,
             },
         )
 
@@ -287,7 +293,7 @@ class ModelbitCallbackTrigger(BaseTrigger):
         finally:
             watcher.unwatch(watch)
         self.log.info("%s", outcome["message"])
-        yield TriggerEvent(outcome)
+        yield TriggerEvent({**outcome, "deferred_by_try": self.deferred_by_try})
 
     async def on_kill(self) -> None:
         """

@@ -35,7 +35,7 @@ from airflow.sdk import DAG
 from airflow_provider_modelbit.callbacks.job import task_job_prefix
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
-from tests.airflow_dags import RETRY_RESUMES_FROM_THE_START, run_dag
+from tests.airflow_dags import run_dag
 from tests.reliability.conftest import API_KEY, RunningReceiver, leaked_secrets
 
 ROWS = 100_000
@@ -199,7 +199,6 @@ def deferred_scoring_dag(input_path: Path, output_path: Path) -> DAG:
     return dag
 
 
-@RETRY_RESUMES_FROM_THE_START
 class TestDeferredBatchUnderFaults:
     def test_every_row_exactly_once_through_dropped_submissions_and_webhook_faults(
         self,

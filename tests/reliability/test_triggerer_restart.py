@@ -118,7 +118,15 @@ class TestTriggererRestart:
         assert second_triggerer.returncode == 0, errors[-3000:]
         assert event["status"] == "success"
         assert event["chunks"] == list(range(CHUNKS))
-        assert set(event) == {"status", "job_id", "store_location", "chunks", "errors", "message"}
+        assert set(event) == {
+            "status",
+            "job_id",
+            "store_location",
+            "chunks",
+            "errors",
+            "message",
+            "deferred_by_try",
+        }
         assert len(submissions) == CHUNKS
         assert Counter(batch["batchId"] for batch in webhook_server.client.batches()) == Counter(
             dict.fromkeys(batch_ids, 1)

@@ -37,6 +37,7 @@ def _trigger(
         deadline=time.time() + timeout,
         poll_interval=POLL,
         conn_id="modelbit_default",
+        deferred_by_try=2,
     )
 
 
@@ -63,7 +64,15 @@ class TestSerialization:
     def test_kwargs_hold_identifiers_only(self, store: CallbackStore) -> None:
         """No credentials: the connection is named, never resolved, and the deadline is absolute."""
         _, kwargs = _trigger(store).serialize()
-        assert set(kwargs) == {"job_id", "chunks", "store_location", "deadline", "poll_interval", "conn_id"}
+        assert set(kwargs) == {
+            "job_id",
+            "chunks",
+            "store_location",
+            "deadline",
+            "poll_interval",
+            "conn_id",
+            "deferred_by_try",
+        }
         assert kwargs["deadline"] > time.time()
 
     @pytest.mark.parametrize(
@@ -100,6 +109,7 @@ class TestRun:
             "chunks": [0, 1],
             "errors": [],
             "message": "Job job-1: all 2 deliveries arrived.",
+            "deferred_by_try": 2,
         }
 
     async def test_restart_from_scratch_finds_deliveries_already_there(self, store: CallbackStore) -> None:
