@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
-from airflow_provider_modelbit.io.encoding import (
+from airflow_provider_modelbit.io.encoding import column_key, encode_row, encode_rows, join_rows
+from airflow_provider_modelbit.io.row_ids import (
     RowIdKey,
-    column_key,
-    encode_row,
-    encode_rows,
-    join_rows,
+    input_positions,
+    refuse_duplicate_ids,
+    refuse_unusable_ids,
     row_id_key,
+    row_id_of,
 )
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 # b'{"data":[' ... b'],"timeout_seconds":900,"response_format":"links"}' with room to spare.
 ENVELOPE_BYTES = 128
-_IDS_SHOWN = 5
 _ROW_TYPES = {list, tuple}
 # IDs of these exact types are sent as themselves and come back equal; anything else is keyed by its JSON.
 _PLAIN_ID_TYPES = {int, str}
@@ -66,8 +65,9 @@ class EncodedChunk:
     Batch rows ready to send: their IDs, ID keys and JSON.
 
     :param ids: the row IDs as given.
-    :param keys: each ID's key (see :func:`row_id_key`), used to match the answer; the very
-        list ``ids`` when every ID is a plain ``int`` or ``str`` (its own key).
+    :param keys: each ID's key (see :func:`~airflow_provider_modelbit.io.row_ids.row_id_key`), used
+        to match the answer; the very list ``ids`` when every ID is a plain ``int`` or ``str`` (its
+        own key).
     :param data: the rows encoded as one JSON array, the ``data`` of a request.
     :param rows: the rows themselves, kept to encode them one by one if ``data`` must be split.
     """
@@ -112,32 +112,32 @@ def dataframe_rows(frame: pd.DataFrame) -> list[list[Any]]:
     ]
 
 
+def input_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
+    """
+    Return an operator's ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` for a single input.
+
+    A list whose first element is a list is a batch, and so is ``[]`` (an empty batch: nothing is
+    sent); a DataFrame is sent row by row as ``[index, {column: value}]``. Every ID must be a
+    string or a finite number and unique, a DataFrame's index included.
+
+    :raises ModelbitInputError: a row is not a non-empty list, or an ID is unusable or repeated.
+    """
+    if is_dataframe(data):
+        rows = dataframe_rows(data)
+    elif isinstance(data, list | tuple) and (not data or isinstance(data[0], list | tuple)):
+        rows = [list(row) if isinstance(row, list | tuple) else row for row in data]
+    else:
+        return None
+    refuse_unusable_ids(rows, deployment=deployment)
+    refuse_duplicate_ids(rows, deployment=deployment)
+    return rows
+
+
 def rows_in_chunks(rows: Iterable[Sequence[Any]], batch_size: int) -> Iterator[list[Sequence[Any]]]:
     """Cut rows into lists of at most ``batch_size``, lazily."""
     iterator = iter(rows)
     while chunk := list(islice(iterator, batch_size)):
         yield chunk
-
-
-def refuse_duplicate_ids(rows: Iterable[Sequence[Any]]) -> None:
-    """Raise :class:`ModelbitInputError` naming the first ID that appears twice or a row without one."""
-    seen: set[RowIdKey] = set()
-    for position, row in enumerate(rows):
-        key = row_id_key(_row_id(row, position))
-        if key in seen:
-            raise ModelbitInputError(
-                f"Row ID {row[0]!r} appears more than once (again at row {position}); "
-                "batch IDs must be unique so each result can be matched to its row."
-            )
-        seen.add(key)
-
-
-def _row_id(row: Any, position: int) -> Any:
-    if not isinstance(row, list | tuple) or not row:
-        raise ModelbitInputError(
-            f"Batch row {position} is {row!r}; each batch row must be a non-empty list [id, *arguments]."
-        )
-    return row[0]
 
 
 def encode_chunk(rows: Sequence[Sequence[Any]], *, unique_ids: bool = True) -> EncodedChunk:
@@ -155,7 +155,7 @@ def encode_chunk(rows: Sequence[Sequence[Any]], *, unique_ids: bool = True) -> E
     rows = rows if isinstance(rows, list) else list(rows)
     if not set(map(type, rows)) <= _ROW_TYPES or not all(rows):
         for position, row in enumerate(rows):
-            _row_id(row, position)
+            row_id_of(row, position)
     ids = list(map(itemgetter(0), rows))
     keys = ids if set(map(type, ids)) <= _PLAIN_ID_TYPES else [row_id_key(row_id) for row_id in ids]
     if unique_ids and len(set(keys)) != len(keys):
@@ -203,31 +203,15 @@ def reassemble(chunk: EncodedChunk, answer: Any, *, deployment: str, version: st
     """
     if chunk.ids_are_keys and _answers_in_request_order(chunk.ids, answer):
         return answer
-    results = _results_by_key(answer, deployment=deployment, version=version)
-    expected = Counter(chunk.keys)
-    unexpected = [key for key in results if key not in expected]
-    repeated = [key for key, found in results.items() if len(found) > expected.get(key, 0) > 0]
-    if repeated:
-        raise ModelbitIncompleteBatch(
-            f"Deployment {deployment!r} (version {version}) answered ID {_readable(repeated[0])!r} more "
-            f"than once for each of the {expected[repeated[0]]} row(s) sent with it; the batch was not used.",
-            deployment=deployment,
-            version=version,
-        )
-    missing = [
-        row_id
-        for row_id, key in zip(chunk.ids, chunk.keys, strict=True)
-        if len(results.get(key, ())) < expected[key]
-    ]
-    if unexpected or missing:
-        raise ModelbitIncompleteBatch(
-            f"Deployment {deployment!r} (version {version}) answered a batch of {len(chunk.ids)} rows "
-            f"with missing IDs {_show(missing)} and unexpected IDs "
-            f"{_show([_readable(key) for key in unexpected])}; the batch was not used.",
-            deployment=deployment,
-            version=version,
-        )
-    return [[row_id, results[key].popleft()] for row_id, key in zip(chunk.ids, chunk.keys, strict=True)]
+    answered = _answered_rows(answer, deployment=deployment, version=version)
+    positions = input_positions(
+        chunk.keys,
+        (row_id_key(row[0]) for row in answered),
+        ids=chunk.ids,
+        deployment=deployment,
+        version=version,
+    )
+    return [[row_id, answered[position][1]] for row_id, position in zip(chunk.ids, positions, strict=True)]
 
 
 def _answers_in_request_order(ids: list[int | str], answer: Any) -> bool:
@@ -245,8 +229,8 @@ def _answers_in_request_order(ids: list[int | str], answer: Any) -> bool:
     return answered == ids and set(map(type, answered)) <= _PLAIN_ID_TYPES
 
 
-def _results_by_key(answer: Any, *, deployment: str, version: str | int) -> dict[RowIdKey, deque[Any]]:
-    """Each answered ID's results, in the order the answer lists them."""
+def _answered_rows(answer: Any, *, deployment: str, version: str | int) -> list[list[Any]]:
+    """The answer's ``[id, result]`` rows, refusing any other shape."""
     if not isinstance(answer, list):
         raise ModelbitIncompleteBatch(
             f"Deployment {deployment!r} (version {version}) answered a batch with {type(answer).__name__} "
@@ -254,7 +238,6 @@ def _results_by_key(answer: Any, *, deployment: str, version: str | int) -> dict
             deployment=deployment,
             version=version,
         )
-    results: dict[RowIdKey, deque[Any]] = {}
     for row in answer:
         if not isinstance(row, list) or len(row) != 2:
             raise ModelbitIncompleteBatch(
@@ -263,8 +246,7 @@ def _results_by_key(answer: Any, *, deployment: str, version: str | int) -> dict
                 deployment=deployment,
                 version=version,
             )
-        results.setdefault(row_id_key(row[0]), deque()).append(row[1])
-    return results
+    return answer
 
 
 @contextmanager
@@ -290,14 +272,3 @@ def long_lived_objects_frozen() -> Iterator[None]:
             _frozen_blocks -= 1
             if _frozen_blocks == 0:
                 gc.unfreeze()
-
-
-def _readable(key: RowIdKey) -> Any:
-    return key.decode() if isinstance(key, bytes) else key
-
-
-def _show(ids: list[Any]) -> str:
-    if not ids:
-        return "none"
-    shown = ", ".join(repr(row_id) for row_id in ids[:_IDS_SHOWN])
-    return f"[{shown}{', ...' if len(ids) > _IDS_SHOWN else ''}] ({len(ids)})"

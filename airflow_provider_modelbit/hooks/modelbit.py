@@ -59,7 +59,6 @@ from airflow_provider_modelbit.hooks.batching import (
     is_dataframe,
     long_lived_objects_frozen,
     reassemble,
-    refuse_duplicate_ids,
     rows_in_chunks,
     split_by_bytes,
 )
@@ -92,6 +91,7 @@ from airflow_provider_modelbit.hooks.settings import (
     settings_from_connection,
 )
 from airflow_provider_modelbit.io.encoding import describe_unencodable, encode_json, request_body
+from airflow_provider_modelbit.io.row_ids import refuse_duplicate_ids
 
 __all__ = [
     "ChunkResult",

@@ -57,9 +57,22 @@ def results_table(ids: Sequence[Any], values: Sequence[Any]) -> pa.Table:
     """
     if len(ids) != len(values):
         raise ValueError(f"{len(ids)} IDs but {len(values)} results; each row needs both.")
-    id_field, id_array = result_field("id", ids)
+    id_field, id_array = _id_field(ids)
     field, array = result_field("result", values)
     return pa.Table.from_arrays([id_array, array], schema=pa.schema([id_field, field]))
+
+
+def _id_field(ids: Sequence[Any]) -> tuple[pa.Field, pa.Array]:
+    """
+    The ``id`` column: as :func:`result_field`, but integer and float IDs together are kept as JSON text.
+
+    A ``double`` column would turn the ID ``1`` into ``1.0``, another ID under the rule of
+    :mod:`~airflow_provider_modelbit.io.row_ids`, so the results could no longer be matched to inputs.
+    """
+    kinds = set(map(type, ids))
+    if int in kinds and float in kinds:
+        return pa.field("id", pa.string(), metadata=JSON_TEXT_METADATA), json_text_array(ids)
+    return result_field("id", ids)
 
 
 def is_json_text(field: pa.Field) -> bool:

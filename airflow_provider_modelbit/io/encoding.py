@@ -147,7 +147,7 @@ def describe_unencodable(value: Any, *, row_level: bool = False) -> str:
         where = f"column {keys[1]!r}" + (f" at key path {_key_path(inner)}" if inner else "")
     else:
         where = f"argument {keys[0]}" + (f" at key path {_key_path(keys[1:])}" if keys[1:] else "")
-    return f"{where} is {_describe_value(bad)}"
+    return f"{where} is {describe_value(bad)}"
 
 
 def _unencodable_path(value: Any, keys: list[Any]) -> tuple[list[Any], Any] | None:
@@ -170,7 +170,8 @@ def _key_path(keys: list[Any]) -> str:
     return "".join(f"[{key!r}]" for key in keys)
 
 
-def _describe_value(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """Say what kind of value failed to encode (an out-of-range integer is named with its digits)."""
     if isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _UINT64_MAX:
         return f"the integer {value}, outside the 64-bit range JSON readers keep exactly; send it as a string"
     return f"of type {type(value).__name__}"
@@ -182,30 +183,6 @@ def _encodes(value: Any) -> bool:
     except TypeError:
         return False
     return True
-
-
-RowIdKey = int | str | bytes
-
-
-def row_id_key(row_id: Any) -> RowIdKey:
-    """
-    Return the key that matches a row ID to the ID the server answers.
-
-    The server answers IDs as plain JSON, so an input ID is keyed by the JSON it is sent as: an ID
-    sent as a JSON integer or string is keyed by that int or string, anything else (floats,
-    booleans) by its JSON text. Plain ints and strings, nearly every ID, skip the encoder.
-    """
-    if type(row_id) is int or type(row_id) is str:
-        return row_id
-    try:
-        encoded = encode_json(row_id)
-    except TypeError:
-        raise ModelbitInputError(
-            f"Row ID {row_id!r} is {_describe_value(row_id)} and cannot be sent as JSON; "
-            "use a number or a string."
-        ) from None
-    decoded = orjson.loads(encoded)
-    return decoded if type(decoded) is int or type(decoded) is str else encoded
 
 
 def request_body(encoded_data: bytes, **fields: Any) -> bytes:

@@ -355,14 +355,16 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         import pyarrow.parquet as pq
 
         from airflow_provider_modelbit.io.links import link_rows_to_parquet
-        from airflow_provider_modelbit.operators.inference import results_in_input_order
+        from airflow_provider_modelbit.io.row_ids import table_in_input_order
 
         def save(stream: Iterator[bytes]) -> None:
             with part.open("wb") as sink:
                 link_rows_to_parquet(stream, sink)
 
         self.hook.read_link(url, save)
-        table = results_in_input_order(pq.read_table(part), rows, deployment=self.deployment)
+        table = table_in_input_order(
+            pq.read_table(part), [row[0] for row in rows], deployment=self.deployment, version=self.version
+        )
         part.unlink()
         return table
 

@@ -8,9 +8,6 @@ too large to pass through a DAG file or XCom belong to ``ModelbitBatchInferenceO
 
 from __future__ import annotations
 
-import math
-import numbers
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -183,7 +180,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     @cached_property
     def _batch_rows(self) -> list[list[Any]] | None:
         """Return ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` for a single input."""
-        return batch_rows(self.data, deployment=self.deployment)
+        from airflow_provider_modelbit.hooks.batching import input_rows
+
+        return input_rows(self.data, deployment=self.deployment)
 
     @property
     def _is_single(self) -> bool:
@@ -371,6 +370,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         import pyarrow.parquet as pq
 
         from airflow_provider_modelbit.io.links import link_rows_to_parquet
+        from airflow_provider_modelbit.io.row_ids import table_in_input_order
 
         def save(stream: Iterator[bytes]) -> None:
             with part.open("wb") as sink:
@@ -386,7 +386,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             part.stat().st_size,
             time.monotonic() - started,
         )
-        return results_in_input_order(pq.read_table(part), chunk, deployment=self.deployment)
+        return table_in_input_order(
+            pq.read_table(part), [row[0] for row in chunk], deployment=self.deployment, version=self.version
+        )
 
     def _write_parquet(self, tables: Iterable[pa.Table]) -> dict[str, Any]:
         """
@@ -439,100 +441,17 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
     def _checked_batch_rows(self, rows: list[list[Any]], inputs: list[list[Any]]) -> list[list[Any]]:
         """Return ``rows`` matched to ``inputs`` by ID, in input order; refuse missing or extra IDs."""
-        by_id = {_id_key(row[0]): row for row in rows}
-        expected = [_id_key(row[0]) for row in inputs]
-        _check_ids(expected, list(by_id), len(rows), deployment=self.deployment)
-        return [by_id[key] for key in expected]
+        from airflow_provider_modelbit.io.row_ids import input_positions, row_id_key
 
-
-# ---------------------------------------------------------------------- input normalisation
-
-
-def batch_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
-    """
-    Return ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` when it is a single input.
-
-    Follows Modelbit's rule: a batch is a list whose first element is a list (``[]`` is an empty
-    batch); a DataFrame is sent row by row as ``[index, {column: value}]``.
-
-    :raises ModelbitInputError: a row is not a non-empty list, or an ID is missing, not a string
-        or number, or repeated.
-    """
-    if _is_dataframe(data):
-        rows = _dataframe_rows(data)
-    elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], (list, tuple))):
-        rows = [_batch_row(row, position, deployment) for position, row in enumerate(data)]
-    else:
-        return None
-    _check_unique_ids(rows, deployment)
-    return rows
-
-
-def _is_dataframe(value: Any) -> bool:
-    # A DataFrame can only exist once pandas is imported; looking it up in sys.modules keeps
-    # pandas out of DAG parsing for the DAGs that never use it.
-    pandas = sys.modules.get("pandas")
-    return pandas is not None and isinstance(value, pandas.DataFrame)
-
-
-def _dataframe_rows(frame: Any) -> list[list[Any]]:
-    records = frame.rename(columns=str).to_dict(orient="records")
-    return [[index, record] for index, record in zip(frame.index.tolist(), records, strict=True)]
-
-
-def _batch_row(row: Any, position: int, deployment: str) -> list[Any]:
-    if not isinstance(row, (list, tuple)) or not row:
-        raise ModelbitInputError(
-            f"Batch row {position} for {deployment!r} is {row!r}; every row must be a list "
-            "[id, *args]. To send one input that is itself a list, wrap it as [[0, value]].",
-            deployment=deployment,
+        ids = [row[0] for row in inputs]
+        positions = input_positions(
+            [row_id_key(row_id) for row_id in ids],
+            [row_id_key(row[0]) for row in rows],
+            ids=ids,
+            deployment=self.deployment,
+            version=self.version,
         )
-    return list(row)
-
-
-def _check_unique_ids(rows: list[list[Any]], deployment: str) -> None:
-    seen: set[Any] = set()
-    for position, row in enumerate(rows):
-        key = _valid_id(row[0], position, deployment)
-        if key in seen:
-            raise ModelbitInputError(
-                f"Row {position} for {deployment!r} repeats ID {row[0]!r}; IDs match results to "
-                "inputs, so each must be unique (for a DataFrame: its index).",
-                deployment=deployment,
-            )
-        seen.add(key)
-
-
-def _valid_id(row_id: Any, position: int, deployment: str) -> Any:
-    is_number = isinstance(row_id, numbers.Real) and not isinstance(row_id, bool)
-    if isinstance(row_id, str) or (is_number and math.isfinite(row_id)):
-        return _id_key(row_id)
-    raise ModelbitInputError(
-        f"Row {position} for {deployment!r} has ID {row_id!r} ({type(row_id).__name__}); an ID "
-        "must be a string or a finite number (for a DataFrame: reset or set its index).",
-        deployment=deployment,
-    )
-
-
-def _id_key(row_id: Any) -> tuple[str, Any]:
-    # JSON makes 1 and 1.0 the same number but "1" a different ID; keep strings apart.
-    return ("s", row_id) if isinstance(row_id, str) else ("n", row_id)
-
-
-def _check_ids(expected: list[Any], returned: list[Any], returned_rows: int, *, deployment: str) -> None:
-    missing = set(expected) - set(returned)
-    unexpected = set(returned) - set(expected)
-    if missing or unexpected or returned_rows != len(expected):
-        raise ModelbitIncompleteBatch(
-            f"The results of {deployment!r} do not match the input: {len(expected)} rows sent, "
-            f"{returned_rows} returned; missing IDs {_sample(missing)}, unexpected IDs "
-            f"{_sample(unexpected)}. Re-run the task; if it persists, check the deployment.",
-            deployment=deployment,
-        )
-
-
-def _sample(keys: set[tuple[str, Any]]) -> str:
-    return str(sorted(str(key[1]) for key in keys)[:5])
+        return [[row_id, rows[position][1]] for row_id, position in zip(ids, positions, strict=True)]
 
 
 # ---------------------------------------------------------------------- results
@@ -540,31 +459,6 @@ def _sample(keys: set[tuple[str, Any]]) -> str:
 
 def _json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def results_in_input_order(table: pa.Table, chunk: list[list[Any]], *, deployment: str) -> pa.Table:
-    """
-    Return ``table`` (columns ``id``, ``result``) reordered to ``chunk``'s input order.
-
-    :param table: results read from a links document, in the server's order.
-    :param chunk: the batch rows ``[[id, *args], ...]`` the results answer.
-    :raises ModelbitIncompleteBatch: an ID is missing, unexpected or repeated.
-    """
-    returned = [_id_key(row_id) for row_id in _id_values(table)]
-    expected = [_id_key(row[0]) for row in chunk]
-    _check_ids(expected, returned, table.num_rows, deployment=deployment)
-    position = {key: index for index, key in enumerate(returned)}
-    return table.take([position[key] for key in expected])
-
-
-def _id_values(table: pa.Table) -> list[Any]:
-    from airflow_provider_modelbit.io.arrow_results import is_json_text
-
-    ids = table.column("id").to_pylist()
-    # IDs of mixed types (numbers and strings) are stored as JSON text to keep them apart.
-    if is_json_text(table.schema.field("id")):
-        return [orjson.loads(row_id) for row_id in ids]
-    return ids
 
 
 def _result_tables(chunk_results: Iterable[ChunkResult]) -> Iterator[pa.Table]:
@@ -597,4 +491,4 @@ class _DownloadMeter:
             yield piece
 
 
-__all__ = ["ModelbitInferenceOperator", "batch_rows", "results_in_input_order"]
+__all__ = ["ModelbitInferenceOperator"]

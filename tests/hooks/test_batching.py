@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,10 @@ from airflow_provider_modelbit.hooks.batching import (
     ENVELOPE_BYTES,
     dataframe_rows,
     encode_chunk,
+    input_rows,
     is_batch,
     long_lived_objects_frozen,
     reassemble,
-    refuse_duplicate_ids,
     rows_in_chunks,
     split_by_bytes,
 )
@@ -38,6 +39,56 @@ class TestDataframeRows:
         assert dataframe_rows(frame) == [[10, {"age": 31, "plan": "pro"}], [11, {"age": 45, "plan": "free"}]]
 
 
+class TestInputRows:
+    """Modelbit's rule for single versus batch input, and the checks on batch rows."""
+
+    @pytest.mark.parametrize(
+        ("data", "expected"),
+        [
+            pytest.param(10, None, id="scalar is single"),
+            pytest.param({"age": 31}, None, id="object is single"),
+            pytest.param([1, "two", 3.0], None, id="flat list is single (positional arguments)"),
+            pytest.param("[[1, 2]]", None, id="text is single"),
+            pytest.param([], [], id="empty list is an empty batch"),
+            pytest.param([[1, 10], ["b", 11]], [[1, 10], ["b", 11]], id="list of lists is a batch"),
+            pytest.param(((1, 10), (2, 11)), [[1, 10], [2, 11]], id="tuples become rows"),
+            pytest.param([[np.int64(4), 1]], [[4, 1]], id="numpy integer ID"),
+            pytest.param(
+                pd.DataFrame({"a": [1, 2]}, index=[7, 9]),
+                [[7, {"a": 1}], [9, {"a": 2}]],
+                id="DataFrame rows keyed by index",
+            ),
+        ],
+    )
+    def test_shapes(self, data: Any, expected: list[list[Any]] | None) -> None:
+        assert input_rows(data, deployment="scorer") == expected
+
+    @pytest.mark.parametrize(
+        ("data", "fragments"),
+        [
+            pytest.param([[1, 10], 5], ("Batch row 1", "[[0, value]]"), id="row not a list"),
+            pytest.param([[1, 10], []], ("Batch row 1",), id="empty row"),
+            pytest.param(
+                [[1, 10], [1, 11]], ("Row ID 1 appears more than once (again at row 1)",), id="duplicate ID"
+            ),
+            pytest.param([[None, 10]], ("Row 0", "ID None"), id="null ID"),
+            pytest.param([[{"k": 1}, 10]], ("Row 0", "dict"), id="object ID"),
+            pytest.param([[float("nan"), 10]], ("Row 0", "finite"), id="NaN ID"),
+            pytest.param(
+                pd.DataFrame({"a": [1, 2]}, index=[3, 3]),
+                ("again at row 1", "its index"),
+                id="DataFrame index repeats",
+            ),
+        ],
+    )
+    def test_invalid_rows_name_the_row(self, data: Any, fragments: tuple[str, ...]) -> None:
+        with pytest.raises(ModelbitInputError) as raised:
+            input_rows(data, deployment="scorer")
+        assert "'scorer'" in str(raised.value)
+        for fragment in fragments:
+            assert fragment in str(raised.value)
+
+
 class TestRowsInChunks:
     def test_cuts_by_row_count_lazily(self) -> None:
         consumed: list[int] = []
@@ -51,21 +102,6 @@ class TestRowsInChunks:
         assert len(next(chunks)) == 3
         assert consumed == [0, 1, 2]
         assert [len(chunk) for chunk in chunks] == [3, 1]
-
-
-class TestRefuseDuplicateIds:
-    def test_duplicate_is_named(self) -> None:
-        with pytest.raises(ModelbitInputError, match=r"Row ID 'b' appears more than once \(again at row 2\)"):
-            refuse_duplicate_ids([["a", 1], ["b", 2], ["b", 3]])
-
-    def test_numpy_and_plain_ids_collide(self) -> None:
-        """Two IDs that would be sent as the same JSON are duplicates."""
-        with pytest.raises(ModelbitInputError):
-            refuse_duplicate_ids([[np.int64(1), 1], [1, 2]])
-
-    def test_row_without_id_is_refused(self) -> None:
-        with pytest.raises(ModelbitInputError, match="row 1"):
-            refuse_duplicate_ids([[1, 1], []])
 
 
 class TestEncodeChunk:

@@ -17,7 +17,6 @@ from airflow_provider_modelbit.io.encoding import (
     encode_rows,
     join_rows,
     request_body,
-    row_id_key,
 )
 
 
@@ -117,28 +116,6 @@ class TestEncodeRow:
     def test_unencodable_positional_argument_is_named(self) -> None:
         with pytest.raises(ModelbitInputError, match=r"ID 'r7'.*argument 2 is of type object"):
             encode_row(["r7", 1, object()])
-
-
-class TestRowIdKey:
-    @pytest.mark.parametrize(
-        ("given", "returned"),
-        [
-            (np.int64(3), 3),
-            ("a", "a"),
-            (np.str_("a"), "a"),
-            (pd.Timestamp("2024-01-01"), "2024-01-01 00:00:00"),
-            (2.5, 2.5),
-            (True, True),
-            (np.bool_(False), False),
-        ],
-    )
-    def test_input_id_matches_the_id_the_server_returns(self, given: object, returned: object) -> None:
-        """IDs are matched through the JSON they were sent as."""
-        assert row_id_key(given) == row_id_key(orjson.loads(orjson.dumps(returned)))
-
-    @pytest.mark.parametrize(("first", "second"), [("1", 1), (True, 1), (1.0, 1), (False, 0)])
-    def test_ids_sent_as_different_json_differ(self, first: object, second: object) -> None:
-        assert row_id_key(first) != row_id_key(second)
 
 
 class TestRequestBody:

@@ -17,7 +17,6 @@ from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,7 +41,6 @@ from airflow_provider_modelbit.exceptions import (
 )
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 from airflow_provider_modelbit.operators import ModelbitInferenceOperator
-from airflow_provider_modelbit.operators.inference import batch_rows
 from tests.airflow_dags import NOT_RECEIVED, TaskOutcome, parse_dags, run_dag, run_task
 
 API_KEY = "k-inference:c2VjcmV0LXZhbHVl+/="
@@ -160,54 +158,6 @@ class TestDeferrableMode:
         )
         assert list(operator._callback_payloads()) == list(operator._iter_chunks())
         assert [len(chunk) for chunk in operator._callback_payloads()] == [DEFAULT_BATCH_SIZE, 1]
-
-
-class TestBatchRows:
-    """Modelbit's rule for single versus batch input, and the checks on batch rows."""
-
-    @pytest.mark.parametrize(
-        ("data", "expected"),
-        [
-            pytest.param(10, None, id="scalar is single"),
-            pytest.param({"age": 31}, None, id="object is single"),
-            pytest.param([1, "two", 3.0], None, id="flat list is single (positional arguments)"),
-            pytest.param("[[1, 2]]", None, id="text is single"),
-            pytest.param([], [], id="empty list is an empty batch"),
-            pytest.param([[1, 10], ["b", 11]], [[1, 10], ["b", 11]], id="list of lists is a batch"),
-            pytest.param(((1, 10), (2, 11)), [[1, 10], [2, 11]], id="tuples become rows"),
-            pytest.param([[np.int64(4), 1]], [[4, 1]], id="numpy integer ID"),
-            pytest.param(
-                pd.DataFrame({"a": [1, 2]}, index=[7, 9]),
-                [[7, {"a": 1}], [9, {"a": 2}]],
-                id="DataFrame rows keyed by index",
-            ),
-        ],
-    )
-    def test_shapes(self, data: Any, expected: list[list[Any]] | None) -> None:
-        assert batch_rows(data, deployment="scorer") == expected
-
-    @pytest.mark.parametrize(
-        ("data", "fragments"),
-        [
-            pytest.param([[1, 10], 5], ("Batch row 1", "[[0, value]]"), id="row not a list"),
-            pytest.param([[1, 10], []], ("Batch row 1",), id="empty row"),
-            pytest.param([[1, 10], [1, 11]], ("Row 1", "repeats ID 1"), id="duplicate ID"),
-            pytest.param([[None, 10]], ("Row 0", "ID None"), id="null ID"),
-            pytest.param([[{"k": 1}, 10]], ("Row 0", "dict"), id="object ID"),
-            pytest.param([[float("nan"), 10]], ("Row 0", "finite"), id="NaN ID"),
-            pytest.param(
-                pd.DataFrame({"a": [1, 2]}, index=[3, 3]),
-                ("Row 1", "its index"),
-                id="DataFrame index repeats",
-            ),
-        ],
-    )
-    def test_invalid_rows_name_the_row(self, data: Any, fragments: tuple[str, ...]) -> None:
-        with pytest.raises(ModelbitInputError) as raised:
-            batch_rows(data, deployment="scorer")
-        assert "'scorer'" in str(raised.value)
-        for fragment in fragments:
-            assert fragment in str(raised.value)
 
 
 # ---------------------------------------------------------------------- XCom output
@@ -499,7 +449,7 @@ class TestLinks:
             output_path=str(tmp_path / "out.parquet"),
         )
         urls = request_links(server, "doubler", [[[1, 1]]])
-        with pytest.raises(ModelbitIncompleteBatch, match=r"missing IDs \['2'\]"):
+        with pytest.raises(ModelbitIncompleteBatch, match=r"missing IDs \[2\] \(1\)"):
             operator._write_link_results({}, urls)  # type: ignore[arg-type]
         assert files_in(tmp_path) == []
 
@@ -621,7 +571,7 @@ ERROR_CASES = [
         None,
         {"deployment": "doubler", "data": [[1, 1], [1, 2]]},
         ModelbitInputError,
-        ("repeats ID 1",),
+        ("Row ID 1 appears more than once (again at row 1) for 'doubler'",),
         id="duplicate IDs",
     ),
     pytest.param(

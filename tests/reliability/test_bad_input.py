@@ -384,7 +384,7 @@ CASES = [
         "duplicate batch IDs",
         lambda scene: infer(scene, [[1, 2], [1, 3]]),
         ModelbitInputError,
-        r"Row 1 for 'doubler' repeats ID 1",
+        r"Row ID 1 appears more than once \(again at row 1\) for 'doubler'",
     ),
     BadInput(
         "null batch ID",
