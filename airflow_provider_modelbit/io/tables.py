@@ -1,14 +1,20 @@
 """Input tables read as a stream of Arrow record batches.
 
 A table is a Parquet file, a directory of Parquet files (read in name order, as Spark and DuckDB
-write them), a CSV file or a JSON Lines file, on a local path or any ObjectStoragePath URL. Files
-are read through :meth:`ObjectStoragePath.open` so Airflow records them as lineage inputs, and
-never loaded whole: memory stays bounded by the batch size whatever the table's length.
+write them, Hive partition folders ``key=value/`` included), a CSV file or a JSON Lines file, on a
+local path or any ObjectStoragePath URL. Files are read through :meth:`ObjectStoragePath.open` so
+Airflow records them as lineage inputs, and never loaded whole: memory stays bounded by the batch
+size whatever the table's length.
+
+A column keeps what it holds: ``column_types`` sets any column's type (the text formats only guess
+them), and a CSV ID column is read as text unless ``column_types`` says otherwise, so ``00123``
+stays ``00123``. A partition folder's value is a text column named by its key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +26,7 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
 from airflow_provider_modelbit.io.atomic import resolve_output
+from airflow_provider_modelbit.io.column_types import parse_column_types, text_id_types
 
 FORMATS = ("parquet", "csv", "jsonl")
 _SUFFIX_FORMATS = {
@@ -37,6 +44,19 @@ _TEXT_BLOCK_BYTES = 8 << 20
 _CHANGE_MARKERS = ("size", "mtime", "LastModified", "last_modified", "ETag", "etag", "md5Hash", "generation")
 
 
+@dataclass(frozen=True)
+class TablePart:
+    """
+    One file of a table and the Hive partition values of the folders it sits in.
+
+    :param path: the file.
+    :param partition: ``{key: value}`` of each ``key=value`` folder between the table and the file.
+    """
+
+    path: ObjectStoragePath
+    partition: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class TableSource:
     """
@@ -44,23 +64,40 @@ class TableSource:
 
     :param location: where the table is (a file or a directory).
     :param format: ``"parquet"``, ``"csv"`` or ``"jsonl"``.
-    :param files: the files making up the table, in reading order.
-    :param schema: the schema of the columns that will be read.
+    :param parts: the files making up the table, in reading order, with their partition values.
+    :param schema: the schema of the columns that will be read, with the types they are read as.
     :param num_rows: the number of rows, or ``None`` when only a full read can tell (CSV, JSON Lines).
     """
 
     location: ObjectStoragePath
     format: str
-    files: list[ObjectStoragePath]
+    parts: list[TablePart]
     schema: pa.Schema
     num_rows: int | None
     _columns: list[str] | None = field(default=None, repr=False)
+    _types: dict[str, pa.DataType] = field(default_factory=dict, repr=False)
+
+    @property
+    def files(self) -> list[ObjectStoragePath]:
+        """The files making up the table, in reading order."""
+        return [part.path for part in self.parts]
 
     def iter_batches(self, max_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
         """Yield the table's rows in order, as record batches of at most ``max_rows`` rows."""
-        for file in self.files:
-            for batch in _read_file(file, self.format, self._columns, max_rows):
-                yield from _conform_batch(batch, self.schema, file, max_rows)
+        for part in self.parts:
+            file_columns = _file_columns(self._columns, part.partition)
+            first_row = 0  # of the file, to name where a value does not fit
+            for batch in _read_file(part.path, self.format, file_columns, max_rows, self._types):
+                batch = _with_partition(batch, part.partition)
+                yield from _conform_batch(batch, self.schema, part.path, max_rows, first_row)
+                first_row += batch.num_rows
+
+    def project(self, columns: Sequence[str]) -> TableSource:
+        """The same table narrowed to ``columns``, read with the same types (a cheap way to scan IDs)."""
+        wanted = list(dict.fromkeys(columns))
+        _refuse_missing_columns(self.location, self.schema, wanted)
+        schema = pa.schema([self.schema.field(name) for name in wanted])
+        return TableSource(self.location, self.format, self.parts, schema, self.num_rows, wanted, self._types)
 
     def require_columns(self, names: Sequence[str]) -> None:
         """
@@ -82,28 +119,47 @@ def open_table(
     id_column: str | None = None,
     format: str | None = None,
     conn_id: str | None = None,
+    column_types: Mapping[str, Any] | None = None,
 ) -> TableSource:
     """
     Open an input table, checking that the columns asked for exist.
 
-    :param input_path: a Parquet file, a directory of Parquet files, a CSV or a JSON Lines file.
+    :param input_path: a Parquet file, a directory of Parquet files (Hive partition folders
+        included), a CSV or a JSON Lines file.
     :param columns: the columns to read (all when ``None``).
-    :param id_column: a column that must exist as well (read even when not in ``columns``).
+    :param id_column: a column that must exist as well (read even when not in ``columns``); in a
+        CSV file it is read as text unless ``column_types`` names it.
     :param format: ``"parquet"``, ``"csv"`` or ``"jsonl"``; guessed from the suffix when ``None``.
     :param conn_id: the Airflow connection for the object store, when the URL does not name one.
-    :raises ModelbitInputError: the path does not exist, the format is unknown, or a column is missing.
+    :param column_types: ``{column: type}`` to read columns as (see :mod:`.column_types`).
+    :raises ModelbitInputError: the path does not exist, the format is unknown, a column is missing
+        or a type is unknown.
     """
+    types = parse_column_types(column_types)
     location = resolve_output(input_path, conn_id)
     if not location.exists():
         raise ModelbitInputError(f"Input table {location} does not exist; check input_path.")
     table_format = _detect_format(location, format)
-    files = _table_files(location, table_format)
+    if table_format == "csv":
+        types = text_id_types(id_column, types)
+    parts = _table_parts(location, table_format)
     wanted = _wanted_columns(columns, id_column)
-    full_schema = _read_schema(files[0], table_format)
+    full_schema = _typed_schema(location, _table_schema(parts[0], table_format, types), types)
     _refuse_missing_columns(location, full_schema, wanted)
     schema = pa.schema([full_schema.field(name) for name in wanted]) if wanted else full_schema
-    num_rows = _count_parquet_rows(files) if table_format == "parquet" else None
-    return TableSource(location, table_format, files, schema, num_rows, wanted)
+    num_rows = _count_parquet_rows(parts) if table_format == "parquet" else None
+    return TableSource(location, table_format, parts, schema, num_rows, wanted, types)
+
+
+def _typed_schema(location: ObjectStoragePath, schema: pa.Schema, types: dict[str, pa.DataType]) -> pa.Schema:
+    """The table's schema with the types ``column_types`` names; refuses a type for a column it lacks."""
+    unknown = [name for name in types if name not in schema.names]
+    if unknown:
+        raise ModelbitInputError(
+            f"column_types names {', '.join(map(repr, unknown))}, but input table {location} has no such "
+            f"column; its columns are {', '.join(schema.names)}."
+        )
+    return pa.schema([item.with_type(types.get(item.name, item.type)) for item in schema])
 
 
 def _wanted_columns(columns: Sequence[str] | None, id_column: str | None) -> list[str] | None:
@@ -131,37 +187,88 @@ def _detect_format(location: ObjectStoragePath, format: str | None) -> str:
     return detected
 
 
-def _table_files(location: ObjectStoragePath, table_format: str) -> list[ObjectStoragePath]:
+def _table_parts(location: ObjectStoragePath, table_format: str) -> list[TablePart]:
     if not location.is_dir():
-        return [location]
+        return [TablePart(location)]
     if table_format != "parquet":
         raise ModelbitInputError(
             f"{location} is a directory; only directories of Parquet files are supported."
         )
-    files = sorted(
-        (path for path in location.iterdir() if _is_data_file(path)),
-        key=lambda path: path.name,
-    )
-    if not files:
+    parts = sorted(_folder_parts(location, {}), key=lambda part: str(part.path))
+    if not parts:
         raise ModelbitInputError(
-            f"Directory {location} holds no Parquet files (names ending in .parquet or .pq)."
+            f"Directory {location} holds no Parquet files (names ending in .parquet or .pq), neither "
+            "directly nor in Hive partition folders named key=value; other subfolders are not read."
         )
-    return files
+    _refuse_mixed_partitions(location, parts)
+    return parts
 
 
-def _is_data_file(path: ObjectStoragePath) -> bool:
-    # Writers leave markers such as _SUCCESS and hidden temporary files beside the data.
-    hidden = path.name.startswith((".", "_"))
-    return not hidden and path.suffix.lower() in _PARQUET_SUFFIXES and path.is_file()
+def _folder_parts(folder: ObjectStoragePath, partition: dict[str, str]) -> Iterator[TablePart]:
+    """The data files of ``folder`` and of its ``key=value`` subfolders, with their partition values."""
+    for path in folder.iterdir():
+        if path.name.startswith((".", "_")):
+            continue  # writers' markers (_SUCCESS, _temporary/) and hidden temporary files
+        if path.is_dir():
+            key, equals, value = path.name.partition("=")
+            if equals and key:
+                yield from _folder_parts(path, {**partition, key: _partition_value(value)})
+        elif path.suffix.lower() in _PARQUET_SUFFIXES:
+            yield TablePart(path, partition)
 
 
-def _read_schema(file: ObjectStoragePath, table_format: str) -> pa.Schema:
+def _partition_value(text: str) -> str:
+    # Writers escape characters a path cannot hold (Spark and Arrow: "%3A" for ":").
+    from urllib.parse import unquote
+
+    return unquote(text)
+
+
+def _refuse_mixed_partitions(location: ObjectStoragePath, parts: list[TablePart]) -> None:
+    keys = {tuple(part.partition) for part in parts}
+    if len(keys) > 1:
+        listed = "; ".join(f"{part.path} has {list(part.partition) or 'none'}" for part in parts[:2])
+        raise ModelbitInputError(
+            f"The partition folders of {location} disagree ({listed}); every file must sit under the "
+            "same key=value folders, so each row has every partition column."
+        )
+
+
+def _table_schema(part: TablePart, table_format: str, types: dict[str, pa.DataType]) -> pa.Schema:
+    schema = _read_schema(part.path, table_format, types)
+    for key in part.partition:
+        if key in schema.names:
+            raise ModelbitInputError(
+                f"File {part.path} has a column {key!r} and sits in the partition folder {key}=...; "
+                "rename one of them so each column has one source."
+            )
+    return pa.schema([*schema, *(pa.field(key, pa.string()) for key in part.partition)])
+
+
+def _file_columns(columns: list[str] | None, partition: dict[str, str]) -> list[str] | None:
+    """The columns to read from a file itself: the wanted ones but those its folders give."""
+    return None if columns is None else [name for name in columns if name not in partition]
+
+
+def _with_partition(batch: pa.RecordBatch, partition: dict[str, str]) -> pa.RecordBatch:
+    if not partition:
+        return batch
+    arrays = [
+        *batch.columns,
+        *(pa.array([value] * batch.num_rows, pa.string()) for value in partition.values()),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=[*batch.schema.names, *partition])
+
+
+def _read_schema(file: ObjectStoragePath, table_format: str, types: dict[str, pa.DataType]) -> pa.Schema:
     with file.open("rb") as stream:
         if table_format == "parquet":
             return _open_parquet(stream, file).schema_arrow
         try:
-            return _open_text_reader(stream, table_format, None).schema
-        except (pa.ArrowInvalid, OSError) as error:
+            return _open_text_reader(stream, table_format, None, types).schema
+        except pa.ArrowInvalid as error:
+            raise _bad_text_value(file, table_format, error, types) from error
+        except OSError as error:
             raise _unreadable(file, table_format, error) from error
 
 
@@ -190,37 +297,99 @@ def _refuse_missing_columns(location: ObjectStoragePath, schema: pa.Schema, want
         )
 
 
-def _count_parquet_rows(files: list[ObjectStoragePath]) -> int:
+def _count_parquet_rows(parts: list[TablePart]) -> int:
     total = 0
-    for file in files:
-        with file.open("rb") as stream:
-            total += _open_parquet(stream, file).metadata.num_rows
+    for part in parts:
+        with part.path.open("rb") as stream:
+            total += _open_parquet(stream, part.path).metadata.num_rows
     return total
 
 
 def _read_file(
-    file: ObjectStoragePath, table_format: str, columns: list[str] | None, max_rows: int
+    file: ObjectStoragePath,
+    table_format: str,
+    columns: list[str] | None,
+    max_rows: int,
+    types: dict[str, pa.DataType],
 ) -> Iterator[pa.RecordBatch]:
     with file.open("rb") as stream:
         if table_format == "parquet":
             yield from _open_parquet(stream, file).iter_batches(batch_size=max_rows, columns=columns)
             return
-        reader = _open_text_reader(stream, table_format, columns)
         try:
-            yield from reader
+            yield from _open_text_reader(stream, table_format, columns, types)
         except pa.ArrowInvalid as error:
-            raise ModelbitInputError(
-                f"Cannot read {file}: {error}. Column types are guessed from the first "
-                f"{_TEXT_BLOCK_BYTES >> 20} MiB; convert the file to Parquet to fix column types."
-            ) from error
+            raise _bad_text_value(file, table_format, error, types) from error
 
 
-def _open_text_reader(stream: Any, table_format: str, columns: list[str] | None) -> Any:
+# pyarrow names the failing CSV column by its position in the file: "In CSV column #2: ...".
+_CSV_COLUMN = re.compile(r"CSV column #(\d+)")
+
+
+def _bad_text_value(
+    file: ObjectStoragePath, table_format: str, error: pa.ArrowInvalid, types: dict[str, pa.DataType]
+) -> ModelbitInputError:
+    """Name the file, column and row of a text value that does not fit its column's type."""
+    found = _CSV_COLUMN.search(str(error)) if table_format == "csv" else None
+    if found is None:
+        return ModelbitInputError(
+            f"Cannot read {file}: {error}. Column types are guessed from the first "
+            f"{_TEXT_BLOCK_BYTES >> 20} MiB; set column_types for the column, or convert the file to Parquet."
+        )
+    column = _csv_header(file)[int(found.group(1))]
+    row, value = _first_bad_csv_value(file, column, types.get(column))
+    told = "the type column_types gives it" if column in types else "the type guessed from the first rows"
+    return ModelbitInputError(
+        f"Cannot read {file}: column {column!r} at row {row} holds {value!r}, which does not fit {told} "
+        f"({error}). Set column_types={{{column!r}: ...}} to the type the column holds "
+        '("str" keeps any text).'
+    )
+
+
+def _csv_header(file: ObjectStoragePath) -> list[str]:
+    import csv
+    import io
+
+    with file.open("rb") as stream:
+        return next(csv.reader(io.TextIOWrapper(stream, encoding="utf-8", newline="")), [])
+
+
+def _first_bad_csv_value(
+    file: ObjectStoragePath, column: str, declared: pa.DataType | None
+) -> tuple[int | str, Any]:
+    """Scan ``column`` as text for the first value that does not parse as its type (error path only)."""
+    options = pa_csv.ConvertOptions(include_columns=[column], column_types={column: pa.string()})
+    position = 0
+    with file.open("rb") as stream:
+        for batch in pa_csv.open_csv(stream, convert_options=options):
+            for value in batch.column(0).to_pylist():
+                if value is not None and not _parses(value, declared):
+                    return position, value
+                position += 1
+    return "unknown", None
+
+
+def _parses(text: str, declared: pa.DataType | None) -> bool:
+    # Without a declared type, pyarrow guessed one from the first rows: a value that is not a
+    # number where the others were is what breaks it.
+    try:
+        if declared is None:
+            float(text)
+        else:
+            pa.array([text]).cast(declared)
+    except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _open_text_reader(
+    stream: Any, table_format: str, columns: list[str] | None, types: dict[str, pa.DataType] | None = None
+) -> Any:
     if table_format == "csv":
         return pa_csv.open_csv(
             stream,
             read_options=pa_csv.ReadOptions(block_size=_TEXT_BLOCK_BYTES),
-            convert_options=pa_csv.ConvertOptions(include_columns=columns),
+            convert_options=pa_csv.ConvertOptions(include_columns=columns, column_types=types or {}),
         )
     return _ProjectedReader(
         pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=_TEXT_BLOCK_BYTES)), columns
@@ -244,20 +413,48 @@ class _ProjectedReader:
 
 
 def _conform_batch(
-    batch: pa.RecordBatch, schema: pa.Schema, file: ObjectStoragePath, max_rows: int
+    batch: pa.RecordBatch, schema: pa.Schema, file: ObjectStoragePath, max_rows: int, first_row: int = 0
 ) -> Iterator[pa.RecordBatch]:
-    """Cast a batch to the table's schema (files of a directory may differ slightly) and cut it to size."""
+    """Cast a batch to the table's schema (files differ slightly, column_types asks) and cut it to size."""
     if not batch.schema.equals(schema):
-        try:
-            batch = batch.select(schema.names).cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as error:
+        missing = [name for name in schema.names if name not in batch.schema.names]
+        if missing:
             raise ModelbitInputError(
-                f"File {file} does not match the table's schema ({error}); "
-                f"every file of the input must have the columns {', '.join(schema.names)} "
-                "with the same types."
-            ) from error
+                f"File {file} has no column {', '.join(map(repr, missing))}; every file of the input "
+                f"must have the columns {', '.join(schema.names)}."
+            )
+        batch = pa.RecordBatch.from_arrays(
+            [_cast_column(batch, item, file, first_row) for item in schema], schema=schema
+        )
     for offset in range(0, batch.num_rows, max_rows):
         yield batch.slice(offset, max_rows)
+
+
+def _cast_column(
+    batch: pa.RecordBatch, target: pa.Field, file: ObjectStoragePath, first_row: int
+) -> pa.Array:
+    column = batch.column(target.name)
+    if column.type.equals(target.type):
+        return column
+    try:
+        return column.cast(target.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        row, value = _first_uncastable(column, target.type)
+        raise ModelbitInputError(
+            f"Column {target.name!r} of {file} has type {column.type}, and its value {value!r} at row "
+            f"{first_row + row if isinstance(row, int) else row} cannot be read as {target.type}, "
+            "the table's type for it "
+            f"({error}). Every file must hold the same types; set column_types to the type the column holds."
+        ) from error
+
+
+def _first_uncastable(column: pa.Array, target: pa.DataType) -> tuple[int | str, Any]:
+    for row, value in enumerate(column):
+        try:
+            pa.array([value.as_py()], column.type).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return row, value.as_py()
+    return "unknown", None
 
 
 def _file_fingerprint(file: ObjectStoragePath) -> dict[str, Any]:

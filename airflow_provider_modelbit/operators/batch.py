@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -128,6 +128,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param argument_style: ``"object"`` (one ``{column: value}`` per row) or ``"positional"``.
     :param passthrough_columns: input columns copied unchanged into the output.
     :param expand_result: write the fields of object results as columns ``result_<field>``.
+    :param column_types: ``{column: type}`` to read input columns as, for example
+        ``{"zip_code": "str"}``: ``"str"``, ``"int"``, ``"float"``, ``"bool"``, ``"date"``, an Arrow
+        alias (``"int32"``, ``"timestamp[us]"``) or a ``pyarrow.DataType``. A CSV ID column is read
+        as text unless named here, so ``00123`` stays ``00123``.
     :param version: ``latest``, a version number or an alias. (templated)
     :param branch: git branch; ``None`` uses the connection's. (templated)
     :param modelbit_conn_id: the Modelbit connection. (templated)
@@ -171,6 +175,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         argument_style: str = "object",
         passthrough_columns: str | Sequence[str] | None = None,
         expand_result: bool = False,
+        column_types: Mapping[str, Any] | None = None,
         version: str | int = LATEST,
         branch: str | None = None,
         modelbit_conn_id: str = DEFAULT_CONN_ID,
@@ -198,6 +203,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.argument_style = argument_style
         self.passthrough_columns = column_list(passthrough_columns or [])
         self.expand_result = expand_result
+        self.column_types = dict(column_types or {})
         self.version = version
         self.branch = branch
         self.modelbit_conn_id = modelbit_conn_id
@@ -376,7 +382,11 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         # Without explicit columns every column is a model input, so all of them are read.
         needed = None if self.columns is None else [*column_list(self.columns), *self.passthrough_columns]
         source = open_table(
-            self.input_path, columns=needed, id_column=self.id_column, conn_id=self.input_conn_id
+            self.input_path,
+            columns=needed,
+            id_column=self.id_column,
+            conn_id=self.input_conn_id,
+            column_types=self.column_types,
         )
         source.require_columns([*self.passthrough_columns, *([self.id_column] if self.id_column else [])])
         return source
@@ -470,13 +480,12 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def _expected_chunks(self) -> Iterator[tuple[int, pa.Array]]:
         """Each input chunk's index and IDs, read again from the input (one column) to check the results."""
         column = self.id_column or self._model_columns[0]
-        narrow = open_table(self.source.location, columns=[column], format=self.source.format)
-        batches = narrow.iter_batches(max_rows=max(self.batch_size, 65_536))
+        batches = self.source.project([column]).iter_batches(max_rows=max(self.batch_size, 65_536))
         chunks = exact_chunks(batches, self.batch_size)
         return ((chunk.index, chunk_ids(chunk, self.id_column)) for chunk in chunks)
 
     def _id_batches(self, id_column: str) -> Iterable[pa.Array]:
-        id_only = open_table(self.source.location, columns=[id_column], format=self.source.format)
+        id_only = self.source.project([id_column])
         return (batch.column(0) for batch in id_only.iter_batches(max_rows=_ID_SCAN_ROWS))
 
     @cached_property

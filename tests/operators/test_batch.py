@@ -194,6 +194,28 @@ class TestScoring:
         assert output.schema.names == ["key", "result", "segment"]
         assert output.schema.field("key").type == pa.string()
 
+    def test_csv_ids_keep_leading_zeros_and_column_types_keep_a_zip_code_text(
+        self, tmp_path: Path, run_batch: Any, server: RunningEmulator
+    ) -> None:
+        """``007`` and ``7`` are two IDs, and the model receives the zip code ``"02134"``, not ``2134``."""
+        (tmp_path / "in.csv").write_text("key,zip,x\n007,02134,1\n7,10001,2\n00123,90210,3\n")
+        spec = echo_spec(
+            tmp_path,
+            tmp_path / "in.csv",
+            columns=["zip", "x"],
+            argument_style="object",
+            column_types={"zip": "str"},
+        )
+        assert run_batch(**spec) == "success"
+        output = read_output(tmp_path)
+        assert output.column("key").to_pylist() == ["007", "7", "00123"]
+        assert output.column("result").to_pylist() == [
+            {"zip": "02134", "x": 1},
+            {"zip": "10001", "x": 2},
+            {"zip": "90210", "x": 3},
+        ]
+        assert set(server.client.runs("echo")) >= {"007", "7", "00123"}
+
 
 VALIDATION_CASES = {
     "missing column": ({"columns": ["x", "age"]}, TABLE),
