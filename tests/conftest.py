@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +21,7 @@ import pytest
 # Airflow reads AIRFLOW_HOME when first imported: point it at a temporary folder before any test
 # imports Airflow, so no test reads or writes ~/airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 EMULATOR_PLUGIN = "airflow_provider_modelbit.emulator.pytest_plugin"
@@ -34,6 +38,20 @@ ConnectionSetter = Callable[..., str]
 def airflow_db() -> None:
     """A migrated metadata database in the session's temporary AIRFLOW_HOME (dag.test() needs one)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    _share_the_in_process_execution_api()
+
+
+def _share_the_in_process_execution_api() -> None:
+    """
+    Build dag.test()'s in-process execution API once per session, as Airflow 3.2 and later do.
+
+    Airflow 3.1 builds the whole API app again for every task dag.test() runs (seconds each); the
+    later versions cache it with this same ``lru_cache``, so the floor run gets the same behaviour.
+    """
+    from airflow.sdk.execution_time import supervisor
+
+    if not hasattr(supervisor.in_process_api_server, "cache_info"):
+        supervisor.in_process_api_server = functools.lru_cache(maxsize=1)(supervisor.in_process_api_server)
 
 
 @pytest.fixture
