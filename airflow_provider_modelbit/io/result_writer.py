@@ -41,6 +41,8 @@ class ResultWriter:
 
     :param store: where chunks are spooled; a temporary local folder when ``None``.
     :param expand_result: write the fields of an object ``result`` as columns ``result_<field>``.
+    :param result_type: the type every output's ``result`` has, whatever the chunks hold (an empty
+        output too), so the outputs of daily runs agree in schema; see :func:`declared_result_type`.
     :param row_group_rows: rows per Parquet row group (small chunks are combined up to this size).
     """
 
@@ -49,6 +51,7 @@ class ResultWriter:
         store: ChunkStore | None = None,
         *,
         expand_result: bool = False,
+        result_type: pa.DataType | None = None,
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     ) -> None:
         self._temporary_folder: str | None = None
@@ -57,6 +60,7 @@ class ResultWriter:
             store = ChunkStore(resolve_output(self._temporary_folder))
         self.store = store
         self.expand_result = expand_result
+        self.result_type = result_type
         self.row_group_rows = row_group_rows
         self._next_index = max(self.store.indices(), default=-1) + 1
 
@@ -83,6 +87,8 @@ class ResultWriter:
         schema = final_schema([self.store.schema(index) for index in indices]) if indices else empty_schema
         if schema is None:
             raise ValueError("No chunks were written and no empty_schema was given.")
+        if self.result_type is not None:
+            schema = _with_declared_result(schema, self.result_type)
         output_schema = expand_schema(schema) if self.expand_result else schema
         _refuse_duplicate_columns(output_schema)
         rows = 0
@@ -183,7 +189,44 @@ def _conform_column(column: pa.Array, field: pa.Field, target: pa.Field) -> pa.A
         return json_text_array(column.to_pylist())
     if column.type.equals(target.type):
         return column
-    return column.cast(target.type)
+    _refuse_undeclared_fields(column.type, target)
+    try:
+        return column.cast(target.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise ModelbitInputError(
+            f"Results of type {column.type} cannot be written as column {target.name!r} of type "
+            f"{target.type} ({error}); correct result_schema, or leave it unset to type results from "
+            "what the deployment returns."
+        ) from error
+
+
+def declared_result_type(result_schema: dict[str, pa.DataType]) -> pa.DataType:
+    """The ``result`` type of an output whose object results have exactly the fields of ``result_schema``."""
+    return pa.struct([pa.field(name, data_type) for name, data_type in result_schema.items()])
+
+
+def _with_declared_result(schema: pa.Schema, result_type: pa.DataType) -> pa.Schema:
+    """``schema`` with ``result`` of the declared type, whatever the chunks held (none when empty)."""
+    position = schema.get_field_index(RESULT_COLUMN)
+    return schema.set(position, pa.field(RESULT_COLUMN, result_type))
+
+
+def _refuse_undeclared_fields(data_type: pa.DataType, target: pa.Field) -> None:
+    # Arrow drops struct fields the target lacks; a result field nobody declared must not vanish.
+    if not (pa.types.is_struct(data_type) and pa.types.is_struct(target.type)):
+        return
+    declared = {target.type.field(i).name for i in range(target.type.num_fields)}
+    extra = [
+        data_type.field(i).name
+        for i in range(data_type.num_fields)
+        if data_type.field(i).name not in declared
+    ]
+    if extra:
+        raise ModelbitInputError(
+            f"The deployment's results have the field(s) {', '.join(map(repr, extra))}, which result_schema "
+            f"does not list (it lists {', '.join(sorted(declared))}); add them to result_schema. The "
+            "finished chunks are kept, so the retry only writes the output."
+        )
 
 
 def expand_schema(schema: pa.Schema) -> pa.Schema:

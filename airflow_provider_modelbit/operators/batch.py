@@ -47,9 +47,10 @@ from airflow_provider_modelbit.io.batch_inputs import (
     refuse_unsendable_columns,
 )
 from airflow_provider_modelbit.io.chunk_store import CheckpointRecord, ChunkStore
+from airflow_provider_modelbit.io.column_types import parse_column_types
 from airflow_provider_modelbit.io.destination import check_output_location, refuse_column_clashes
 from airflow_provider_modelbit.io.ownership import OutputLease, TaskIdentity
-from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN, ResultWriter
+from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN, ResultWriter, declared_result_type
 from airflow_provider_modelbit.io.tables import TableSource, open_table
 from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
@@ -72,8 +73,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     on a local path or any ObjectStoragePath URL (``s3://``, ``gs://``, ``file://``...). Each row
     is sent as one object ``{column: value}`` — how Modelbit's own client sends a DataFrame — or,
     with ``argument_style="positional"``, as separate arguments in ``columns`` order. Values are
-    sent as JSON: NaN and infinities become ``null``, dates and timestamps ISO 8601 strings,
-    decimals floats. Columns JSON cannot carry (binary, maps, unions) are refused.
+    sent as JSON the way Modelbit's own client sends them: NaN and infinities become ``null``,
+    dates and timestamps their ``str()`` (``"2024-01-02 03:04:05"``), durations pandas' form
+    (``"0 days 00:00:01"``), decimals floats. Columns JSON cannot carry (binary, maps, unions,
+    intervals) are refused.
 
     Before the first request the operator checks that the columns exist, that the model input
     columns can be sent, and that the IDs in ``id_column`` are present and unique (checked with
@@ -85,8 +88,9 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     strings, booleans, lists, objects as structs; a column of genuinely mixed types is kept as
     JSON text with field metadata ``modelbit.encoding=json``) or, with ``expand_result``, one column
     ``result_<field>`` per object field, then the ``passthrough_columns``. Empty input gives an
-    empty file with those columns. The file is written atomically: a failed task leaves nothing
-    at ``output_path``.
+    empty file with those columns: ``result`` of type null, or with ``result_schema`` the declared
+    result columns, so that every output has one schema. The file is written atomically: a failed
+    task leaves nothing at ``output_path``.
 
     Before anything is sent the destination is checked too: ``output_path`` must not be the input,
     a directory, unwritable or unreachable, its filesystem package must be installed, and no
@@ -128,6 +132,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param argument_style: ``"object"`` (one ``{column: value}`` per row) or ``"positional"``.
     :param passthrough_columns: input columns copied unchanged into the output.
     :param expand_result: write the fields of object results as columns ``result_<field>``.
+    :param result_schema: ``{field: type}`` of the deployment's object results (types named as in
+        ``column_types``): every output, an empty one included, then has exactly these fields (as
+        ``result_<field>`` columns with ``expand_result``) with these types, so the outputs of
+        daily runs agree in schema; a result field not listed fails the task naming it.
     :param column_types: ``{column: type}`` to read input columns as, for example
         ``{"zip_code": "str"}``: ``"str"``, ``"int"``, ``"float"``, ``"bool"``, ``"date"``, an Arrow
         alias (``"int32"``, ``"timestamp[us]"``) or a ``pyarrow.DataType``. A CSV ID column is read
@@ -176,6 +184,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         passthrough_columns: str | Sequence[str] | None = None,
         expand_result: bool = False,
         column_types: Mapping[str, Any] | None = None,
+        result_schema: Mapping[str, Any] | None = None,
         version: str | int = LATEST,
         branch: str | None = None,
         modelbit_conn_id: str = DEFAULT_CONN_ID,
@@ -204,6 +213,9 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.passthrough_columns = column_list(passthrough_columns or [])
         self.expand_result = expand_result
         self.column_types = dict(column_types or {})
+        parse_column_types(self.column_types)  # an unknown type name fails when the DAG is parsed
+        self.result_schema = dict(result_schema) if result_schema is not None else None
+        self._result_type = declared_result_type(parse_column_types(result_schema)) if result_schema else None
         self.version = version
         self.branch = branch
         self.modelbit_conn_id = modelbit_conn_id
@@ -433,9 +445,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         chunks = len(self.checkpoint.indices())
         self.checkpoint.verify_complete(self._expected_chunks(), str(self.output_location))
         with atomic_output(self.output_location) as sink:
-            rows = ResultWriter(self.checkpoint, expand_result=self.expand_result).write_parquet(
-                sink, empty_schema=self._empty_schema()
+            writer = ResultWriter(
+                self.checkpoint, expand_result=self.expand_result, result_type=self._result_type
             )
+            rows = writer.write_parquet(sink, empty_schema=self._empty_schema())
             if self._lease is not None:
                 self._lease.confirm()  # raising here leaves what was at output_path untouched
         seconds = time.monotonic() - started

@@ -11,7 +11,7 @@ import pytest
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
 from airflow_provider_modelbit.io.arrow_results import is_json_text, results_table
-from airflow_provider_modelbit.io.result_writer import ResultWriter, merge_types
+from airflow_provider_modelbit.io.result_writer import ResultWriter, declared_result_type, merge_types
 
 
 def write(chunks: list[list[Any]], **options: Any) -> pa.Table:
@@ -100,3 +100,27 @@ class TestResultWriter:
             writer.write(table)
             with pytest.raises(ModelbitInputError, match="result_x twice"):
                 writer.write_parquet(sink)
+
+
+class TestDeclaredResultType:
+    """With a declared result type every output has one schema, an empty one included."""
+
+    DECLARED = declared_result_type({"score": pa.float64(), "label": pa.string()})
+
+    def test_an_empty_output_has_the_declared_result_columns(self) -> None:
+        empty = results_table([], []).schema
+        with ResultWriter(expand_result=True, result_type=self.DECLARED) as writer:
+            sink = io.BytesIO()
+            assert writer.write_parquet(sink, empty_schema=empty) == 0
+        schema = pq.read_table(io.BytesIO(sink.getvalue())).schema
+        assert schema.names == ["id", "result_score", "result_label"]
+        assert schema.types == [pa.null(), pa.float64(), pa.string()]
+
+    def test_results_take_the_declared_types_and_order_and_missing_fields_are_null(self) -> None:
+        table = write([[{"label": "a", "score": 1}], [None]], expand_result=True, result_type=self.DECLARED)
+        assert table.schema.names == ["id", "result_score", "result_label"]
+        assert table.column("result_score").to_pylist() == [1.0, None]
+
+    def test_a_result_field_not_declared_is_named(self) -> None:
+        with pytest.raises(ModelbitInputError, match=r"field\(s\) 'extra', which result_schema does not list"):
+            write([[{"score": 1, "label": "a", "extra": 2}]], result_type=self.DECLARED)

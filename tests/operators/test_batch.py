@@ -216,6 +216,30 @@ class TestScoring:
         ]
         assert set(server.client.runs("echo")) >= {"007", "7", "00123"}
 
+    def test_a_header_only_csv_gives_the_schema_of_a_full_day_with_result_schema(
+        self, tmp_path: Path, run_batch: Any
+    ) -> None:
+        """Daily partitions agree: a day without rows has the columns and types of a day with rows."""
+        schemas = []
+        for day, text in (("full", "key,zip,x\n007,02134,1\n"), ("empty", "key,zip,x\n")):
+            (tmp_path / f"{day}.csv").write_text(text)
+            spec = echo_spec(
+                tmp_path,
+                tmp_path / f"{day}.csv",
+                output_path=str(tmp_path / "out" / f"{day}.parquet"),
+                columns=["zip", "x"],
+                argument_style="object",
+                passthrough_columns=["zip"],
+                column_types={"zip": "str", "x": "int"},
+                expand_result=True,
+                result_schema={"zip": "str", "x": "int"},
+            )
+            assert run_batch(**spec) == "success"
+            schemas.append(pq.read_schema(tmp_path / "out" / f"{day}.parquet").remove_metadata())
+        assert schemas[0] == schemas[1]
+        assert schemas[1].names == ["key", "result_zip", "result_x", "zip"]
+        assert schemas[1].types == [pa.string(), pa.string(), pa.int64(), pa.string()]
+
 
 VALIDATION_CASES = {
     "missing column": ({"columns": ["x", "age"]}, TABLE),
