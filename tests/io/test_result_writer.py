@@ -122,5 +122,5 @@ class TestDeclaredResultType:
         assert table.column("result_score").to_pylist() == [1.0, None]
 
     def test_a_result_field_not_declared_is_named(self) -> None:
-        with pytest.raises(ModelbitInputError, match=r"field\(s\) 'extra', which result_schema does not list"):
+        with pytest.raises(ModelbitInputError, match=r"'extra', which result_schema does not list"):
             write([[{"score": 1, "label": "a", "extra": 2}]], result_type=self.DECLARED)
