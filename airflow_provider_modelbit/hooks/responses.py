@@ -199,13 +199,6 @@ def _deployment_error(text: str, where: str, context: dict[str, Any]) -> Modelbi
     )
 
 
-def unwrap_link_document(document: Any) -> Any:
-    """Accept a links document either bare or wrapped as ``{"data": ...}``."""
-    if isinstance(document, dict) and set(document) == {"data"}:
-        return document["data"]
-    return document
-
-
 def link_location(url: str) -> str:
     """Return a link without its query string, which holds the signature and must not be logged."""
     parts = urlsplit(url)

@@ -199,3 +199,24 @@ def _python_ids(chunk: InputChunk, id_column: str | None) -> list[Any]:
 def column_list(columns: str | Sequence[str]) -> list[str]:
     """Read a column list; a single name is one column, never a list of its characters."""
     return [columns] if isinstance(columns, str) else list(columns)
+
+
+def check_batch_settings(
+    argument_style: str, batch_size: int, batch_bytes: int, max_concurrency: int
+) -> None:
+    """
+    Refuse chunking settings that cannot work, before anything is read or sent.
+
+    :raises ModelbitInputError: naming the setting and the value given.
+    """
+    if argument_style not in ARGUMENT_STYLES:
+        raise ModelbitInputError(
+            f"argument_style must be one of {', '.join(ARGUMENT_STYLES)}, got {argument_style!r}."
+        )
+    for name, value in (
+        ("batch_size", batch_size),
+        ("batch_bytes", batch_bytes),
+        ("max_concurrency", max_concurrency),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ModelbitInputError(f"{name} must be a positive integer, got {value!r}.")

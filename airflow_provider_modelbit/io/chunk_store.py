@@ -17,9 +17,9 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -28,6 +28,9 @@ from airflow.sdk import ObjectStoragePath
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
 from airflow_provider_modelbit.io.atomic import atomic_output, open_binary
 from airflow_provider_modelbit.io.ownership import OWNER_NAME, TaskIdentity
+
+if TYPE_CHECKING:
+    from airflow_provider_modelbit.io.ownership import OutputLease
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +220,31 @@ class ChunkStore:
     def _write_record(self, record: CheckpointRecord) -> None:
         with atomic_output(self.location / MANIFEST_NAME, lineage=False) as stream:
             stream.write(record.to_json())
+
+
+@contextmanager
+def held_checkpoint(store: ChunkStore, lease: OutputLease, record: CheckpointRecord) -> Iterator[set[int]]:
+    """
+    Hold an output's lease and its checkpoint for a run; yield the chunks a retry can reuse.
+
+    On success the checkpoint is removed; on failure it is kept when it holds finished chunks,
+    and removed when it is empty, so a refusal leaves nothing behind. The lease is released
+    either way.
+
+    :param store: the output's checkpoint.
+    :param lease: the output's lease, acquired here (waiting or failing as it is configured to).
+    :param record: what the run is; a checkpoint made for other work is discarded.
+    """
+    lease.acquire()
+    try:
+        finished = store.start(record)
+        yield finished
+    except BaseException:
+        if not store.indices():
+            store.discard()
+        lease.release()
+        store.remove_if_empty()
+        raise
+    store.discard()
+    lease.release()
+    store.remove_if_empty()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import ijson
 import orjson
@@ -19,6 +20,9 @@ import orjson
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
 from airflow_provider_modelbit.io.arrow_results import results_table
 from airflow_provider_modelbit.io.result_writer import ResultWriter
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # A wrapped batch starts like this; enough of the document is peeked at to tell.
 _WRAPPED_BATCH = re.compile(rb'^\{\s*"data"\s*:\s*\[')
@@ -57,11 +61,20 @@ def link_rows_to_parquet(
         return writer.write_parquet(output, empty_schema=results_table([], []).schema)
 
 
-def read_link_value(chunks: Iterable[bytes]) -> Any:
+def read_link_value(
+    chunks: Iterable[bytes],
+    *,
+    source: str = "The results link",
+    deployment: str | None = None,
+    version: str | int | None = None,
+) -> Any:
     """
     Read a small links document whole and return its value, unwrapping ``{"data": ...}``.
 
     :param chunks: the document's bytes, in pieces.
+    :param source: what the document is, to begin an error message (no link signature in it).
+    :param deployment: the deployment that answered, named in the error.
+    :param version: its version, named in the error.
     :raises ModelbitIncompleteBatch: the document is not valid JSON (for example, cut short).
     """
     body = b"".join(chunks)
@@ -69,17 +82,52 @@ def read_link_value(chunks: Iterable[bytes]) -> Any:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise ModelbitIncompleteBatch(
-            f"The results link returned {len(body):,} bytes that are not complete JSON ({error}); "
-            "the download was probably cut short; run the task again."
+            f"{source} returned {len(body):,} bytes that are not complete JSON ({error}); "
+            "the download was probably cut short; run the task again.",
+            deployment=deployment,
+            version=version,
         ) from error
-    return unwrap_data(value)
-
-
-def unwrap_data(value: Any) -> Any:
-    """Return ``value["data"]`` for a ``{"data": ...}`` envelope, else the value itself."""
+    # A document holds what ``data`` would have held, bare or wrapped as {"data": ...}.
     if isinstance(value, dict) and value.keys() == {"data"}:
         return value["data"]
     return value
+
+
+def link_table_in_input_order(
+    read_link: Callable[[str, Callable[[Iterator[bytes]], None]], None],
+    url: str,
+    ids: Sequence[Any],
+    part: Path,
+    *,
+    deployment: str,
+    version: str | int | None,
+) -> pa.Table:
+    """
+    Stream a batch results link to a local Parquet file and return its rows in the input order.
+
+    The document is never held whole: it is parsed into ``part`` a row group at a time, then read
+    back as a table whose IDs are matched to ``ids`` (see :mod:`.row_ids`); ``part`` is removed.
+
+    :param read_link: fetches the link and hands its body to a consumer, fetching it again when a
+        download breaks (``ModelbitHook.read_link``).
+    :param url: the results link.
+    :param ids: the IDs of the rows the link answers, in input order.
+    :param part: a local scratch file for the download.
+    :raises ModelbitIncompleteBatch: the document is cut short, or an ID is missing, unexpected or repeated.
+    """
+    import pyarrow.parquet as pq
+
+    from airflow_provider_modelbit.io.row_ids import table_in_input_order
+
+    def save(stream: Iterator[bytes]) -> None:
+        with part.open("wb") as sink:
+            link_rows_to_parquet(stream, sink)
+
+    read_link(url, save)
+    try:
+        return table_in_input_order(pq.read_table(part), ids, deployment=deployment, version=version)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _batch_rows(stream: _ChunkReader) -> Iterator[Any]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,11 +25,78 @@ from airflow_provider_modelbit.io.arrow_results import (
     json_text_array,
     parquet_can_store,
 )
-from airflow_provider_modelbit.io.atomic import resolve_output
+from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
 from airflow_provider_modelbit.io.chunk_store import ChunkStore
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
 RESULT_COLUMN = "result"
 DEFAULT_ROW_GROUP_ROWS = 65_536
+
+
+def output_chunk_table(
+    inputs: pa.Table,
+    id_name: str,
+    ids: pa.Array,
+    field: pa.Field,
+    results: pa.Array | pa.ChunkedArray,
+    passthrough: Sequence[str],
+) -> pa.Table:
+    """
+    One chunk of a batch output: the IDs, the results as ``field`` types them, the pass-through columns.
+
+    :param inputs: the chunk's input rows, holding the ``passthrough`` columns.
+    :param id_name: the ID column's name in the output.
+    """
+    schema = pa.schema(
+        [pa.field(id_name, ids.type), field] + [inputs.schema.field(name) for name in passthrough]
+    )
+    return pa.Table.from_arrays([ids, results, *(inputs.column(name) for name in passthrough)], schema=schema)
+
+
+def empty_output_schema(
+    inputs: pa.Schema, id_name: str, id_type: pa.DataType, passthrough: Sequence[str]
+) -> pa.Schema:
+    """The schema of a batch output without rows: ID, a null ``result``, the pass-through columns."""
+    columns = [inputs.field(name) for name in passthrough]
+    return pa.schema([pa.field(id_name, id_type), pa.field(RESULT_COLUMN, pa.null()), *columns])
+
+
+def write_results_parquet(
+    destination: ObjectStoragePath,
+    tables: Iterable[pa.Table] = (),
+    *,
+    store: ChunkStore | None = None,
+    expand_result: bool = False,
+    result_type: pa.DataType | None = None,
+    empty_schema: pa.Schema,
+    before_replace: Callable[[int], None] | None = None,
+) -> int:
+    """
+    Write result chunks, in order, as one Parquet file that replaces ``destination`` only on success.
+
+    Every chunk is spooled before the file is opened, so a failure on any chunk leaves nothing at
+    ``destination``; types that differ between chunks are reconciled (see :class:`ResultWriter`).
+
+    :param destination: the output file.
+    :param tables: chunks to write after those already in ``store``.
+    :param store: chunks saved earlier (a checkpoint); a temporary spool when ``None``.
+    :param expand_result: write an object ``result`` as columns ``result_<field>``.
+    :param result_type: the declared type of ``result`` (see :class:`ResultWriter`), or ``None``.
+    :param empty_schema: the schema written when there are no rows at all.
+    :param before_replace: called with the row count once the file is written but before it
+        replaces ``destination``; raising leaves what was there untouched.
+    :return: the number of rows written.
+    """
+    with ResultWriter(store, expand_result=expand_result, result_type=result_type) as writer:
+        for table in tables:
+            writer.write(table)
+        with atomic_output(destination) as sink:
+            rows = writer.write_parquet(sink, empty_schema=empty_schema)
+            if before_replace is not None:
+                before_replace(rows)
+    return rows
 
 
 class ResultWriter:

@@ -33,12 +33,12 @@ from airflow_provider_modelbit.defaults import (
 )
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.io.arrow_results import result_field
-from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
+from airflow_provider_modelbit.io.atomic import resolve_output
 from airflow_provider_modelbit.io.batch_inputs import (
-    ARGUMENT_STYLES,
     ROW_POSITION_ID,
     InputChunk,
     batch_rows,
+    check_batch_settings,
     chunk_ids,
     column_list,
     count_and_check_ids,
@@ -46,14 +46,22 @@ from airflow_provider_modelbit.io.batch_inputs import (
     refuse_bad_id_type,
     refuse_unsendable_columns,
 )
-from airflow_provider_modelbit.io.chunk_store import CheckpointRecord, ChunkStore
+from airflow_provider_modelbit.io.chunk_store import CheckpointRecord, ChunkStore, held_checkpoint
 from airflow_provider_modelbit.io.column_types import parse_column_types
 from airflow_provider_modelbit.io.destination import check_output_location, refuse_column_clashes
+from airflow_provider_modelbit.io.links import link_table_in_input_order
 from airflow_provider_modelbit.io.ownership import OutputLease, TaskIdentity
-from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN, ResultWriter, declared_result_type
+from airflow_provider_modelbit.io.result_writer import (
+    RESULT_COLUMN,
+    declared_result_type,
+    empty_output_schema,
+    output_chunk_table,
+    write_results_parquet,
+)
 from airflow_provider_modelbit.io.tables import TableSource, open_table
 from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
+from airflow_provider_modelbit.operators.progress import ProgressLog
 from airflow_provider_modelbit.version_compat import conf
 
 if TYPE_CHECKING:
@@ -203,7 +211,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**with_asset_outlet(kwargs, asset))
-        _check_settings(argument_style, batch_size, batch_bytes, max_concurrency)
+        check_batch_settings(argument_style, batch_size, batch_bytes, max_concurrency)
         self.deployment = deployment
         self.input_path = input_path
         self.output_path = output_path
@@ -252,43 +260,28 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         if self.deferrable:
             return self.execute_deferrable(context)
         with self._owned_checkpoint(context) as finished:
-            progress = _Progress(self.log, total_rows, self.progress_interval_seconds)
+            progress = ProgressLog(self.log, total_rows, self.progress_interval_seconds)
             self._score_pending(finished, progress)
             return self._write_results(context, started)
 
     @contextmanager
     def _owned_checkpoint(self, context: Context) -> Iterator[set[int]]:
-        """
-        Hold the output's lease and its checkpoint for the run; yield the chunks a retry can reuse.
-
-        On success the checkpoint is removed; on failure it is kept when it holds finished chunks,
-        and removed when it is empty, so a refusal leaves nothing behind.
-        """
+        """Hold the output's lease and its checkpoint for the run; yield the chunks a retry can reuse."""
         task = TaskIdentity.from_context(context)
-        lease = OutputLease(
+        self._lease = OutputLease(
             self.checkpoint.location,
             task,
             output=str(self.output_location),
             wait_seconds=self.output_wait_seconds,
         )
-        lease.acquire()
-        self._lease = lease
-        try:
-            finished = self.checkpoint.start(CheckpointRecord.for_work(self._work(), task))
+        with held_checkpoint(
+            self.checkpoint, self._lease, CheckpointRecord.for_work(self._work(), task)
+        ) as finished:
             if finished:
                 self.log.info("Resuming: %d chunk(s) finished by an earlier try are reused.", len(finished))
             yield finished
-        except BaseException:
-            if not self.checkpoint.indices():
-                self.checkpoint.discard()
-            lease.release()
-            self.checkpoint.remove_if_empty()
-            raise
-        self.checkpoint.discard()
-        lease.release()
-        self.checkpoint.remove_if_empty()
 
-    def _score_pending(self, finished: set[int], progress: _Progress) -> None:
+    def _score_pending(self, finished: set[int], progress: ProgressLog) -> None:
         """Send every chunk not finished yet and save each answer as it arrives."""
         in_flight: deque[InputChunk] = deque()
         results = self.hook.infer_chunks(
@@ -320,7 +313,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             raise
 
     def _requests(
-        self, finished: set[int], in_flight: deque[InputChunk], progress: _Progress
+        self, finished: set[int], in_flight: deque[InputChunk], progress: ProgressLog
     ) -> Iterator[list[list[Any]]]:
         """Yield the batch rows of each unfinished chunk, remembering which chunk each request is."""
         for chunk in self._iter_chunks():
@@ -342,7 +335,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         """Save each delivered chunk into the checkpoint, then write the output as the sync path does."""
         resumed = time.monotonic()
         with self._owned_checkpoint(context) as finished:
-            progress = _Progress(self.log, self.source.num_rows, self.progress_interval_seconds)
+            progress = ProgressLog(self.log, self.source.num_rows, self.progress_interval_seconds)
             waited = 0.0
             with tempfile.TemporaryDirectory(prefix="modelbit-deliveries-") as scratch:
                 for delivery, chunk in zip(deliveries, self._iter_chunks(), strict=True):
@@ -364,27 +357,16 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             )
             self._record_chunk(chunk, answer)
             return
-        linked = self._download_link(delivery.value, rows, scratch / f"chunk-{chunk.index:08d}.parquet")
+        linked = link_table_in_input_order(
+            self.hook.read_link,
+            delivery.value,
+            [row[0] for row in rows],
+            scratch / f"chunk-{chunk.index:08d}.parquet",
+            deployment=self.deployment,
+            version=self.version,
+        )
         result = linked.column(RESULT_COLUMN)
         self._save_chunk(chunk.index, self._chunk_table(chunk, linked.schema.field(RESULT_COLUMN), result))
-
-    def _download_link(self, url: str, rows: list[list[Any]], part: Path) -> pa.Table:
-        """Stream a results link to a local Parquet file and return it in the chunk's row order."""
-        import pyarrow.parquet as pq
-
-        from airflow_provider_modelbit.io.links import link_rows_to_parquet
-        from airflow_provider_modelbit.io.row_ids import table_in_input_order
-
-        def save(stream: Iterator[bytes]) -> None:
-            with part.open("wb") as sink:
-                link_rows_to_parquet(stream, sink)
-
-        self.hook.read_link(url, save)
-        table = table_in_input_order(
-            pq.read_table(part), [row[0] for row in rows], deployment=self.deployment, version=self.version
-        )
-        part.unlink()
-        return table
 
     # Building blocks shared with the deferrable path -----------------------------------------
 
@@ -444,13 +426,14 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         """Check every input row has one result, then assemble the Parquet output atomically."""
         chunks = len(self.checkpoint.indices())
         self.checkpoint.verify_complete(self._expected_chunks(), str(self.output_location))
-        with atomic_output(self.output_location) as sink:
-            writer = ResultWriter(
-                self.checkpoint, expand_result=self.expand_result, result_type=self._result_type
-            )
-            rows = writer.write_parquet(sink, empty_schema=self._empty_schema())
-            if self._lease is not None:
-                self._lease.confirm()  # raising here leaves what was at output_path untouched
+        rows = write_results_parquet(
+            self.output_location,
+            store=self.checkpoint,
+            expand_result=self.expand_result,
+            result_type=self._result_type,
+            empty_schema=self._empty_schema(),
+            before_replace=self._confirm_lease,
+        )
         seconds = time.monotonic() - started
         announce_output(context, self.asset, str(self.output_location), rows)
         self.log.info("Wrote %d rows to %s in %.1f s.", rows, self.output_location, seconds)
@@ -461,6 +444,11 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
         }
+
+    def _confirm_lease(self, rows: int) -> None:
+        """Confirm this run still owns the output; raising leaves what was at output_path untouched."""
+        if self._lease is not None:
+            self._lease.confirm()
 
     # Checks and descriptions -----------------------------------------------------------------
 
@@ -519,17 +507,12 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self, chunk: InputChunk, field: pa.Field, results: pa.Array | pa.ChunkedArray
     ) -> pa.Table:
         """A chunk as the checkpoint keeps it: IDs, ``results`` as ``field`` says, pass-through columns."""
-        passthrough = [chunk.table.column(name) for name in self._output_passthrough]
-        schema = pa.schema(
-            [pa.field(self._id_name, chunk_ids(chunk, self.id_column).type), field]
-            + [chunk.table.schema.field(name) for name in self._output_passthrough]
-        )
-        return pa.Table.from_arrays([chunk_ids(chunk, self.id_column), results, *passthrough], schema=schema)
+        ids = chunk_ids(chunk, self.id_column)
+        return output_chunk_table(chunk.table, self._id_name, ids, field, results, self._output_passthrough)
 
     def _empty_schema(self) -> pa.Schema:
         id_type = self.source.schema.field(self.id_column).type if self.id_column else pa.int64()
-        passthrough = [self.source.schema.field(name) for name in self._output_passthrough]
-        return pa.schema([pa.field(self._id_name, id_type), pa.field(RESULT_COLUMN, pa.null()), *passthrough])
+        return empty_output_schema(self.source.schema, self._id_name, id_type, self._output_passthrough)
 
     def _work(self) -> dict[str, Any]:
         """Everything that decides the chunks' answers; a checkpoint made for other work is discarded."""
@@ -552,48 +535,3 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             "batch_size": self.batch_size,
             "batch_bytes": self.batch_bytes,
         }
-
-
-class _Progress:
-    """Log rows done, rate and ETA at most every ``interval`` seconds."""
-
-    def __init__(self, log: Any, total_rows: int | None, interval: float) -> None:
-        self._log = log
-        self._total = total_rows
-        self._interval = interval
-        self._started = self._last = time.monotonic()
-        self._done = self._scored = 0
-
-    def advance(self, rows: int, *, reused: bool = False) -> None:
-        self._done += rows
-        self._scored += 0 if reused else rows
-        now = time.monotonic()
-        if now - self._last >= self._interval or (self._total is not None and self._done >= self._total):
-            self._last = now
-            self._report(now - self._started)
-
-    def _report(self, elapsed: float) -> None:
-        rate = self._scored / elapsed if elapsed > 0 else 0.0
-        if self._total is None:
-            self._log.info("Scored %d rows (%.0f rows/s).", self._done, rate)
-            return
-        left = max(self._total - self._done, 0)
-        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
-        percent = 100.0 * self._done / self._total if self._total else 100.0
-        self._log.info(
-            "Scored %d / %d rows (%.1f%%), %.0f rows/s, ETA %s.", self._done, self._total, percent, rate, eta
-        )
-
-
-def _check_settings(argument_style: str, batch_size: int, batch_bytes: int, max_concurrency: int) -> None:
-    if argument_style not in ARGUMENT_STYLES:
-        raise ModelbitInputError(
-            f"argument_style must be one of {', '.join(ARGUMENT_STYLES)}, got {argument_style!r}."
-        )
-    for name, value in (
-        ("batch_size", batch_size),
-        ("batch_bytes", batch_bytes),
-        ("max_concurrency", max_concurrency),
-    ):
-        if not isinstance(value, int) or value < 1:
-            raise ModelbitInputError(f"{name} must be a positive integer, got {value!r}.")

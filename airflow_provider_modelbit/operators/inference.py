@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_modelbit.defaults import (
@@ -25,7 +24,7 @@ from airflow_provider_modelbit.defaults import (
     LATEST,
     LINKS,
 )
-from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
 from airflow_provider_modelbit.version_compat import conf
@@ -257,6 +256,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
     def _infer_single(self) -> ChunkResult:
         from airflow_provider_modelbit.hooks.batching import ChunkResult
+        from airflow_provider_modelbit.io.xcom_size import json_size
 
         started = time.monotonic()
         value = self.hook.get_inference(
@@ -266,7 +266,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             index=0,
             rows=[[0, value]],
             seconds=time.monotonic() - started,
-            response_bytes=len(_json_bytes(value)),
+            response_bytes=json_size(value),
         )
 
     def _request_links(self) -> Iterator[str]:
@@ -314,10 +314,17 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         ``{"path", "rows", "bytes"}``. Shared by the synchronous and the deferred path.
         """
         if self.output_path is not None:
-            return self._write_parquet(_result_tables(chunk_results))
+            from airflow_provider_modelbit.io.arrow_results import results_table
+
+            return self._write_parquet(
+                results_table([row[0] for row in chunk.rows], [row[1] for row in chunk.rows])
+                for chunk in chunk_results
+            )
         rows = [row for chunk in chunk_results for row in chunk.rows]
         value = rows[0][1] if self._is_single else rows
-        self._check_xcom_size(len(_json_bytes(value)))
+        from airflow_provider_modelbit.io.xcom_size import json_size
+
+        self._check_xcom_size(json_size(value))
         return value
 
     def _write_link_results(self, context: Context, link_urls: Iterable[str]) -> Any:
@@ -337,18 +344,15 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             return self._write_parquet(self._batch_link_tables(link_urls, Path(scratch)))
 
     def _read_links_for_xcom(self, link_urls: Iterable[str]) -> Any:
-        from airflow_provider_modelbit.io.links import read_link_value
+        from airflow_provider_modelbit.io.xcom_size import read_links_within
 
-        meter = _DownloadMeter(self.max_xcom_bytes, on_exceeded=self._check_xcom_size)
-        values = []
-        for url in link_urls:
-            before = meter.total
-
-            def consume(stream: Iterator[bytes], before: int = before) -> Any:
-                meter.total = before  # a link fetched again is counted once
-                return read_link_value(meter.count(stream))
-
-            values.append(self.hook.read_link(url, consume))
+        values = read_links_within(
+            self.hook.read_link,
+            link_urls,
+            self.max_xcom_bytes,
+            deployment=self.deployment,
+            version=self.version,
+        )
         if self._is_single:
             return values[0]
         rows = [row for chunk_rows in values for row in chunk_rows]
@@ -362,52 +366,39 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
     def _batch_link_tables(self, link_urls: Iterable[str], scratch: Path) -> Iterator[pa.Table]:
         """Yield each link's rows as a table in input order; one chunk is in memory at a time."""
+        from airflow_provider_modelbit.io.links import link_table_in_input_order
+
         for index, (url, chunk) in enumerate(zip(link_urls, self._iter_chunks(), strict=True)):
-            yield self._download_link_part(url, chunk, scratch / f"part-{index:05d}.parquet")
-
-    def _download_link_part(self, url: str, chunk: list[list[Any]], part: Path) -> pa.Table:
-        """Stream one batch link to a local Parquet part, then check its IDs against the chunk."""
-        import pyarrow.parquet as pq
-
-        from airflow_provider_modelbit.io.links import link_rows_to_parquet
-        from airflow_provider_modelbit.io.row_ids import table_in_input_order
-
-        def save(stream: Iterator[bytes]) -> None:
-            with part.open("wb") as sink:
-                link_rows_to_parquet(stream, sink)
-
-        started = time.monotonic()
-        self.hook.read_link(url, save)
-        self.log.info(
-            "Downloaded results link of %d rows from %s (version %s): %d bytes in %.2f s",
-            len(chunk),
-            self.deployment,
-            self.version,
-            part.stat().st_size,
-            time.monotonic() - started,
-        )
-        return table_in_input_order(
-            pq.read_table(part), [row[0] for row in chunk], deployment=self.deployment, version=self.version
-        )
+            started = time.monotonic()
+            table = link_table_in_input_order(
+                self.hook.read_link,
+                url,
+                [row[0] for row in chunk],
+                scratch / f"part-{index:05d}.parquet",
+                deployment=self.deployment,
+                version=self.version,
+            )
+            self.log.info(
+                "Downloaded results link of %d rows from %s (version %s) in %.2f s",
+                len(chunk),
+                self.deployment,
+                self.version,
+                time.monotonic() - started,
+            )
+            yield table
 
     def _write_parquet(self, tables: Iterable[pa.Table]) -> dict[str, Any]:
-        """
-        Write result tables, in order, as one Parquet file at ``output_path``.
-
-        Every table is spooled before the file is opened, so a failure on any chunk leaves
-        nothing at ``output_path``; types that differ between chunks are reconciled.
-        """
+        """Write result tables, in order, as one Parquet file at ``output_path`` (nothing on failure)."""
         from airflow_provider_modelbit.io.arrow_results import results_table
-        from airflow_provider_modelbit.io.atomic import atomic_output
-        from airflow_provider_modelbit.io.result_writer import ResultWriter
+        from airflow_provider_modelbit.io.result_writer import write_results_parquet
 
         destination = self._destination
-        with ResultWriter() as writer:
-            for table in tables:
-                writer.write(table)
-            with atomic_output(destination) as sink:
-                rows = writer.write_parquet(sink, empty_schema=results_table([], []).schema)
-                self._refuse_incomplete(rows, destination)
+        rows = write_results_parquet(
+            destination,
+            tables,
+            empty_schema=results_table([], []).schema,
+            before_replace=lambda rows: self._refuse_incomplete(rows, destination),
+        )
         size = destination.stat().st_size
         self.log.info("Wrote %d result rows (%d bytes) to %s", rows, size, destination)
         return {"path": str(destination), "rows": rows, "bytes": size}
@@ -430,14 +421,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             )
 
     def _check_xcom_size(self, size: int) -> None:
-        if size > self.max_xcom_bytes:
-            raise ModelbitError(
-                f"The result of {self.deployment!r} (version {self.version}) is over "
-                f"{self.max_xcom_bytes} bytes of JSON, too large to return through XCom. Set "
-                "output_path to write it as Parquet (or raise max_xcom_bytes).",
-                deployment=self.deployment,
-                version=self.version,
-            )
+        from airflow_provider_modelbit.io.xcom_size import refuse_oversized
+
+        refuse_oversized(size, self.max_xcom_bytes, deployment=self.deployment, version=self.version)
 
     def _checked_batch_rows(self, rows: list[list[Any]], inputs: list[list[Any]]) -> list[list[Any]]:
         """Return ``rows`` matched to ``inputs`` by ID, in input order; refuse missing or extra IDs."""
@@ -455,40 +441,6 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
 
 # ---------------------------------------------------------------------- results
-
-
-def _json_bytes(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _result_tables(chunk_results: Iterable[ChunkResult]) -> Iterator[pa.Table]:
-    """Yield each chunk's results as a table with columns ``id`` and ``result``."""
-    from airflow_provider_modelbit.io.arrow_results import results_table
-
-    for chunk in chunk_results:
-        yield results_table([row[0] for row in chunk.rows], [row[1] for row in chunk.rows])
-
-
-class _DownloadMeter:
-    """
-    Count the bytes of one or more downloads, calling ``on_exceeded(total)`` once past ``limit``.
-
-    :param limit: bytes allowed in total before ``on_exceeded`` is called.
-    :param on_exceeded: called with the running total; raises to stop the download.
-    """
-
-    def __init__(self, limit: int, *, on_exceeded: Callable[[int], None]) -> None:
-        self._limit = limit
-        self._on_exceeded = on_exceeded
-        self.total = 0
-
-    def count(self, stream: Iterable[bytes]) -> Iterator[bytes]:
-        """Yield ``stream``'s pieces, adding their size to the total."""
-        for piece in stream:
-            self.total += len(piece)
-            if self.total > self._limit:
-                self._on_exceeded(self.total)
-            yield piece
 
 
 __all__ = ["ModelbitInferenceOperator"]

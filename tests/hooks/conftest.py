@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from airflow_provider_modelbit.hooks.modelbit import ModelbitAsyncHook, ModelbitHook
+from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+from airflow_provider_modelbit.hooks.modelbit_async import ModelbitAsyncHook
 from airflow_provider_modelbit.hooks.retries import RetryPolicy
 from tests.scripted_http import scripted_server  # noqa: F401  (a fixture of these tests)
 

@@ -22,7 +22,6 @@ from airflow_provider_modelbit.hooks.responses import (
     connection_test_verdict,
     link_location,
     parse_answer,
-    unwrap_link_document,
 )
 from airflow_provider_modelbit.hooks.settings import ModelbitSettings
 from tests.scripted_http import CannedResponse
@@ -230,18 +229,6 @@ class TestParseAnswerWithNonModelbitAnswers:
 
 
 class TestLinkHelpers:
-    @pytest.mark.parametrize(
-        ("document", "value"),
-        [
-            ({"data": [[1, 2]]}, [[1, 2]]),
-            ([[1, 2]], [[1, 2]]),
-            (5, 5),
-            ({"data": 1, "x": 2}, {"data": 1, "x": 2}),
-        ],
-    )
-    def test_bare_and_wrapped_documents(self, document: Any, value: Any) -> None:
-        assert unwrap_link_document(document) == value
-
     def test_location_drops_the_signature(self) -> None:
         url = "https://bucket.example.com/results/abc.json?expires=1&signature=deadbeef"
         assert link_location(url) == "https://bucket.example.com/results/abc.json"

@@ -6,13 +6,18 @@ import io
 import json
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
-from airflow_provider_modelbit.io.links import link_rows_to_parquet, read_link_value
+from airflow_provider_modelbit.io.links import (
+    link_rows_to_parquet,
+    link_table_in_input_order,
+    read_link_value,
+)
 
 
 def pieces(document: bytes, size: int = 7) -> Iterator[bytes]:
@@ -89,7 +94,12 @@ class TestLinkRowsToParquet:
 class TestReadLinkValue:
     @pytest.mark.parametrize(
         ("document", "value"),
-        [(b"5", 5), (b'{"data": {"a": 1}}', {"a": 1}), (b'{"data": 1, "other": 2}', {"data": 1, "other": 2})],
+        [
+            (b"5", 5),
+            (b'{"data": {"a": 1}}', {"a": 1}),
+            (b'{"data": 1, "other": 2}', {"data": 1, "other": 2}),
+            (b"[[1, 2]]", [[1, 2]]),
+        ],
     )
     def test_unwraps_only_a_data_envelope(self, document: bytes, value: Any) -> None:
         assert read_link_value(pieces(document, 2)) == value
@@ -97,3 +107,40 @@ class TestReadLinkValue:
     def test_truncated_document_is_reported(self) -> None:
         with pytest.raises(ModelbitIncompleteBatch, match="cut short"):
             read_link_value([b'{"data": [1, 2'])
+
+    def test_error_names_its_source(self) -> None:
+        with pytest.raises(
+            ModelbitIncompleteBatch, match=r"^Deployment 'd': the link returned 3 bytes"
+        ) as caught:
+            read_link_value([b"[1,"], source="Deployment 'd': the link", deployment="d", version=2)
+        assert caught.value.deployment == "d"
+
+
+class TestLinkTableInInputOrder:
+    def test_streamed_reordered_and_removed(self, tmp_path: Path) -> None:
+        """The document goes to a scratch Parquet file, comes back in input order, and the file is removed."""
+        document = b'{"data": [["b", 2], ["a", 1]]}'
+        part = tmp_path / "part.parquet"
+
+        def read_link(url: str, consume: Any) -> None:
+            assert url == "https://store/x"
+            consume(pieces(document, 5))
+
+        table = link_table_in_input_order(
+            read_link, "https://store/x", ["a", "b"], part, deployment="d", version=1
+        )
+        assert table.to_pylist() == [{"id": "a", "result": 1}, {"id": "b", "result": 2}]
+        assert not part.exists()
+
+    def test_missing_id_is_refused_and_the_file_removed(self, tmp_path: Path) -> None:
+        part = tmp_path / "part.parquet"
+        with pytest.raises(ModelbitIncompleteBatch, match=r"missing IDs \['c'\]"):
+            link_table_in_input_order(
+                lambda url, consume: consume([b'[["a", 1]]']),
+                "u",
+                ["a", "c"],
+                part,
+                deployment="d",
+                version=1,
+            )
+        assert not part.exists()

@@ -1,0 +1,290 @@
+"""What the sync and async hooks share: options, inputs, the connection, retries and request logs.
+
+:class:`~airflow_provider_modelbit.hooks.modelbit.ModelbitHook` (requests) and
+:class:`~airflow_provider_modelbit.hooks.modelbit_async.ModelbitAsyncHook` (httpx) differ only in
+how they send; what a call means, how it is validated and when it is re-sent lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_modelbit.defaults import (
+    ASYNC_TIMEOUT_LIMIT,
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BRANCH,
+    DEFAULT_CONN_ID,
+    DEFAULT_MAX_CONCURRENCY,
+    LINKS,
+    SYNC_TIMEOUT_LIMIT,
+)
+from airflow_provider_modelbit.exceptions import (
+    ModelbitInputError,
+)
+from airflow_provider_modelbit.hooks.batching import (
+    dataframe_rows,
+    encode_chunk,
+    is_batch,
+    is_dataframe,
+)
+from airflow_provider_modelbit.hooks.responses import (
+    InferenceCall,
+    SendFailed,
+    batch_id_of,
+    link_location,
+)
+from airflow_provider_modelbit.hooks.retries import (
+    RetryPolicy,
+    RetrySchedule,
+    RetryStats,
+    retry_verdict,
+)
+from airflow_provider_modelbit.hooks.settings import (
+    ModelbitSettings,
+)
+from airflow_provider_modelbit.hooks.urls import deployment_url
+from airflow_provider_modelbit.io.encoding import describe_unencodable, encode_json, request_body
+from airflow_provider_modelbit.io.links import read_link_value
+
+CONNECT_TIMEOUT = 10.0
+# An async submission only waits for the short acknowledgement, never for the model.
+SUBMIT_READ_TIMEOUT = 60.0
+LINK_READ_TIMEOUT = 300.0
+LINK_PIECE_BYTES = 1 << 16
+
+
+def validate_options(
+    timeout_seconds: int | None, response_format: str | None, *, limit: int, call_name: str
+) -> None:
+    if timeout_seconds is not None and (
+        isinstance(timeout_seconds, bool)
+        or not isinstance(timeout_seconds, int)
+        or not 1 <= timeout_seconds <= limit
+    ):
+        raise ModelbitInputError(
+            f"timeout_seconds={timeout_seconds!r} is invalid for {call_name}: use a whole number of "
+            f"seconds from 1 to {limit}."
+        )
+    if response_format not in (None, LINKS):
+        raise ModelbitInputError(f"response_format={response_format!r} is invalid: use None or 'links'.")
+
+
+def validate_concurrency(max_concurrency: int) -> None:
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ModelbitInputError(f"max_concurrency={max_concurrency!r} is invalid: use a whole number >= 1.")
+
+
+def as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
+    """Return the batch rows of ``data`` (rows or a DataFrame), or ``None`` for a single input."""
+    if is_dataframe(data):
+        return dataframe_rows(data)
+    if is_batch(data):
+        return list(data)
+    return None
+
+
+def ids_must_be_unique(data: Any) -> bool:
+    """Batch rows need unique IDs; a DataFrame's index may repeat, as Modelbit's own client allows."""
+    return not is_dataframe(data)
+
+
+def encode_single(data: Any, call: InferenceCall) -> bytes:
+    try:
+        return encode_json(data)
+    except TypeError:
+        raise ModelbitInputError(
+            f"{call.where}: the input cannot be sent as JSON: {describe_unencodable(data)}; convert it to "
+            "numbers, strings, lists or dicts.",
+            deployment=call.deployment,
+            version=call.version,
+        ) from None
+
+
+def link_value(raw: bytes, url: str, call: InferenceCall) -> Any:
+    """The value of a downloaded links document, an error naming the call and the link otherwise."""
+    source = f"{call.where}: the results link {link_location(url)}"
+    return read_link_value([raw], source=source, deployment=call.deployment, version=call.version)
+
+
+class ModelbitHookBase(BaseHook):
+    """
+    What the sync and async hooks share: the connection, calls, retries and request logs.
+
+    :param modelbit_conn_id: id of the Modelbit connection.
+    :param batch_size: most rows per request.
+    :param batch_bytes: most bytes per request body; bigger chunks are split.
+    :param max_concurrency: requests in flight at once for a batch.
+    :param retry_policy: attempts and waits for retried requests.
+    """
+
+    conn_name_attr = "modelbit_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = "modelbit"
+    hook_name = "Modelbit"
+
+    def __init__(
+        self,
+        modelbit_conn_id: str = default_conn_name,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.modelbit_conn_id = modelbit_conn_id
+        self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self.max_concurrency = max_concurrency
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._retry_stats = RetryStats()
+        self._timeout_capped = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(modelbit_conn_id={self.modelbit_conn_id!r})"
+
+    @property
+    def retry_stats(self) -> dict[str, int]:
+        """Retries made by this hook so far, by reason."""
+        return self._retry_stats.as_dict()
+
+    def _new_call(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        idempotent: bool,
+        *,
+        limit: int = SYNC_TIMEOUT_LIMIT,
+    ) -> InferenceCall:
+        effective_branch = branch if branch is not None else settings.branch
+        url_branch = None if branch is None and effective_branch == DEFAULT_BRANCH else effective_branch
+        url = deployment_url(settings.base_url, deployment, version, url_branch)
+        timeout = self._connection_timeout(settings, limit) if timeout_seconds is None else timeout_seconds
+        return InferenceCall(settings.conn_id, deployment, version, url_branch, url, timeout, idempotent)
+
+    def _connection_timeout(self, settings: ModelbitSettings, limit: int) -> int | None:
+        """
+        The connection's default timeout, capped to what the mode allows (300 s sync, 900 s async).
+
+        One connection serves both modes, and its default may suit async callbacks (up to 900 s):
+        a synchronous call uses the most Modelbit allows instead of failing with HTTP 400.
+        """
+        seconds = settings.timeout_seconds
+        if seconds is None or seconds <= limit:
+            return seconds
+        if not self._timeout_capped:
+            self._timeout_capped = True
+            self.log.warning(
+                "Connection %r sets the extra timeout_seconds=%d, more than the %d s synchronous "
+                "inference allows; synchronous calls on it use %d s (asynchronous calls keep %d s). "
+                "Set timeout_seconds on the task to choose another value.",
+                settings.conn_id,
+                seconds,
+                limit,
+                limit,
+                seconds,
+            )
+        return limit
+
+    def _retry_wait(self, schedule: RetrySchedule, failure: SendFailed, call: InferenceCall) -> float:
+        """Return the wait before re-sending, or raise the failure's error when it must not be re-sent."""
+        verdict = retry_verdict(failure.error, request_sent=failure.request_sent, idempotent=call.idempotent)
+        wait = schedule.next_wait(failure.retry_after) if verdict else None
+        if verdict is None or wait is None:
+            if verdict is not None:
+                self.log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
+            failure.error.request_sent = failure.request_sent
+            raise failure.error
+        self._retry_stats.record(verdict.reason)
+        if verdict.may_rescore:
+            self.log.warning(
+                "%s: re-sending after %s because the inference is declared idempotent; "
+                "rows may be scored twice.",
+                call.where,
+                type(failure.error).__name__,
+            )
+        self.log.warning(
+            "%s: attempt %d failed (%s); retrying in %.1f s.",
+            call.where,
+            schedule.attempt - 1,
+            verdict.reason,
+            wait,
+        )
+        return wait
+
+    def _submission(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        data: Any,
+        webhook_url: str,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        response_format: str | None,
+        webhook_ignore_timeout: bool | None,
+    ) -> tuple[InferenceCall, bytes]:
+        """Validate an async submission and build its body."""
+        validate_options(
+            timeout_seconds, response_format, limit=ASYNC_TIMEOUT_LIMIT, call_name="async inference"
+        )
+        if not isinstance(webhook_url, str) or urlsplit(webhook_url).scheme not in ("http", "https"):
+            raise ModelbitInputError(
+                f"webhook_url must be an http(s) URL, got a {type(webhook_url).__name__}."
+            )
+        # A submission is never declared idempotent: re-sending it could start the model twice.
+        call = self._new_call(
+            settings, deployment, version, branch, timeout_seconds, False, limit=ASYNC_TIMEOUT_LIMIT
+        )
+        rows = as_rows(data)
+        encoded = encode_chunk(rows).data if rows is not None else encode_single(data, call)
+        body = request_body(
+            encoded,
+            timeout_seconds=call.timeout_seconds,
+            response_format=response_format,
+            response_webhook=webhook_url,
+            response_webhook_ignore_timeout=webhook_ignore_timeout,
+        )
+        return call, body
+
+    def _accepted_batch_id(
+        self, payload: Mapping[str, Any], headers: Mapping[str, str], call: InferenceCall
+    ) -> str | None:
+        """The batchId of an accepted submission, or ``None`` (logged): it is information, not a key."""
+        batch_id = batch_id_of(payload, headers)
+        if batch_id is None:
+            self.log.warning(
+                "%s: the async submission was accepted without a batchId (neither the body's 'batchId' "
+                "nor an x-mb-batch-id header); its delivery is awaited all the same.",
+                call.where,
+            )
+        return batch_id
+
+    def _log_request(
+        self, call: InferenceCall, rows: int | None, seconds: float, response_bytes: int
+    ) -> None:
+        self.log.info(
+            "Modelbit %s version %s: %s in %.3f s, %d bytes answered.",
+            call.deployment,
+            call.version,
+            "single input" if rows is None else f"{rows} rows",
+            seconds,
+            response_bytes,
+        )
+
+
+def missing_connection_message(conn_id: str) -> str:
+    env_name = "AIRFLOW_CONN_" + conn_id.upper()
+    return (
+        f"Connection {conn_id!r} is not defined: create a Modelbit connection with that id in "
+        f"Admin > Connections, or set {env_name}, e.g. "
+        f"{env_name}='modelbit://:YOUR_KEY@acme.us-east-2.aws.modelbit.com'."
+    )
