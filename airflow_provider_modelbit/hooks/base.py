@@ -71,7 +71,7 @@ def validate_options(
             f"seconds from 1 to {limit}."
         )
     if response_format not in (None, LINKS):
-        raise ModelbitInputError(f"response_format={response_format!r} is invalid: use None or 'links'.")
+        raise ModelbitInputError(f"response_format={response_format!r} is invalid: use None or {LINKS!r}.")
 
 
 def validate_concurrency(max_concurrency: int) -> None:

@@ -18,9 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
+from airflow_provider_modelbit.io.tables import TableSource
 
 ARGUMENT_STYLES = ("object", "positional")
 ROW_POSITION_ID = "id"
+
+#: Rows read from the input at a time when only the ID column is checked.
+_ID_SCAN_ROWS = 262_144
 
 
 @dataclass(frozen=True)
@@ -220,3 +224,29 @@ def check_batch_settings(
     ):
         if not isinstance(value, int) or value < 1:
             raise ModelbitInputError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_table_ids(source: TableSource, id_column: str) -> int:
+    """
+    Check an input's ID column (type, nulls, repeats) reading that column alone; return the row count.
+
+    :raises ModelbitInputError: naming the column and the first bad or repeated ID.
+    """
+    where = f"input {source.location}"
+    refuse_bad_id_type(source.schema, id_column, where)
+    batches = (batch.column(0) for batch in source.project([id_column]).iter_batches(max_rows=_ID_SCAN_ROWS))
+    return count_and_check_ids(batches, id_column, where)
+
+
+def chunk_ids_again(
+    source: TableSource, column: str, id_column: str | None, batch_size: int
+) -> Iterator[tuple[int, pa.Array]]:
+    """
+    Each input chunk's index and IDs, read again from the input (one column), to check the results.
+
+    :param column: the column read: the ID column, or any column when IDs are row positions.
+    :param id_column: the ID column, ``None`` for row positions.
+    """
+    batches = source.project([column]).iter_batches(max_rows=max(batch_size, 65_536))
+    chunks = exact_chunks(batches, batch_size)
+    return ((chunk.index, chunk_ids(chunk, id_column)) for chunk in chunks)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -39,11 +39,11 @@ from airflow_provider_modelbit.io.batch_inputs import (
     InputChunk,
     batch_rows,
     check_batch_settings,
+    check_table_ids,
     chunk_ids,
+    chunk_ids_again,
     column_list,
-    count_and_check_ids,
     exact_chunks,
-    refuse_bad_id_type,
     refuse_unsendable_columns,
 )
 from airflow_provider_modelbit.io.chunk_store import CheckpointRecord, ChunkStore, held_checkpoint
@@ -68,9 +68,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
-
-#: Rows read from the input at a time when only the ID column is checked.
-_ID_SCAN_ROWS = 262_144
 
 
 class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
@@ -473,21 +470,14 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             response_format=self.response_format,
             asynchronous=self.deferrable,
         )
-        if self.id_column is None:
-            return self.source.num_rows
-        refuse_bad_id_type(self.source.schema, self.id_column, where)
-        return count_and_check_ids(self._id_batches(self.id_column), self.id_column, where)
+        return (
+            self.source.num_rows if self.id_column is None else check_table_ids(self.source, self.id_column)
+        )
 
     def _expected_chunks(self) -> Iterator[tuple[int, pa.Array]]:
         """Each input chunk's index and IDs, read again from the input (one column) to check the results."""
         column = self.id_column or self._model_columns[0]
-        batches = self.source.project([column]).iter_batches(max_rows=max(self.batch_size, 65_536))
-        chunks = exact_chunks(batches, self.batch_size)
-        return ((chunk.index, chunk_ids(chunk, self.id_column)) for chunk in chunks)
-
-    def _id_batches(self, id_column: str) -> Iterable[pa.Array]:
-        id_only = self.source.project([id_column])
-        return (batch.column(0) for batch in id_only.iter_batches(max_rows=_ID_SCAN_ROWS))
+        return chunk_ids_again(self.source, column, self.id_column, self.batch_size)
 
     @cached_property
     def _model_columns(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -11,7 +12,13 @@ import pytest
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
 from airflow_provider_modelbit.io.arrow_results import is_json_text, results_table
-from airflow_provider_modelbit.io.result_writer import ResultWriter, declared_result_type, merge_types
+from airflow_provider_modelbit.io.atomic import resolve_output
+from airflow_provider_modelbit.io.result_writer import (
+    ResultWriter,
+    declared_result_type,
+    merge_types,
+    write_results_parquet,
+)
 
 
 def write(chunks: list[list[Any]], **options: Any) -> pa.Table:
@@ -124,3 +131,32 @@ class TestDeclaredResultType:
     def test_a_result_field_not_declared_is_named(self) -> None:
         with pytest.raises(ModelbitInputError, match=r"'extra', which result_schema does not list"):
             write([[{"score": 1, "label": "a", "extra": 2}]], result_type=self.DECLARED)
+
+
+class TestWriteResultsParquet:
+    def test_tables_are_written_in_order(self, tmp_path: Path) -> None:
+        destination = resolve_output(str(tmp_path / "out.parquet"))
+        tables = [results_table([0, 1], [1, 2]), results_table([2], [3.5])]
+        assert write_results_parquet(destination, tables, empty_schema=results_table([], []).schema) == 3
+        assert pq.read_table(str(tmp_path / "out.parquet")).column("result").to_pylist() == [1.0, 2.0, 3.5]
+
+    def test_a_refusal_before_replacing_leaves_the_old_file(self, tmp_path: Path) -> None:
+        """``before_replace`` sees the row count; raising keeps what was at the destination."""
+        path = tmp_path / "out.parquet"
+        path.write_bytes(b"previous")
+        seen: list[int] = []
+
+        def refuse(rows: int) -> None:
+            seen.append(rows)
+            raise ModelbitInputError("refused")
+
+        with pytest.raises(ModelbitInputError, match="refused"):
+            write_results_parquet(
+                resolve_output(str(path)),
+                [results_table([0], [1])],
+                empty_schema=results_table([], []).schema,
+                before_replace=refuse,
+            )
+        assert seen == [1]
+        assert path.read_bytes() == b"previous"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
