@@ -37,6 +37,7 @@ from airflow_provider_modelbit.hooks.responses import (
     SendFailed,
     batch_id_of,
     link_location,
+    parse_answer,
 )
 from airflow_provider_modelbit.hooks.retries import (
     RetryPolicy,
@@ -50,6 +51,7 @@ from airflow_provider_modelbit.hooks.settings import (
 from airflow_provider_modelbit.hooks.urls import deployment_url
 from airflow_provider_modelbit.io.encoding import describe_unencodable, encode_json, request_body
 from airflow_provider_modelbit.io.links import read_link_value
+from airflow_provider_modelbit.io.row_ids import refuse_duplicate_ids
 
 CONNECT_TIMEOUT = 10.0
 # An async submission only waits for the short acknowledgement, never for the model.
@@ -88,9 +90,37 @@ def as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
     return None
 
 
-def ids_must_be_unique(data: Any) -> bool:
-    """Batch rows need unique IDs; a DataFrame's index may repeat, as Modelbit's own client allows."""
-    return not is_dataframe(data)
+def check_batch_ids(data: Any, rows: Sequence[Sequence[Any]]) -> bool:
+    """
+    Refuse repeated IDs in batch rows; return whether the IDs must be unique.
+
+    A DataFrame's index may repeat, as Modelbit's own client allows: its rows are then matched in
+    the order the answer lists them.
+    """
+    if is_dataframe(data):
+        return False
+    refuse_duplicate_ids(rows)
+    return True
+
+
+def call_body(encoded_data: bytes, call: InferenceCall, response_format: str | None) -> bytes:
+    """The body of a synchronous inference request for already encoded ``data``."""
+    return request_body(encoded_data, timeout_seconds=call.timeout_seconds, response_format=response_format)
+
+
+def call_answer(
+    call: InferenceCall, status: int, headers: Mapping[str, str], content: bytes
+) -> dict[str, Any]:
+    """Read an answer to ``call`` (see :func:`~.responses.parse_answer`): its payload or a typed error."""
+    return parse_answer(
+        status,
+        headers,
+        content,
+        deployment=call.deployment,
+        version=call.version,
+        branch=call.branch,
+        conn_id=call.conn_id,
+    )
 
 
 def encode_single(data: Any, call: InferenceCall) -> bytes:

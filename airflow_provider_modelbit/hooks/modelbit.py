@@ -42,8 +42,10 @@ from airflow_provider_modelbit.hooks.base import (
     SUBMIT_READ_TIMEOUT,
     ModelbitHookBase,
     as_rows,
+    call_answer,
+    call_body,
+    check_batch_ids,
     encode_single,
-    ids_must_be_unique,
     link_value,
     missing_connection_message,
     validate_concurrency,
@@ -82,7 +84,6 @@ from airflow_provider_modelbit.hooks.settings import (
 )
 from airflow_provider_modelbit.hooks.urls import deployment_url
 from airflow_provider_modelbit.io.encoding import request_body
-from airflow_provider_modelbit.io.row_ids import refuse_duplicate_ids
 
 __all__ = [
     "ChunkResult",
@@ -256,16 +257,10 @@ class ModelbitHook(ModelbitHookBase):
         rows = as_rows(data)
         if rows is None:
             call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
-            body = request_body(
-                encode_single(data, call),
-                timeout_seconds=call.timeout_seconds,
-                response_format=response_format,
-            )
+            body = call_body(encode_single(data, call), call, response_format)
             value, _ = self._answer_value(call, body, None, response_format)
             return value
-        unique_ids = ids_must_be_unique(data)
-        if unique_ids:
-            refuse_duplicate_ids(rows)
+        unique_ids = check_batch_ids(data, rows)
         results = self.infer_chunks(
             deployment,
             rows_in_chunks(rows, self.batch_size),
@@ -365,9 +360,7 @@ class ModelbitHook(ModelbitHookBase):
         results: list[list[Any]] = []
         response_bytes = 0
         for part in split_by_bytes(encode_chunk(rows, unique_ids=unique_ids), batch_bytes) if rows else []:
-            body = request_body(
-                part.data, timeout_seconds=call.timeout_seconds, response_format=response_format
-            )
+            body = call_body(part.data, call, response_format)
             answer, size = self._answer_value(call, body, len(part.ids), response_format)
             results.extend(reassemble(part, answer, deployment=call.deployment, version=call.version))
             response_bytes += size
@@ -445,15 +438,7 @@ class ModelbitHook(ModelbitHookBase):
         except requests.RequestException as exc:
             raise requests_failure(exc, call) from None
         try:
-            payload = parse_answer(
-                response.status_code,
-                response.headers,
-                content,
-                deployment=call.deployment,
-                version=call.version,
-                branch=call.branch,
-                conn_id=call.conn_id,
-            )
+            payload = call_answer(call, response.status_code, response.headers, content)
         except ModelbitError as error:
             raise answer_failure(error, response.headers) from None
         return payload, response.headers, len(content)

@@ -32,8 +32,10 @@ from airflow_provider_modelbit.hooks.base import (
     SUBMIT_READ_TIMEOUT,
     ModelbitHookBase,
     as_rows,
+    call_answer,
+    call_body,
+    check_batch_ids,
     encode_single,
-    ids_must_be_unique,
     link_value,
     missing_connection_message,
     validate_options,
@@ -55,7 +57,6 @@ from airflow_provider_modelbit.hooks.responses import (
     incomplete_link,
     link_location,
     link_unreachable,
-    parse_answer,
 )
 from airflow_provider_modelbit.hooks.retries import (
     RetrySchedule,
@@ -64,8 +65,6 @@ from airflow_provider_modelbit.hooks.settings import (
     ModelbitSettings,
     settings_from_connection,
 )
-from airflow_provider_modelbit.io.encoding import request_body
-from airflow_provider_modelbit.io.row_ids import refuse_duplicate_ids
 
 __all__ = ["ModelbitAsyncHook"]
 
@@ -159,16 +158,10 @@ class ModelbitAsyncHook(ModelbitHookBase):
         rows = as_rows(data)
         async with self._client(settings) as client:
             if rows is None:
-                body = request_body(
-                    encode_single(data, call),
-                    timeout_seconds=call.timeout_seconds,
-                    response_format=response_format,
-                )
+                body = call_body(encode_single(data, call), call, response_format)
                 value, _ = await self._aanswer_value(client, call, body, None, response_format)
                 return value
-            unique_ids = ids_must_be_unique(data)
-            if unique_ids:
-                refuse_duplicate_ids(rows)
+            unique_ids = check_batch_ids(data, rows)
             return await self._ainfer_rows(client, call, rows, response_format, unique_ids)
 
     async def _ainfer_rows(
@@ -188,11 +181,7 @@ class ModelbitAsyncHook(ModelbitHookBase):
 
         async def score(part: EncodedChunk) -> list[list[Any]]:
             async with gate:
-                body = request_body(
-                    part.data,
-                    timeout_seconds=call.timeout_seconds,
-                    response_format=response_format,
-                )
+                body = call_body(part.data, call, response_format)
                 answer, _ = await self._aanswer_value(client, call, body, len(part.ids), response_format)
             return reassemble(part, answer, deployment=call.deployment, version=call.version)
 
@@ -228,15 +217,7 @@ class ModelbitAsyncHook(ModelbitHookBase):
             started = time.monotonic()
             try:
                 response = await client.post(call.url, content=body, timeout=timeout)
-                payload = parse_answer(
-                    response.status_code,
-                    response.headers,
-                    response.content,
-                    deployment=call.deployment,
-                    version=call.version,
-                    branch=call.branch,
-                    conn_id=call.conn_id,
-                )
+                payload = call_answer(call, response.status_code, response.headers, response.content)
             except httpx.HTTPError as exc:
                 failure = httpx_failure(exc, call)
             except ModelbitError as error:
