@@ -573,3 +573,13 @@ def _link_pieces(response: requests.Response, url: str) -> Iterator[bytes]:
         raise incomplete_link(url, received, expected, type(exc).__name__) from None
     if expected is not None and received < expected:
         raise incomplete_link(url, received, expected, "body cut short")
+
+
+def __getattr__(name: str) -> Any:
+    # ModelbitAsyncHook lives in hooks/modelbit_async.py; its former import path keeps working
+    # without importing httpx for the tasks that never use it.
+    if name == "ModelbitAsyncHook":
+        from airflow_provider_modelbit.hooks.modelbit_async import ModelbitAsyncHook
+
+        return ModelbitAsyncHook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
