@@ -18,8 +18,6 @@ import ijson
 import orjson
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
-from airflow_provider_modelbit.io.arrow_results import results_table
-from airflow_provider_modelbit.io.result_writer import ResultWriter
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,6 +52,10 @@ def link_rows_to_parquet(
     :return: the number of rows written.
     :raises ModelbitIncompleteBatch: the document is cut short, malformed, or not a batch answer.
     """
+    # Arrow is imported here, not with the module: the hooks read small documents without it.
+    from airflow_provider_modelbit.io.arrow_results import results_table
+    from airflow_provider_modelbit.io.result_writer import ResultWriter
+
     stream = _ChunkReader(chunks)
     with ResultWriter(row_group_rows=rows_per_group) as writer:
         for ids, results in _row_groups(_batch_rows(stream), stream, rows_per_group, bytes_per_group):
