@@ -50,6 +50,7 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitTransportError,
 )
 from airflow_provider_modelbit.get_provider_info import UI_FIELD_BEHAVIOUR
+from airflow_provider_modelbit.hooks import metrics
 from airflow_provider_modelbit.hooks.batching import (
     ChunkResult,
     EncodedChunk,
@@ -338,9 +339,11 @@ class _ModelbitHookBase(BaseHook):
         if verdict is None or wait is None:
             if verdict is not None:
                 self.log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
+            metrics.request_failed(call.deployment, None)
             failure.error.request_sent = failure.request_sent
             raise failure.error
         self._retry_stats.record(verdict.reason)
+        metrics.request_failed(call.deployment, verdict.reason)
         if verdict.may_rescore:
             self.log.warning(
                 "%s: re-sending after %s because the inference is declared idempotent; "
@@ -406,13 +409,22 @@ class _ModelbitHookBase(BaseHook):
         return batch_id
 
     def _log_request(
-        self, call: InferenceCall, rows: int | None, seconds: float, response_bytes: int
+        self,
+        call: InferenceCall,
+        rows: int | None,
+        seconds: float,
+        response_bytes: int,
+        *,
+        submitted: bool = False,
     ) -> None:
+        """Log an answered request and count it; a submission's rows are scored later, not now."""
+        scored = 0 if submitted else (1 if rows is None else rows)
+        metrics.request_succeeded(call.deployment, scored, seconds)
         self.log.info(
             "Modelbit %s version %s: %s in %.3f s, %d bytes answered.",
             call.deployment,
             call.version,
-            "single input" if rows is None else f"{rows} rows",
+            "async submission" if submitted else "single input" if rows is None else f"{rows} rows",
             seconds,
             response_bytes,
         )
@@ -796,7 +808,13 @@ class ModelbitHook(_ModelbitHookBase):
         raise AssertionError("unreachable")
 
     def _send(
-        self, call: InferenceCall, body: bytes, rows: int | None, *, read_timeout: float
+        self,
+        call: InferenceCall,
+        body: bytes,
+        rows: int | None,
+        *,
+        read_timeout: float,
+        submitted: bool = False,
     ) -> tuple[dict[str, Any], Mapping[str, str], int]:
         """POST a body, re-sending where the retry rules allow; return the answer, its headers and size."""
         schedule = RetrySchedule(self.retry_policy)
@@ -811,7 +829,7 @@ class ModelbitHook(_ModelbitHookBase):
                     raise _batch_stopped(call) from None
                 self._stopping.wait(self._retry_wait(schedule, failure, call))
                 continue
-            self._log_request(call, rows, time.monotonic() - started, size)
+            self._log_request(call, rows, time.monotonic() - started, size, submitted=submitted)
             return payload, headers, size
 
     def _send_once(
@@ -908,7 +926,7 @@ class ModelbitHook(_ModelbitHookBase):
             response_format,
             webhook_ignore_timeout,
         )
-        payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT)
+        payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT, submitted=True)
         return self._accepted_batch_id(payload, headers, call)
 
     @contextmanager
@@ -1131,6 +1149,8 @@ class ModelbitAsyncHook(_ModelbitHookBase):
         body: bytes,
         rows: int | None,
         read_timeout: float,
+        *,
+        submitted: bool = False,
     ) -> tuple[dict, Mapping[str, str], int]:
         schedule = RetrySchedule(self.retry_policy)
         timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
@@ -1152,7 +1172,8 @@ class ModelbitAsyncHook(_ModelbitHookBase):
             except ModelbitError as error:
                 failure = answer_failure(error, response.headers)
             else:
-                self._log_request(call, rows, time.monotonic() - started, len(response.content))
+                seconds = time.monotonic() - started
+                self._log_request(call, rows, seconds, len(response.content), submitted=submitted)
                 return payload, response.headers, len(response.content)
             await asyncio.sleep(self._retry_wait(schedule, failure, call))
 
@@ -1193,7 +1214,9 @@ class ModelbitAsyncHook(_ModelbitHookBase):
             webhook_ignore_timeout,
         )
         async with self._client(settings) as client:
-            payload, headers, _ = await self._asend(client, call, body, None, SUBMIT_READ_TIMEOUT)
+            payload, headers, _ = await self._asend(
+                client, call, body, None, SUBMIT_READ_TIMEOUT, submitted=True
+            )
         return self._accepted_batch_id(payload, headers, call)
 
     async def adownload_link(self, url: str) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from airflow.sdk import ObjectStoragePath
@@ -76,6 +77,40 @@ class TestAtomicOutput:
             with atomic_output(target) as stream:
                 stream.write(content)
         assert resolve_output(target).read_bytes() == b"today"
+
+
+@pytest.mark.parametrize("kind", ["local path", "file URL", "memory URL"])
+class TestLineage:
+    """Hook lineage names the destination, never the temporary file the bytes went through."""
+
+    @pytest.fixture
+    def collector(self, monkeypatch: pytest.MonkeyPatch) -> Any:
+        # A real collector; Airflow hands one out only when a lineage reader plugin is installed.
+        from airflow.sdk import lineage
+
+        collector = lineage.HookLineageCollector()
+        monkeypatch.setattr(lineage, "get_hook_lineage_collector", lambda: collector)
+        return collector
+
+    def test_the_final_path_is_the_only_output(
+        self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath, collector: Any
+    ) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        with atomic_output(target) as stream:
+            stream.write(b"complete")
+        collected = collector.collected_assets
+        assert [info.asset.uri for info in collected.outputs] == [str(resolve_output(target))]
+        assert collected.inputs == []
+
+    def test_internal_files_and_failures_record_nothing(
+        self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath, collector: Any
+    ) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        with atomic_output(target, lineage=False) as stream:
+            stream.write(b"checkpoint")
+        with pytest.raises(RuntimeError), atomic_output(target) as stream:
+            raise RuntimeError("model failed")
+        assert not collector.has_collected
 
 
 class TestResolveOutput:
