@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 
 #: Key of the run facet, and where its schema is documented.
 RUN_FACET_KEY = "modelbit"
-RUN_FACET_SCHEMA = (
-    "https://github.com/modelbit/airflow-provider-modelbit/blob/main/docs/observability.md#the-modelbit-run-facet"
-)
+RUN_FACET_SCHEMA = "https://github.com/modelbit/airflow-provider-modelbit/blob/main/docs/observability.md#the-modelbit-run-facet"
 #: Namespace of the datasets standing for an upstream task's XCom value.
 XCOM_NAMESPACE = "airflow-xcom"
 
