@@ -86,7 +86,10 @@ class TestLineage:
     @pytest.fixture
     def collector(self, monkeypatch: pytest.MonkeyPatch) -> Any:
         # A real collector; Airflow hands one out only when a lineage reader plugin is installed.
-        from airflow.sdk import lineage
+        try:
+            from airflow.sdk import lineage
+        except ImportError:  # Airflow 3.1: the collector lives in the core
+            from airflow.lineage import hook as lineage  # type: ignore[no-redef]
 
         collector = lineage.HookLineageCollector()
         monkeypatch.setattr(lineage, "get_hook_lineage_collector", lambda: collector)
