@@ -47,6 +47,14 @@ def build_dag(spec: dict[str, Any]) -> DAG:
         ModelbitInferenceOperator(
             task_id="score_rows", deployment="doubler", data=features(), output_path=spec["inference_output"]
         )
+        ModelbitInferenceOperator(
+            task_id="score_deferred",
+            deployment="doubler",
+            data=[["d", 4], ["e", 5]],
+            deferrable=True,
+            callback_poll_interval=0.2,
+            callback_delivery_margin=30,
+        )
         ModelbitBatchInferenceOperator(
             task_id="score_table",
             deployment="echo",

@@ -1,6 +1,7 @@
 """What a real DAG run tells OpenLineage and the metrics backend.
 
-One DAG (an upstream ``@task`` feeding ``ModelbitInferenceOperator``, and
+One DAG (an upstream ``@task`` feeding ``ModelbitInferenceOperator``, a deferrable
+``ModelbitInferenceOperator`` whose webhooks reach a receiver on 127.0.0.1, and
 ``ModelbitBatchInferenceOperator`` over a folder of two Parquet partitions) runs once with
 ``dag.test()`` in a process configured through Airflow's own settings: the OpenLineage provider
 with its file transport, and ``[metrics]`` StatsD pointed at a UDP listener on 127.0.0.1. The
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
+from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.hooks import metrics
 from airflow_provider_modelbit.operators.lineage import RUN_FACET_KEY, XCOM_NAMESPACE
+from tests.asgi_thread import serve_in_thread
 
 pytestmark = pytest.mark.slow  # one DAG run in a process of its own (~40 s idle, longer when busy)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 API_KEY = "mbkOBSERVE01:key"
+CALLBACK_SECRET = "observability-test-secret-0123"
 BATCH_IDS = list(range(1, 9))
 
 
@@ -107,13 +113,35 @@ def _drain(listener: socket.socket) -> list[str]:
             return datagrams
 
 
+def _connection(url: str, receiver_url: str) -> str:
+    extra = {"callback_base_url": receiver_url, "callback_secret": CALLBACK_SECRET}
+    return json.dumps({"conn_type": "modelbit", "host": url, "password": API_KEY, "extra": extra})
+
+
+def _observability_settings(events_file: Path, statsd_port: int) -> dict[str, str]:
+    """OpenLineage's file transport and StatsD with tags, as Airflow's configuration says them."""
+    return {
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(events_file), "append": True}
+        ),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "observed",
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(statsd_port),
+        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
+
+
 @pytest.fixture(scope="module")
 def observed(
     airflow_db: None, modelbit_emulator_session: RunningEmulator, tmp_path_factory: Any
-) -> ObservedRun:
+) -> Iterator[ObservedRun]:
     client = modelbit_emulator_session.client
     client.reset()
-    client.configure(require_api_keys=True, api_keys=[API_KEY])
+    client.configure(
+        require_api_keys=True, api_keys=[API_KEY], allow_http_webhooks=True, webhook_time_scale=0.01
+    )
     client.set_faults(rate_429=0.5, retry_after=0, deployment="echo", seed=3)
     folder = tmp_path_factory.mktemp("observed")
     spec = {
@@ -125,32 +153,29 @@ def observed(
     }
     (folder / "spec.json").write_text(json.dumps(spec))
     events_file = folder / "lineage.jsonl"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener,
+    ):
+        # The receiver (here) and the task (in its own process) share the store and the secret.
+        patch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", str(folder / "callbacks"))
+        patch.setenv("AIRFLOW_CONN_MODELBIT_DEFAULT", _connection(modelbit_emulator_session.url, ""))
+        receiver = create_callback_app(store=CallbackStore(), secrets=ConnectionSecretSource())
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         listener.bind(("127.0.0.1", 0))
-        environment = {
-            **os.environ,
-            "AIRFLOW_CONN_MODELBIT_DEFAULT": json.dumps(
-                {"conn_type": "modelbit", "host": modelbit_emulator_session.url, "password": API_KEY}
-            ),
-            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
-                {"type": "file", "log_file_path": str(events_file), "append": True}
-            ),
-            "AIRFLOW__OPENLINEAGE__NAMESPACE": "observed",
-            "AIRFLOW__METRICS__STATSD_ON": "True",
-            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-            "AIRFLOW__METRICS__STATSD_PORT": str(listener.getsockname()[1]),
-            "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
-            "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
-        }
-        finished = subprocess.run(
-            [sys.executable, "-m", "tests.operators.observed_run", str(folder / "spec.json")],
-            cwd=REPOSITORY,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        with serve_in_thread(receiver) as receiver_url:
+            patch.setenv(
+                "AIRFLOW_CONN_MODELBIT_DEFAULT", _connection(modelbit_emulator_session.url, receiver_url)
+            )
+            environment = {**os.environ, **_observability_settings(events_file, listener.getsockname()[1])}
+            finished = subprocess.run(
+                [sys.executable, "-m", "tests.operators.observed_run", str(folder / "spec.json")],
+                cwd=REPOSITORY,
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         datagrams = _drain(listener)
     (folder / "run.log").write_text(finished.stdout + finished.stderr)
     assert finished.returncode == 0, finished.stderr[-4000:]
@@ -165,14 +190,14 @@ def observed(
         retried_429s=client.fault_counts().get("rate_429", 0),
     )
     _parse_statsd(run)
+    yield run
     client.reset()
-    return run
 
 
 class TestLineage:
     def test_the_run_succeeds_and_scores_each_row_once(self, observed: ObservedRun) -> None:
         assert observed.state == "success"
-        assert observed.runs["doubler"] == {"a": 1, "b": 1, "c": 1}
+        assert observed.runs["doubler"] == {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
         assert observed.runs["echo"] == {str(row_id): 1 for row_id in BATCH_IDS}
         scored = pq.read_table(observed.folder / "table.parquet")
         assert scored.column("id").to_pylist() == BATCH_IDS
@@ -211,12 +236,15 @@ class TestLineage:
         assert facet["retriesByReason"] == {"rate_limited": observed.retried_429s}
         rows_facet = observed.complete_event("score_rows")["run"]["facets"][RUN_FACET_KEY]
         assert (rows_facet["deployment"], rows_facet["rows"], rows_facet["retries"]) == ("doubler", 3, 0)
+        deferred_facet = observed.complete_event("score_deferred")["run"]["facets"][RUN_FACET_KEY]
+        assert (deferred_facet["rows"], deferred_facet["chunks"]) == (2, 1)
 
 
 class TestMetrics:
     def test_requests_rows_and_latency_per_deployment(self, observed: ObservedRun) -> None:
         requests = "airflow." + metrics.REQUESTS
-        assert observed.counted(requests, deployment="doubler", outcome="success") == 1
+        # The deferred task's submission is a request; its rows arrive by webhook, uncounted.
+        assert observed.counted(requests, deployment="doubler", outcome="success") == 2
         assert observed.counted(requests, deployment="echo", outcome="success") == 4
         assert observed.counted("airflow." + metrics.ROWS_SCORED, deployment="doubler") == 3
         assert observed.counted("airflow." + metrics.ROWS_SCORED, deployment="echo") == 8
@@ -236,3 +264,8 @@ class TestMetrics:
         )
         assert observed.counted("airflow." + metrics.RATE_LIMITED_ANSWERS, deployment="echo") == retried
         assert observed.counted("airflow." + metrics.RETRIES, deployment="doubler") == 0
+
+    def test_the_deferred_wait(self, observed: ObservedRun) -> None:
+        waits = observed.timers["airflow." + metrics.DEFERRED_WAIT, frozenset({("deployment", "doubler")})]
+        assert len(waits) == 1
+        assert waits[0] >= 0
