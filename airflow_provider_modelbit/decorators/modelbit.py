@@ -22,6 +22,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factor
 from airflow.sdk.definitions.context import context_merge
 
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
+from airflow_provider_modelbit.operators.lineage import xcom_input_tasks
 from airflow_provider_modelbit.version_compat import determine_kwargs
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class _ModelbitDecoratedOperator(DecoratedOperator, ModelbitInferenceOperator):
         super().__init__(
             python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, data=None, **kwargs
         )
+        self.input_tasks = xcom_input_tasks((op_args, op_kwargs))  # the function's XCom inputs, for lineage
 
     def execute(self, context: Context) -> Any:
         self._take_input(context)

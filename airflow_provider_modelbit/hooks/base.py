@@ -26,6 +26,7 @@ from airflow_provider_modelbit.defaults import (
 from airflow_provider_modelbit.exceptions import (
     ModelbitInputError,
 )
+from airflow_provider_modelbit.hooks import metrics
 from airflow_provider_modelbit.hooks.batching import (
     dataframe_rows,
     encode_chunk,
@@ -231,9 +232,11 @@ class ModelbitHookBase(BaseHook):
         if verdict is None or wait is None:
             if verdict is not None:
                 self.log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
+            metrics.request_failed(call.deployment, None)
             failure.error.request_sent = failure.request_sent
             raise failure.error
         self._retry_stats.record(verdict.reason)
+        metrics.request_failed(call.deployment, verdict.reason)
         if verdict.may_rescore:
             self.log.warning(
                 "%s: re-sending after %s because the inference is declared idempotent; "
@@ -299,13 +302,22 @@ class ModelbitHookBase(BaseHook):
         return batch_id
 
     def _log_request(
-        self, call: InferenceCall, rows: int | None, seconds: float, response_bytes: int
+        self,
+        call: InferenceCall,
+        rows: int | None,
+        seconds: float,
+        response_bytes: int,
+        *,
+        submitted: bool = False,
     ) -> None:
+        """Log an answered request and count it; a submission's rows are scored later, not now."""
+        scored = 0 if submitted else (1 if rows is None else rows)
+        metrics.request_succeeded(call.deployment, scored, seconds)
         self.log.info(
             "Modelbit %s version %s: %s in %.3f s, %d bytes answered.",
             call.deployment,
             call.version,
-            "single input" if rows is None else f"{rows} rows",
+            "async submission" if submitted else "single input" if rows is None else f"{rows} rows",
             seconds,
             response_bytes,
         )

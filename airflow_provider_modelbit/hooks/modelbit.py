@@ -411,7 +411,13 @@ class ModelbitHook(ModelbitHookBase):
         raise AssertionError("unreachable")
 
     def _send(
-        self, call: InferenceCall, body: bytes, rows: int | None, *, read_timeout: float
+        self,
+        call: InferenceCall,
+        body: bytes,
+        rows: int | None,
+        *,
+        read_timeout: float,
+        submitted: bool = False,
     ) -> tuple[dict[str, Any], Mapping[str, str], int]:
         """POST a body, re-sending where the retry rules allow; return the answer, its headers and size."""
         schedule = RetrySchedule(self.retry_policy)
@@ -426,7 +432,7 @@ class ModelbitHook(ModelbitHookBase):
                     raise _batch_stopped(call) from None
                 self._stopping.wait(self._retry_wait(schedule, failure, call))
                 continue
-            self._log_request(call, rows, time.monotonic() - started, size)
+            self._log_request(call, rows, time.monotonic() - started, size, submitted=submitted)
             return payload, headers, size
 
     def _send_once(
@@ -515,7 +521,7 @@ class ModelbitHook(ModelbitHookBase):
             response_format,
             webhook_ignore_timeout,
         )
-        payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT)
+        payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT, submitted=True)
         return self._accepted_batch_id(payload, headers, call)
 
     @contextmanager

@@ -210,6 +210,8 @@ class ModelbitAsyncHook(ModelbitHookBase):
         body: bytes,
         rows: int | None,
         read_timeout: float,
+        *,
+        submitted: bool = False,
     ) -> tuple[dict, Mapping[str, str], int]:
         schedule = RetrySchedule(self.retry_policy)
         timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
@@ -223,7 +225,8 @@ class ModelbitAsyncHook(ModelbitHookBase):
             except ModelbitError as error:
                 failure = answer_failure(error, response.headers)
             else:
-                self._log_request(call, rows, time.monotonic() - started, len(response.content))
+                seconds = time.monotonic() - started
+                self._log_request(call, rows, seconds, len(response.content), submitted=submitted)
                 return payload, response.headers, len(response.content)
             await asyncio.sleep(self._retry_wait(schedule, failure, call))
 
@@ -264,7 +267,9 @@ class ModelbitAsyncHook(ModelbitHookBase):
             webhook_ignore_timeout,
         )
         async with self._client(settings) as client:
-            payload, headers, _ = await self._asend(client, call, body, None, SUBMIT_READ_TIMEOUT)
+            payload, headers, _ = await self._asend(
+                client, call, body, None, SUBMIT_READ_TIMEOUT, submitted=True
+            )
         return self._accepted_batch_id(payload, headers, call)
 
     async def adownload_link(self, url: str) -> bytes:

@@ -2,8 +2,8 @@
 
 A file is written under a hidden temporary name beside its destination and moved into place only
 once it is complete, so a failed or killed task never leaves a half-written file where readers
-look for results. Writes go through :meth:`ObjectStoragePath.open` so Airflow records the output
-for lineage.
+look for results. The temporary name is an implementation detail: Airflow's hook lineage records
+the destination, once, after the move — never the temporary file the bytes went through.
 """
 
 from __future__ import annotations
@@ -52,18 +52,33 @@ def atomic_output(path: str | ObjectStoragePath, *, lineage: bool = True) -> Ite
     already existed at ``path`` is left untouched.
 
     :param path: the destination, local or any ObjectStoragePath URL.
-    :param lineage: record the write as a lineage output; off for internal files such as checkpoints.
+    :param lineage: record the destination as a lineage output; off for internal files such as
+        checkpoints.
     """
     destination = resolve_output(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(destination)
     try:
-        with open_binary(temporary, "wb", lineage=lineage) as stream:
+        # Neither the write nor the move goes through ObjectStoragePath's lineage tracking: it would
+        # record the temporary name (as an output, and on object stores as the move's input too).
+        with open_binary(temporary, "wb", lineage=False) as stream:
             yield stream
         _move_into_place(temporary, destination)
     except BaseException:
         _remove_quietly(temporary)
         raise
+    if lineage:
+        record_output_lineage(destination)
+
+
+def record_output_lineage(destination: ObjectStoragePath) -> None:
+    """Tell Airflow's hook lineage collector that the task wrote ``destination``."""
+    try:
+        from airflow.sdk.lineage import get_hook_lineage_collector
+    except ImportError:  # Airflow 3.1: the collector lives in the core
+        from airflow.lineage.hook import get_hook_lineage_collector  # type: ignore[no-redef]
+
+    get_hook_lineage_collector().add_output_asset(context=destination, uri=str(destination))
 
 
 def open_binary(path: ObjectStoragePath, mode: str, *, lineage: bool = True) -> BinaryIO:
@@ -79,8 +94,9 @@ def _move_into_place(temporary: ObjectStoragePath, destination: ObjectStoragePat
         os.replace(temporary.path, destination.path)
         return
     # Object stores have no rename: move is a server-side copy (which replaces the destination in one
-    # step) followed by deleting the temporary object.
-    temporary.move(destination)
+    # step) followed by deleting the temporary object. Through the filesystem, not
+    # ObjectStoragePath.move, which would record the temporary object for lineage.
+    temporary.fs.mv(temporary.path, destination.path)
 
 
 def _remove_quietly(path: ObjectStoragePath) -> None:

@@ -61,6 +61,7 @@ from airflow_provider_modelbit.io.result_writer import (
 from airflow_provider_modelbit.io.tables import TableSource, open_table
 from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
+from airflow_provider_modelbit.operators.lineage import batch_lineage
 from airflow_provider_modelbit.operators.progress import ProgressLog
 from airflow_provider_modelbit.version_compat import conf
 
@@ -237,6 +238,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.progress_interval_seconds = progress_interval_seconds
         self.output_wait_seconds = output_wait_seconds
         self._lease: OutputLease | None = None
+        self.written: dict[str, Any] | None = None  # what the task returned, once the output is in place
 
     @cached_property
     def hook(self) -> ModelbitHook:
@@ -248,6 +250,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             batch_bytes=self.batch_bytes,
             max_concurrency=self.max_concurrency,
         )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The OpenLineage input files, Parquet output and ``modelbit`` run facet of this finished task."""
+        return batch_lineage(self)
 
     # The run, synchronous path --------------------------------------------------------------
 
@@ -434,13 +440,14 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         seconds = time.monotonic() - started
         announce_output(context, self.asset, str(self.output_location), rows)
         self.log.info("Wrote %d rows to %s in %.1f s.", rows, self.output_location, seconds)
-        return {
+        self.written = {
             "path": str(self.output_location),
             "rows": rows,
             "chunks": chunks,
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
         }
+        return self.written
 
     def _confirm_lease(self, rows: int) -> None:
         """Confirm this run still owns the output; raising leaves what was at output_path untouched."""

@@ -25,6 +25,7 @@ from airflow_provider_modelbit.callbacks.job_runner import (
 )
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.defaults import DEFAULT_ASYNC_TIMEOUT_SECONDS
+from airflow_provider_modelbit.hooks import metrics
 from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ class ModelbitDeferrableMixin:
         runner = self._runner(CallbackStore(event["store_location"]))
         job = runner.load(event["job_id"])
         self._callback_job_id = job.job_id
+        metrics.deferred_wait(job.request.deployment, time.time() - (job.first_submitted_at or time.time()))
         return self._settle_and_continue(context, runner, job, lost=event["status"] == "timeout")
 
     def _settle_and_continue(

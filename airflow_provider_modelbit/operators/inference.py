@@ -27,6 +27,7 @@ from airflow_provider_modelbit.defaults import (
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
+from airflow_provider_modelbit.operators.lineage import inference_lineage, xcom_input_tasks
 from airflow_provider_modelbit.version_compat import conf
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.deferrable = deferrable
         # Remembered before rendering replaces it: a template can only produce text.
         self._data_is_template = isinstance(data, str) and "{{" in data
+        self.input_tasks = xcom_input_tasks(data)  # upstream tasks whose XCom is scored, for lineage
 
     @cached_property
     def hook(self) -> ModelbitHook:
@@ -173,6 +175,10 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             time.monotonic() - started,
         )
         return outcome
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The OpenLineage inputs, Parquet output and ``modelbit`` run facet of this finished task."""
+        return inference_lineage(self)
 
     # ------------------------------------------------------------------ input side
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from airflow.sdk import ObjectStoragePath
+from airflow.sdk import Asset, ObjectStoragePath
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
@@ -76,6 +77,44 @@ class TestAtomicOutput:
             with atomic_output(target) as stream:
                 stream.write(content)
         assert resolve_output(target).read_bytes() == b"today"
+
+
+@pytest.mark.parametrize("kind", ["local path", "file URL", "memory URL"])
+class TestLineage:
+    """Hook lineage names the destination, never the temporary file the bytes went through."""
+
+    @pytest.fixture
+    def collector(self, monkeypatch: pytest.MonkeyPatch) -> Any:
+        # A real collector; Airflow hands one out only when a lineage reader plugin is installed.
+        try:
+            from airflow.sdk import lineage
+        except ImportError:  # Airflow 3.1: the collector lives in the core
+            from airflow.lineage import hook as lineage  # type: ignore[no-redef]
+
+        collector = lineage.HookLineageCollector()
+        monkeypatch.setattr(lineage, "get_hook_lineage_collector", lambda: collector)
+        return collector
+
+    def test_the_final_path_is_the_only_output(
+        self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath, collector: Any
+    ) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        with atomic_output(target) as stream:
+            stream.write(b"complete")
+        collected = collector.collected_assets
+        # Compared as an Asset URI: Airflow 3.1 normalises "memory:///x" to "memory:/x".
+        assert [info.asset.uri for info in collected.outputs] == [Asset(str(resolve_output(target))).uri]
+        assert collected.inputs == []
+
+    def test_internal_files_and_failures_record_nothing(
+        self, kind: str, tmp_path: Path, memory_store: ObjectStoragePath, collector: Any
+    ) -> None:
+        target = _locations(tmp_path, memory_store)[kind]
+        with atomic_output(target, lineage=False) as stream:
+            stream.write(b"checkpoint")
+        with pytest.raises(RuntimeError), atomic_output(target) as stream:
+            raise RuntimeError("model failed")
+        assert not collector.has_collected
 
 
 class TestResolveOutput:
