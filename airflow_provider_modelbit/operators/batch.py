@@ -24,6 +24,7 @@ import pyarrow as pa
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_modelbit.defaults import (
+    DEFAULT_ADAPTIVE_CONCURRENCY,
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONN_ID,
@@ -147,7 +148,12 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param timeout_seconds: inference time limit per request (1-300); ``None`` uses the connection's.
     :param batch_size: rows per chunk; a chunk is the unit of requests and of resuming.
     :param batch_bytes: most bytes per request body; larger chunks are split into several requests.
-    :param max_concurrency: requests in flight at once.
+    :param max_concurrency: most requests in flight at once: the ceiling of the adaptive level, or
+        the level itself when ``adaptive_concurrency`` is ``False``.
+    :param adaptive_concurrency: start with few requests in flight and follow the deployment's
+        answers (more while answers stay fast, half as many on refusals, timeouts or rising latency,
+        none before a ``Retry-After``) up to ``max_concurrency``. The final level is in the returned
+        summary under ``concurrency``.
     :param response_format: ``None``, or ``"links"`` to receive each chunk's results as a download.
     :param idempotent: the model may safely run twice on the same rows, so requests are re-sent
         after read timeouts, deployment errors and dropped connections too.
@@ -193,6 +199,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         batch_size: int = DEFAULT_BATCH_SIZE,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        adaptive_concurrency: bool = DEFAULT_ADAPTIVE_CONCURRENCY,
         response_format: str | None = None,
         idempotent: bool = False,
         input_conn_id: str | None = None,
@@ -205,6 +212,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     ) -> None:
         super().__init__(**with_asset_outlet(kwargs, asset))
         _check_settings(argument_style, batch_size, batch_bytes, max_concurrency)
+        if not isinstance(adaptive_concurrency, bool):
+            raise ModelbitInputError(
+                f"adaptive_concurrency must be True or False, got {adaptive_concurrency!r}."
+            )
         self.deployment = deployment
         self.input_path = input_path
         self.output_path = output_path
@@ -224,6 +235,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
         self.max_concurrency = max_concurrency
+        self.adaptive_concurrency = adaptive_concurrency
         self.response_format = response_format
         self.idempotent = idempotent
         self.input_conn_id = input_conn_id
@@ -244,6 +256,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             batch_size=self.batch_size,
             batch_bytes=self.batch_bytes,
             max_concurrency=self.max_concurrency,
+            adaptive_concurrency=self.adaptive_concurrency,
         )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -306,6 +319,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             response_format=self.response_format,
             idempotent=self.idempotent,
             max_concurrency=self.max_concurrency,
+            adaptive_concurrency=self.adaptive_concurrency,
             batch_bytes=self.batch_bytes,
         )
         try:
@@ -466,6 +480,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             "chunks": chunks,
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
+            "concurrency": self.hook.concurrency,
         }
         return self.written
 
