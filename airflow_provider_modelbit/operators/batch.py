@@ -259,6 +259,11 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             adaptive_concurrency=self.adaptive_concurrency,
         )
 
+    @property
+    def scored_rows(self) -> int:
+        """Rows written by the finished task (for the deferred path's metrics)."""
+        return int((self.written or {}).get("rows", 0))
+
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The OpenLineage input files, Parquet output and ``modelbit`` run facet of this finished task."""
         return batch_lineage(self)
