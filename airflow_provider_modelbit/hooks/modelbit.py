@@ -318,7 +318,16 @@ class _ModelbitHookBase(BaseHook):
         url_branch = None if branch is None and effective_branch == DEFAULT_BRANCH else effective_branch
         url = deployment_url(settings.base_url, deployment, version, url_branch)
         timeout = self._connection_timeout(settings, limit) if timeout_seconds is None else timeout_seconds
-        return InferenceCall(settings.conn_id, deployment, version, url_branch, url, timeout, idempotent)
+        # The URL leaves the default branch out; messages name the branch that was called all the same.
+        return InferenceCall(
+            settings.conn_id,
+            deployment,
+            version,
+            effective_branch or DEFAULT_BRANCH,
+            url,
+            timeout,
+            idempotent,
+        )
 
     def _connection_timeout(self, settings: ModelbitSettings, limit: int) -> int | None:
         """

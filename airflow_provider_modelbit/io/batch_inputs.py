@@ -42,6 +42,10 @@ class InputChunk:
     def num_rows(self) -> int:
         return self.table.num_rows
 
+    def describe(self) -> str:
+        """Where the chunk is in the input, for messages: ``chunk 3 (input rows 300 to 399)``."""
+        return f"chunk {self.index} (input rows {self.first_row} to {self.first_row + self.num_rows - 1})"
+
 
 def refuse_unsendable_columns(schema: pa.Schema, columns: Sequence[str], where: str) -> None:
     """

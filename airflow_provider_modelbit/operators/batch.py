@@ -32,7 +32,7 @@ from airflow_provider_modelbit.defaults import (
     LATEST,
     LINKS,
 )
-from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.io.arrow_results import result_field
 from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
 from airflow_provider_modelbit.io.batch_inputs import (
@@ -327,22 +327,35 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             adaptive_concurrency=self.adaptive_concurrency,
             batch_bytes=self.batch_bytes,
         )
+        recording: InputChunk | None = None
         try:
             with closing(results):
                 for chunk_result in results:
-                    chunk = in_flight.popleft()
-                    self._record_chunk(chunk, chunk_result.rows)
-                    progress.advance(chunk.num_rows)
+                    recording = in_flight.popleft()
+                    self._record_chunk(recording, chunk_result.rows)
+                    progress.advance(recording.num_rows)
+                    recording = None
+        except ModelbitError as failed:
+            self._log_stop(failed, in_flight)
+            # Results arrive in request order, so a failed request is the oldest in flight. An input
+            # error already names its file and row (and may come from reading a later chunk), and
+            # a refused answer names its chunk.
+            if recording is not None or not in_flight or isinstance(failed, ModelbitInputError):
+                raise
+            raise failed.located(in_flight[0].describe()) from failed
         except BaseException as stopped:
-            self.log.warning(
-                "The batch stopped (%s) with %d chunk(s) in flight: their requests were abandoned and "
-                "no new chunk was sent; %d finished chunk(s) stay in %s for the retry.",
-                type(stopped).__name__,
-                len(in_flight),
-                len(self.checkpoint.indices()),
-                self.checkpoint.location,
-            )
+            self._log_stop(stopped, in_flight)
             raise
+
+    def _log_stop(self, stopped: BaseException, in_flight: deque[InputChunk]) -> None:
+        self.log.warning(
+            "The batch stopped (%s) with %d chunk(s) in flight: their requests were abandoned and "
+            "no new chunk was sent; %d finished chunk(s) stay in %s for the retry.",
+            type(stopped).__name__,
+            len(in_flight),
+            len(self.checkpoint.indices()),
+            self.checkpoint.location,
+        )
 
     def _requests(
         self, finished: set[int], in_flight: deque[InputChunk], progress: _Progress
@@ -452,8 +465,8 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         """Save a chunk's answer ``[[id, result], ...]`` (in the chunk's order) as a finished chunk."""
         if len(rows) != chunk.num_rows:
             raise ModelbitIncompleteBatch(
-                f"Deployment {self.deployment!r} answered {len(rows)} rows for chunk {chunk.index} "
-                f"of {chunk.num_rows} rows starting at input row {chunk.first_row}; the chunk was not used.",
+                f"Deployment {self.deployment!r} (version {self.version}) answered {len(rows)} rows for "
+                f"{chunk.describe()}, of {chunk.num_rows} rows; the chunk was not used.",
                 deployment=self.deployment,
                 version=self.version,
             )
