@@ -219,6 +219,13 @@ class TestXComOutput:
         assert all(0.0 <= row[1] <= 1.0 for row in outcome.value)
         assert server.client.runs("churn_scorer") == {"0": 1, "1": 1, "2": 1}
 
+    def test_column_types_send_an_integer_zip_code_as_text(self, server: RunningEmulator) -> None:
+        """The equivalent of the batch operator's column_types, for a DataFrame's columns."""
+        frame = pd.DataFrame({"zip": [2134, 10001]}, index=["a", "b"])
+        outcome = run_inference(deployment="echo", data=frame, column_types={"zip": "str"})
+        assert outcome.state == "success"
+        assert outcome.value == [["a", {"zip": "2134"}], ["b", {"zip": "10001"}]]
+
     def test_dataframe_from_an_upstream_task(self, server: RunningEmulator) -> None:
         """An upstream task's DataFrame, passed as its XComArg, is scored like one built in the DAG."""
         built_in_dag = run_inference(deployment="churn_scorer", data=CUSTOMERS)
