@@ -159,6 +159,16 @@ class TestDeferrableMode:
         assert list(operator._callback_payloads()) == list(operator._iter_chunks())
         assert [len(chunk) for chunk in operator._callback_payloads()] == [DEFAULT_BATCH_SIZE, 1]
 
+    @pytest.mark.parametrize("deferrable", [False, True])
+    def test_a_repeated_index_is_refused_alike_on_both_paths(
+        self, deferrable: bool, server: RunningEmulator
+    ) -> None:
+        """The deferred path reads the input as the synchronous one does: same check, same message."""
+        frame = pd.DataFrame({"x": [1, 2]}, index=[3, 3])
+        outcome = run_inference(deployment="doubler", data=frame, deferrable=deferrable)
+        assert_failed(outcome, ModelbitInputError, "Row ID 3 appears more than once (again at row 1)")
+        assert server.client.requests() == []
+
 
 # ---------------------------------------------------------------------- XCom output
 
