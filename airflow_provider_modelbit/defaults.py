@@ -2,8 +2,8 @@
 
 Hooks, operators and triggers import these names rather than repeating the values, so a default
 cannot differ between the hook and an operator. Batch sizes and concurrency follow Modelbit's own
-client (3,000 rows and 20 MB of JSON per request, 3 requests in parallel), see
-``modelbit-rest-api`` §10.
+client (3,000 rows and 20 MB of JSON per request), see ``modelbit-rest-api`` §10; where that client
+always runs 3 requests in parallel, a batch here adapts its concurrency up to a ceiling.
 """
 
 from __future__ import annotations
@@ -28,22 +28,44 @@ DEFAULT_ASYNC_TIMEOUT_SECONDS = 300
 DEFAULT_BATCH_SIZE = 3_000
 #: Most bytes of JSON per request body; a larger chunk is split into several requests.
 DEFAULT_BATCH_BYTES = 20_000_000
-#: Requests in flight at once for one batch.
-DEFAULT_MAX_CONCURRENCY = 3
+#: Most requests in flight at once for one batch: the ceiling of the adaptive limit, or the fixed level.
+DEFAULT_MAX_CONCURRENCY = 16
+#: Whether a batch adapts its requests in flight to the deployment's answers (see ``hooks/concurrency.py``).
+DEFAULT_ADAPTIVE_CONCURRENCY = True
+#: Requests in flight an adaptive batch starts with, before any answer.
+DEFAULT_INITIAL_CONCURRENCY = 2
+#: Answers slower than this multiple of the fastest one count as congestion.
+DEFAULT_LATENCY_TOLERANCE = 2.0
+#: Latency that counts as congestion also exceeds the fastest answer's multiple by this much, so the
+#: jitter of a busy worker does not pass for a queue on a deployment that answers in milliseconds.
+LATENCY_SLACK_SECONDS = 0.05
+#: Round trips spent at the level below a refused one before probing it again; doubled on each refusal.
+FIRST_PROBE_ROUND_TRIPS = 4
+#: Longest wait, in round trips, between two probes past a level that was refused.
+MAX_PROBE_ROUND_TRIPS = 32
+#: Seconds between two log lines about the concurrency limit's decisions.
+CONCURRENCY_LOG_INTERVAL_SECONDS = 10.0
 
 #: How long a callback job, its deliveries or its tombstone stay in the store after their last write.
 DEFAULT_CALLBACK_RETENTION_SECONDS = 7 * 24 * 3600
 
 __all__ = [
     "ASYNC_TIMEOUT_LIMIT",
+    "CONCURRENCY_LOG_INTERVAL_SECONDS",
+    "DEFAULT_ADAPTIVE_CONCURRENCY",
     "DEFAULT_ASYNC_TIMEOUT_SECONDS",
     "DEFAULT_BATCH_BYTES",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_BRANCH",
     "DEFAULT_CALLBACK_RETENTION_SECONDS",
     "DEFAULT_CONN_ID",
+    "DEFAULT_INITIAL_CONCURRENCY",
+    "DEFAULT_LATENCY_TOLERANCE",
     "DEFAULT_MAX_CONCURRENCY",
+    "FIRST_PROBE_ROUND_TRIPS",
+    "LATENCY_SLACK_SECONDS",
     "LATEST",
     "LINKS",
+    "MAX_PROBE_ROUND_TRIPS",
     "SYNC_TIMEOUT_LIMIT",
 ]

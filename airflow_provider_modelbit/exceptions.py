@@ -46,6 +46,18 @@ class ModelbitError(AirflowException):
         self.version = version
         self.status = status
 
+    def located(self, where: str) -> ModelbitError:
+        """
+        A copy of this error, of the same class, whose message ends by saying where it happened.
+
+        For a caller that knows more than the code that raised: the batch operator adds the chunk
+        and its input rows to a hook error about one request.
+        """
+        state = {name: value for name, value in self.__dict__.items() if name != "message"}
+        return _rebuild_error(
+            type(self), f"{self.message} [{where}]", self.deployment, self.version, self.status, state
+        )
+
     def __reduce__(self):  # keep keyword attributes across pickling (multiprocessing, executors)
         return (
             _rebuild_error,

@@ -90,6 +90,63 @@ def _links_lines(links: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+_LATENCY_RUNS = {
+    "capped": "in-flight cap 8",
+    "quota": "per-minute quota",
+    "shared": "4 tasks sharing cap 8",
+}
+_VARIANT_LABELS = {
+    "operator_adaptive": "operator, defaults (adaptive)",
+    "operator_fixed_3": "operator, fixed 3",
+    "operator_fixed_16": "operator, fixed 16",
+    "official_client": "official client, defaults",
+}
+
+
+def _final_concurrency(result: Mapping[str, Any]) -> str:
+    final = ", ".join(map(str, result.get("concurrency_final", []))) or "—"
+    return f"{final}; {result['failed']}" if "failed" in result else final
+
+
+def latency_bound_lines(figures: Mapping[str, Any]) -> list[str]:
+    """The latency-bound runs: one line per run and client."""
+    model, per_row, rows = (
+        figures["model_seconds"],
+        figures["model_seconds_per_row"],
+        figures["rows_per_request"],
+    )
+    capacity, cap = figures["capacity_rows_per_second"], figures["in_flight_cap"]
+    lines = [
+        f"Latency-bound: the model takes {model:g} s + {per_row:g} s per row ({model + per_row * rows:.2f} s "
+        f"per {rows:,}-row request); in-flight cap {cap} -> capacity limit {capacity:,.0f} rows/s; quota "
+        f"{figures['quota_per_minute']} requests per minute per client. Load average (1 min) "
+        f"{figures['load_before']:.1f} before, {figures['load_after']:.1f} after.",
+        "",
+        "| run | client | rows/s | / capacity | requests | refused | runs per row | p50 s | p99 s | "
+        "final concurrency |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for run, label in _LATENCY_RUNS.items():
+        for variant, result in figures[run].items():
+            fraction = result.get("capacity_fraction")
+            runs = f"{result['runs_per_row_min']}-{result['runs_per_row_max']}"
+            lines.append(
+                _row(
+                    label,
+                    _VARIANT_LABELS.get(variant, variant),
+                    f"{result['rows_per_second']:,.0f}",
+                    "—" if fraction is None else f"{fraction:.2f}",
+                    f"{result['requests']:,}",
+                    f"{result['refused']:,} ({result['refused_pct']:.1f}%)",
+                    runs if runs != "1-1" else "1",
+                    f"{result['latency_p50_seconds']:.2f}",
+                    f"{result['latency_p99_seconds']:.2f}",
+                    _final_concurrency(result),
+                )
+            )
+    return [*lines, ""]
+
+
 def _flat_lines(title: str, figures: Mapping[str, Any]) -> list[str]:
     lines = [f"{title}:", "", "| figure | value |", "|---|---:|"]
     for key, value in figures.items():
@@ -116,6 +173,7 @@ _SECTIONS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], list[str]]], ...]
     ("scoring", "Batch scoring", _scoring_lines),
     ("memory", "Peak RSS", _memory_lines),
     ("links", "Links", _links_lines),
+    ("latency_bound", "Latency-bound", latency_bound_lines),
     (
         "triggers",
         "",

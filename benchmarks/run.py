@@ -21,6 +21,7 @@ from airflow_provider_modelbit.emulator import run_emulator
 from benchmarks.child_process import REPOSITORY_ROOT
 from benchmarks.companions import measure_emulator_throughput, measure_triggers
 from benchmarks.environment import BenchmarkEnvironment
+from benchmarks.latency_bound import measure_latency_bound
 from benchmarks.linked_results import measure_links
 from benchmarks.machine import describe_machine
 from benchmarks.report_table import render_table
@@ -78,6 +79,8 @@ def measure_everything(size: BenchmarkSize, bench_python: Path, work_dir: Path) 
         _measure_section(results, "memory", lambda: measure_memory(env, size))
         _progress(f"links, about {size.link_document_bytes / 1e6:,.1f} MB")
         _measure_section(results, "links", lambda: measure_links(env, size))
+        _progress("latency-bound: in-flight cap, per-minute quota, four tasks sharing the cap")
+        _measure_section(results, "latency_bound", lambda: measure_latency_bound(env, size))
     _progress("callback triggers waiting in one event loop")
     _measure_section(results, "triggers", lambda: measure_triggers(env, size))
     _progress("local server throughput")

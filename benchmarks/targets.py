@@ -68,6 +68,44 @@ class Target:
         return "PASS" if _COMPARISONS[self.comparison](measured, self.limit) else "MISS"
 
 
+LATENCY_BOUND_TARGETS = (
+    Target(
+        "in-flight cap 8, defaults: rows/s / capacity limit",
+        ("latency_bound", "capped", "operator_adaptive", "capacity_fraction"),
+        ">=",
+        0.9,
+        "x",
+    ),
+    Target(
+        "in-flight cap 8, defaults: requests refused",
+        ("latency_bound", "capped", "operator_adaptive", "refused_pct"),
+        "<=",
+        2,
+        "%",
+    ),
+    Target(
+        "4 tasks sharing the cap, defaults: rows/s / capacity limit",
+        ("latency_bound", "shared", "operator_adaptive", "capacity_fraction"),
+        ">=",
+        0.85,
+        "x",
+    ),
+    Target(
+        "latency-bound rows/s vs the official client",
+        ("latency_bound", "adaptive_vs_official_client_capped"),
+        ">=",
+        2.5,
+        "x",
+    ),
+    Target(
+        "latency-bound: rows not run exactly once",
+        ("latency_bound", "rows_not_run_exactly_once"),
+        "<=",
+        0,
+        " rows",
+    ),
+)
+
 TARGETS = (
     Target(
         "rows/s vs the official client",
@@ -110,6 +148,7 @@ TARGETS = (
     Target(
         "trigger p99 delivery-to-event / poll interval", ("triggers", "p99_vs_poll_interval"), "<", 2, "x"
     ),
+    *LATENCY_BOUND_TARGETS,
 )
 
 

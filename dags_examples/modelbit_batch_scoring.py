@@ -93,9 +93,12 @@ with DAG(
         """Read the newest scores file and count customers at risk per plan."""
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
+        from airflow.sdk import ObjectStoragePath
 
         newest = inlet_events[CHURN_SCORES][-1]
-        scores = pq.read_table(newest.extra["path"], columns=["plan", "result"])
+        # Through ObjectStoragePath, so an s3:// or gs:// output is read with its Airflow connection.
+        with ObjectStoragePath(newest.extra["path"]).open("rb") as parquet_file:
+            scores = pq.read_table(parquet_file, columns=["plan", "result"])
         at_risk = scores.filter(pc.greater_equal(scores["result"], AT_RISK_THRESHOLD))
         counts = at_risk.group_by("plan").aggregate([("result", "count")])
         return {row["plan"]: row["result_count"] for row in counts.to_pylist()}

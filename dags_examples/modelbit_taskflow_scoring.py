@@ -60,12 +60,11 @@ with DAG(
 
     @task
     def list_partitions(partitions_dir: str) -> list[str]:
-        """The Parquet files of the partitions folder, in name order."""
-        files = sorted(
-            os.path.join(partitions_dir, name)
-            for name in os.listdir(partitions_dir)
-            if name.endswith(".parquet")
-        )
+        """The Parquet files of the partitions folder (local or an object-storage URL), in name order."""
+        from airflow.sdk import ObjectStoragePath
+
+        folder = ObjectStoragePath(partitions_dir if "://" in partitions_dir else f"file://{partitions_dir}")
+        files = sorted(str(path) for path in folder.iterdir() if path.name.endswith(".parquet"))
         if not files:
             raise ValueError(f"No Parquet files in {partitions_dir}; nothing to score.")
         return files
@@ -79,8 +78,11 @@ with DAG(
     def churn_features(partition: str) -> Any:
         """One partition as a DataFrame indexed by customer ID: the rows the model scores."""
         import pandas as pd
+        from airflow.sdk import ObjectStoragePath
 
-        frame = pd.read_parquet(partition, columns=["customer_id", "tenure_months", "monthly_spend", "plan"])
+        columns = ["customer_id", "tenure_months", "monthly_spend", "plan"]
+        with ObjectStoragePath(partition).open("rb") as parquet_file:
+            frame = pd.read_parquet(parquet_file, columns=columns)
         return frame.set_index("customer_id")
 
     @task

@@ -139,7 +139,13 @@ class AirflowServices:
         (removed on exit) when ``None``.
     :param logs_folder: where ``<service>.log`` and task logs go; ``<home>/logs`` when ``None``
         (kept on exit when given, so CI can upload it).
-    :param services: which services to start; all four by default.
+    :param services: which of ``commands`` to start; all of them by default.
+    :param commands: the services: name -> ``airflow`` arguments (:data:`SERVICE_COMMANDS` by default;
+        the production shape has two triggerers and two Celery workers).
+    :param service_env: extra environment of single services, by name (e.g. each one's hostname).
+    :param api_port: the api-server's port, when the caller needs it before start (e.g. for a
+        connection pointing at the callback receiver mounted there); a free port when ``None``.
+    :param database_ready: the metadata database is migrated already (e.g. a PostgreSQL one).
     :param database_cache: folder keeping a freshly migrated database per Airflow version; later runs
         copy it instead of running the ~40 s ``airflow db migrate`` again. ``None`` always migrates.
     :param startup_timeout: seconds to wait for every service to report healthy.
@@ -152,7 +158,11 @@ class AirflowServices:
     env: Mapping[str, str] = field(default_factory=dict)
     home: str | Path | None = None
     logs_folder: str | Path | None = None
-    services: Sequence[str] = tuple(SERVICE_COMMANDS)
+    services: Sequence[str] | None = None
+    commands: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(SERVICE_COMMANDS))
+    service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    api_port: int | None = None
+    database_ready: bool = False
     database_cache: str | Path | None = None
     startup_timeout: float = 300.0
     stop_timeout: float = STOP_GRACE_SECONDS
@@ -182,6 +192,10 @@ class AirflowServices:
         return f"http://{LOOPBACK}:{self._api_port}"
 
     @property
+    def service_names(self) -> list[str]:
+        return list(self.commands) if self.services is None else list(self.services)
+
+    @property
     def layout(self) -> RunLayout:
         if self._layout is None:
             raise AirflowServicesError("The services are not started; use 'with AirflowServices(...)'.")
@@ -194,17 +208,17 @@ class AirflowServices:
 
     def start(self) -> None:
         """Prepare a fresh home and database, start the services and wait until they are healthy."""
-        unknown = [name for name in self.services if name not in SERVICE_COMMANDS]
+        unknown = [name for name in self.service_names if name not in self.commands]
         if unknown:
-            known = ", ".join(SERVICE_COMMANDS)
+            known = ", ".join(self.commands)
             raise AirflowServicesError(f"Unknown service {unknown[0]!r}; choose from {known}.")
         self._layout = self._prepare_layout()
-        self._api_port = free_port()
+        self._api_port = self.api_port or free_port()
         self._environment = airflow_environment(self._layout, self._api_port, self.env)
         try:
-            if not self._layout.database.exists():
+            if not (self.database_ready or self._layout.database.exists()):
                 create_database(self._supervisor(), self._layout, self._environment, self._database_cache())
-            for name in self.services:
+            for name in self.service_names:
                 self._running.append(self._launch(name))
             self._wait_until_healthy()
         except BaseException:
@@ -307,16 +321,15 @@ class AirflowServices:
         return self._own_supervisor
 
     def _launch(self, name: str) -> ProcessGroup:
-        if name not in SERVICE_COMMANDS:
-            raise AirflowServicesError(
-                f"Unknown service {name!r}; choose from {', '.join(SERVICE_COMMANDS)}."
-            )
-        command = [airflow_executable(), *SERVICE_COMMANDS[name]]
-        return self._supervisor().start(name, command, self._environment, self.service_log(name))
+        if name not in self.commands:
+            raise AirflowServicesError(f"Unknown service {name!r}; choose from {', '.join(self.commands)}.")
+        command = [airflow_executable(), *self.commands[name]]
+        env = {**self._environment, **self.service_env.get(name, {})}
+        return self._supervisor().start(name, command, env, self.service_log(name))
 
     def _wait_until_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        missing: list[str] = list(self.services)
+        missing: list[str] = self.service_names
         while time.monotonic() < deadline:
             self._raise_if_any_exited()
             missing = self._unhealthy_services()
@@ -334,11 +347,12 @@ class AirflowServices:
             health = response.json() if response.status_code == 200 else {}
         except httpx.HTTPError:
             return ["api-server"]
+        # Services are known by the command they run: two triggerers report as one component.
+        components = {name: HEALTH_COMPONENTS.get(self.commands[name][0]) for name in self.service_names}
         return [
             name
-            for name in self.services
-            if name in HEALTH_COMPONENTS
-            and health.get(HEALTH_COMPONENTS[name], {}).get("status") != "healthy"
+            for name, component in components.items()
+            if component is not None and health.get(component, {}).get("status") != "healthy"
         ]
 
     def _raise_if_any_exited(self) -> None:

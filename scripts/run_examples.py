@@ -4,7 +4,8 @@ The steps live in :mod:`harness.examples`; this is the command around them. It e
 every DAG run succeeded, 1 if one failed, 2 if the run could not start, and 130 when Ctrl-C or
 SIGTERM stopped it, which stops everything it started first. ``--services`` runs the same DAGs on
 the real Airflow services (api-server, scheduler, triggerer, dag-processor) instead and leaves the
-UI up until Ctrl-C; ``--only DAG_ID`` runs a subset; ``--rows``/``--partitions`` size the sample.
+UI up until Ctrl-C; ``--services --production`` in the production shape (PostgreSQL, Celery,
+S3); ``--only DAG_ID`` runs a subset; ``--rows``/``--partitions`` size the sample.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from harness.examples import REPOSITORY, ExamplesOptions, run_examples
 from harness.layout import LayoutError
 from harness.outcomes import DagOutcome
 from harness.processes import ProcessError, ProcessSupervisor, interrupts_stop
+from harness.production import ProductionStackError
 from harness.report import render_report
 
 DEFAULT_RUN_FOLDER = REPOSITORY / ".airflow" / "examples"
@@ -57,11 +59,19 @@ def parse_arguments(argv: Sequence[str] | None) -> ExamplesOptions:
         help="run on the real Airflow services and keep the UI up on 127.0.0.1 until Ctrl-C",
     )
     parser.add_argument(
+        "--production",
+        action="store_true",
+        help="with --services: PostgreSQL, CeleryExecutor on Redis with two workers, two triggerers, "
+        "and the data on S3 (SeaweedFS); needs scripts/bootstrap_production.sh",
+    )
+    parser.add_argument(
         "--no-wait",
         action="store_true",
         help="with --services: stop the services after the report instead of waiting for Ctrl-C",
     )
     arguments = parser.parse_args(argv)
+    if arguments.production and not arguments.services:
+        parser.error("--production runs on the Airflow services; add --services")
     return ExamplesOptions(
         run_folder=arguments.run_folder,
         rows=arguments.rows,
@@ -71,6 +81,7 @@ def parse_arguments(argv: Sequence[str] | None) -> ExamplesOptions:
         services=arguments.services,
         keep_up=arguments.services and not arguments.no_wait,
         database_cache=arguments.database_cache,
+        production=arguments.production,
     )
 
 
@@ -88,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted; everything this run started has been stopped.", file=sys.stderr)
         return INTERRUPTED
-    except (AirflowCommandError, LayoutError, ProcessError) as error:
+    except (AirflowCommandError, LayoutError, ProcessError, ProductionStackError) as error:
         print(f"\nrun_examples: {error}", file=sys.stderr)
         return 2
     return 0 if outcomes and all(outcome.succeeded for outcome in outcomes) else 1

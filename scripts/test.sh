@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up from nothing and run every check: lint, types, the test suite on the reference Airflow
-# (3.3.x, real services and a real browser included), then the unit, operator, example-DAG,
-# documentation and reliability tests on the floor Airflow (3.1).
+# (3.3.x, real services and a real browser included), then the tests that run Airflow on the
+# floor (3.1) and the middle release (3.2), side by side, and the package as a release ships it.
 # Exits non-zero on any failure, and when a pytest run collects no test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +18,36 @@ bash scripts/install_browser.sh || echo "test: Chromium unavailable; browser tes
 mkdir -p artifacts
 .venv/bin/python -m pytest -q -ra -p no:cacheprovider --junitxml=artifacts/pytest-3.3.xml "$@"
 
-# The floor: every test except those of the Airflow services, the browser and the long-running
-# examples and benchmarks, on Airflow 3.1.0.
+# The other supported releases. The floor runs every test except those of the Airflow services,
+# the browser and the long-running examples and benchmarks; 3.2 runs the tests that run Airflow.
+# The two runs share nothing (own environment, Airflow home and ports) and each keeps one core
+# busy, so they run at once; their output is printed when both have ended.
 VENV=.venv-floor CONSTRAINTS=constraints/airflow-3.1.txt bash scripts/bootstrap.sh
-.venv-floor/bin/python -m pytest -q -ra -p no:cacheprovider -m "not services and not browser and not slow" \
-    --junitxml=artifacts/pytest-3.1.xml "$@"
+VENV=.venv-3.2 CONSTRAINTS=constraints/airflow-3.2.txt bash scripts/bootstrap.sh
+OTHER_RELEASES=(-q -ra -p no:cacheprovider -m "not services and not browser and not slow")
+AIRFLOW_TESTS=(tests/operators tests/decorators tests/triggers tests/hooks tests/dags tests/reliability
+    tests/plugins tests/test_get_provider_info.py tests/test_exceptions.py)
+
+running=()
+trap 'kill "${running[@]}" 2>/dev/null || true' EXIT
+.venv-floor/bin/python -m pytest "${OTHER_RELEASES[@]}" --junitxml=artifacts/pytest-3.1.xml "$@" \
+    >artifacts/pytest-3.1.log 2>&1 &
+running+=($!)
+.venv-3.2/bin/python -m pytest "${OTHER_RELEASES[@]}" --junitxml=artifacts/pytest-3.2.xml "${AIRFLOW_TESTS[@]}" \
+    "$@" >artifacts/pytest-3.2.log 2>&1 &
+running+=($!)
+failed=()
+for release in 3.1 3.2; do
+    pid=${running[0]}
+    running=("${running[@]:1}")
+    wait "$pid" || failed+=("$release")
+    echo "== Airflow $release =="
+    tail -n 40 "artifacts/pytest-$release.log"
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "test: the suite failed on Airflow ${failed[*]} (whole output in artifacts/pytest-<release>.log)" >&2
+    exit 1
+fi
 
 # The package as a release ships it: wheel and sdist built and checked with twine, the wheel alone
 # installed into a clean environment with the pinned Airflow, the provider registered there.

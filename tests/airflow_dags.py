@@ -8,6 +8,8 @@ Airflow 3.2 moved ``DagBag`` and ``sync_bag_to_db`` from ``airflow.models.dagbag
 
 from __future__ import annotations
 
+import functools
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +55,40 @@ NEEDS_LOOKUP_OUTSIDE_TASKS = pytest.mark.skipif(
     tuple(int(part) for part in airflow.__version__.split(".")[:2]) < (3, 2),
     reason="Airflow 3.1 cannot report a missing connection outside a task",
 )
+
+LIFESPAN_TIMEOUT_SECONDS = 120
+
+
+def _share_the_in_process_execution_api() -> None:
+    """
+    Build dag.test()'s in-process execution API once per session, started before its first task.
+
+    Airflow 3.1 and 3.2 build the whole API app again for every task dag.test() runs (seconds
+    each), and start its lifespan in the background: on a busy machine the task's first request
+    can come before it and fail (3.2: "'State' object has no attribute 'svcs_registry'"). 3.3
+    caches the server with this same ``lru_cache``; here it is also started before it is used.
+    """
+    from airflow.sdk.execution_time import supervisor
+
+    if hasattr(supervisor.in_process_api_server, "cache_info"):
+        return
+    build = supervisor.in_process_api_server
+
+    @functools.lru_cache(maxsize=1)
+    def started_once() -> Any:
+        api = build()
+        api.transport  # noqa: B018 - starts the app's lifespan on the transport's event loop
+        deadline = time.monotonic() + LIFESPAN_TIMEOUT_SECONDS
+        while not getattr(api.app.state, "lifespan_called", False):
+            if time.monotonic() > deadline:
+                raise RuntimeError("dag.test()'s in-process execution API did not start")
+            time.sleep(0.05)
+        return api
+
+    supervisor.in_process_api_server = started_once
+
+
+_share_the_in_process_execution_api()
 
 #: The value of a task whose result no downstream task received.
 NOT_RECEIVED = object()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import atexit
-import functools
 import importlib.metadata
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -23,6 +23,9 @@ import pytest
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
 atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# The execution API signs task tokens with it; Airflow 3.2's in-process API (dag.test()) refuses to
+# start without one, where 3.1 and 3.3 make their own.
+os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(32))
 
 EMULATOR_PLUGIN = "airflow_provider_modelbit.emulator.pytest_plugin"
 # Load the emulator fixtures here only while they are not installed as a pytest11 entry point:
@@ -38,20 +41,6 @@ ConnectionSetter = Callable[..., str]
 def airflow_db() -> None:
     """A migrated metadata database in the session's temporary AIRFLOW_HOME (dag.test() needs one)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    _share_the_in_process_execution_api()
-
-
-def _share_the_in_process_execution_api() -> None:
-    """
-    Build dag.test()'s in-process execution API once per session, as Airflow 3.2 and later do.
-
-    Airflow 3.1 builds the whole API app again for every task dag.test() runs (seconds each); the
-    later versions cache it with this same ``lru_cache``, so the floor run gets the same behaviour.
-    """
-    from airflow.sdk.execution_time import supervisor
-
-    if not hasattr(supervisor.in_process_api_server, "cache_info"):
-        supervisor.in_process_api_server = functools.lru_cache(maxsize=1)(supervisor.in_process_api_server)
 
 
 @pytest.fixture

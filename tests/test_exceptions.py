@@ -156,3 +156,20 @@ class TestTaskTries:
         statuses = [request.get("status") for request in keyed_server.client.requests()]
         assert statuses == [503] * (tries * HOOK_RETRIES.max_attempts)
         assert keyed_server.client.runs("doubler") == {}
+
+
+class TestLocated:
+    def test_a_located_copy_keeps_its_class_and_attributes_and_names_where(self) -> None:
+        from airflow_provider_modelbit.exceptions import ModelbitDeploymentError
+
+        error = ModelbitDeploymentError("boom", deployment="d", version=3, status=500, traceback="tb")
+        located = error.located("chunk 2 (input rows 20 to 29)")
+        assert type(located) is ModelbitDeploymentError
+        assert located.message == "boom [chunk 2 (input rows 20 to 29)]" == str(located)
+        assert (located.deployment, located.version, located.status, located.traceback) == (
+            "d",
+            3,
+            500,
+            "tb",
+        )
+        assert error.message == "boom"

@@ -36,7 +36,7 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitTimeout,
     ModelbitTransportError,
 )
-from airflow_provider_modelbit.hooks.responses import parse_answer
+from airflow_provider_modelbit.hooks.responses import describe_target, parse_answer
 from airflow_provider_modelbit.hooks.retries import retry_verdict
 from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES
 from airflow_provider_modelbit.version_compat import AirflowTaskTimeout
@@ -235,8 +235,9 @@ class JobRunner:
         raise error
 
     def _lost_error(self, job: CallbackJob, missing: list[int]) -> ModelbitCallbackError:
+        target = describe_target(self.host.deployment, self.host.version, job.request.branch)
         return ModelbitCallbackError(
-            f"Deployment {self.host.deployment!r} (version {self.host.version}): job {job.job_id}: "
+            f"{target}: job {job.job_id}: "
             f"{len(job.chunks) - len(missing)} of {len(job.chunks)} deliveries arrived before the deadline; "
             f"missing chunk(s) {missing[:10]}. Check the callback receiver is reachable at the connection's "
             "callback_base_url.",
@@ -338,7 +339,7 @@ class JobRunner:
                 body.read(),
                 deployment=self.host.deployment,
                 version=self.host.version,
-                branch=self.host.branch,
+                branch=job.request.branch,
                 conn_id=job.request.conn_id,
             )
         return answer["data"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -107,6 +108,7 @@ class EmulatorApp:
             reply = await answer_inference(self, request, record)
             record["status"] = reply.status if isinstance(reply, HttpResponse) else None
             record["dropped"] = isinstance(reply, DropConnection)
+            record["seconds"] = time.time() - record["time"]  # the request's latency as the server saw it
             return reply
         if request.path.startswith(LINK_PATH_PREFIX):
             return self._answer_link(request)

@@ -45,6 +45,8 @@ class EmulatorClient:
         drop_before_rate: float = 0.0,
         drop_after_rate: float = 0.0,
         latency_seconds: float = 0.0,
+        model_seconds: float = 0.0,
+        model_seconds_per_row: float = 0.0,
         truncate_link_rate: float = 0.0,
         truncate_link_first: int = 0,
         webhook_duplicate_rate: float = 0.0,

@@ -36,7 +36,11 @@ class FaultSettings:
     :param retry_after: seconds announced in injected 429 answers.
     :param drop_before_rate: close the connection without an answer before the model runs.
     :param drop_after_rate: run the model, then close the connection without an answer.
-    :param latency_seconds: extra seconds before every answer.
+    :param latency_seconds: extra seconds before every answer, before the request is admitted by
+        the in-flight and per-minute limits (a slow network, not a slow model).
+    :param model_seconds: seconds the model takes per request, while the request holds its place
+        among the requests in flight.
+    :param model_seconds_per_row: seconds the model takes per batch row, on top of ``model_seconds``.
     :param truncate_link_rate: cut a link download short after announcing its full length.
     :param truncate_link_first: cut the first N downloads of every link short (then serve it whole),
         as a flaky network does to a link a client fetches again.
@@ -53,6 +57,8 @@ class FaultSettings:
     drop_before_rate: float = 0.0
     drop_after_rate: float = 0.0
     latency_seconds: float = 0.0
+    model_seconds: float = 0.0
+    model_seconds_per_row: float = 0.0
     truncate_link_rate: float = 0.0
     truncate_link_first: int = 0
     webhook_duplicate_rate: float = 0.0
@@ -104,6 +110,10 @@ class FaultPlan:
         self.settings = settings
         self._random = random.Random(settings.seed)
         self._link_downloads: Counter[str] = Counter()
+
+    def model_time(self, rows: int) -> float:
+        """Seconds the model takes on a request of ``rows`` batch rows (1 for a single input)."""
+        return self.settings.model_seconds + self.settings.model_seconds_per_row * max(rows, 1)
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self._random.random() < rate

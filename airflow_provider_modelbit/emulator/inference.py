@@ -111,6 +111,11 @@ async def run_model(
     """Run the deployment in a worker thread, stopped waiting for at ``timeout_seconds``."""
     if envelope.is_batch:
         app.recorder.count_runs(target.deployment, [row[0] for row in envelope.data])
+    plan = app.faults.plan_for(target.deployment)
+    model_time = plan.model_time(envelope.row_count or 1) if plan is not None else 0.0
+    if model_time > 0:
+        # Spent here rather than in a worker thread: many requests may take time at once.
+        await asyncio.sleep(model_time)
     future = asyncio.wrap_future(
         app.workers.submit(run_inference, target, envelope, app.config.sort_results_by_id)
     )

@@ -15,6 +15,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_modelbit.defaults import (
     ASYNC_TIMEOUT_LIMIT,
+    DEFAULT_ADAPTIVE_CONCURRENCY,
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_BRANCH,
@@ -33,6 +34,7 @@ from airflow_provider_modelbit.hooks.batching import (
     is_batch,
     is_dataframe,
 )
+from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
     SendFailed,
@@ -149,7 +151,9 @@ class ModelbitHookBase(BaseHook):
     :param modelbit_conn_id: id of the Modelbit connection.
     :param batch_size: most rows per request.
     :param batch_bytes: most bytes per request body; bigger chunks are split.
-    :param max_concurrency: requests in flight at once for a batch.
+    :param max_concurrency: most requests in flight at once for a batch (the adaptive limit's ceiling).
+    :param adaptive_concurrency: adapt the requests in flight to the deployment's answers, up to
+        ``max_concurrency``; ``False`` keeps ``max_concurrency`` in flight throughout.
     :param retry_policy: attempts and waits for retried requests.
     """
 
@@ -165,6 +169,7 @@ class ModelbitHookBase(BaseHook):
         batch_size: int = DEFAULT_BATCH_SIZE,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        adaptive_concurrency: bool = DEFAULT_ADAPTIVE_CONCURRENCY,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         super().__init__()
@@ -172,12 +177,19 @@ class ModelbitHookBase(BaseHook):
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
         self.max_concurrency = max_concurrency
+        self.adaptive_concurrency = adaptive_concurrency
+        self._limiter: ConcurrencyLimiter | None = None
         self.retry_policy = retry_policy or RetryPolicy()
         self._retry_stats = RetryStats()
         self._timeout_capped = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(modelbit_conn_id={self.modelbit_conn_id!r})"
+
+    @property
+    def concurrency(self) -> dict[str, Any] | None:
+        """The concurrency limit of the latest batch: mode, final and highest level, ceiling, decreases."""
+        return None if self._limiter is None else self._limiter.summary()
 
     @property
     def retry_stats(self) -> dict[str, int]:
@@ -199,7 +211,16 @@ class ModelbitHookBase(BaseHook):
         url_branch = None if branch is None and effective_branch == DEFAULT_BRANCH else effective_branch
         url = deployment_url(settings.base_url, deployment, version, url_branch)
         timeout = self._connection_timeout(settings, limit) if timeout_seconds is None else timeout_seconds
-        return InferenceCall(settings.conn_id, deployment, version, url_branch, url, timeout, idempotent)
+        # The URL leaves the default branch out; messages name the branch that was called all the same.
+        return InferenceCall(
+            settings.conn_id,
+            deployment,
+            version,
+            effective_branch or DEFAULT_BRANCH,
+            url,
+            timeout,
+            idempotent,
+        )
 
     def _connection_timeout(self, settings: ModelbitSettings, limit: int) -> int | None:
         """

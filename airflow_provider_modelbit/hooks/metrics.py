@@ -8,7 +8,8 @@ them to StatsD or OpenTelemetry as the ``[metrics]`` section of the Airflow conf
 reason or request outcome); StatsD shows them only with ``statsd_influxdb_enabled`` or DogStatsD.
 
 The hooks call :func:`request_succeeded` and :func:`request_failed` for every attempt; the
-deferrable operators call :func:`deferred_wait` when they resume.
+deferrable operators call :func:`deferred_wait` when they resume and :func:`rows_scored` when
+they have collected every delivery.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: Requests answered or failed, tagged ``outcome`` (``success``, ``retried``, ``failed``).
 REQUESTS = "modelbit.requests"
-#: Rows (or single inputs) in requests that were answered.
+#: Rows (or single inputs) in answered requests, and in a deferred task's collected deliveries.
 ROWS_SCORED = "modelbit.rows_scored"
 #: Requests sent again, tagged ``reason``.
 RETRIES = "modelbit.retries"
@@ -57,9 +58,14 @@ def request_succeeded(deployment: str, rows: int, seconds: float) -> None:
     """Count an answered request, the rows it scored (a single input is one) and its latency."""
     tags = {"deployment": deployment}
     _emit("incr", REQUESTS, tags={**tags, "outcome": "success"})
-    if rows:
-        _emit("incr", ROWS_SCORED, rows, tags=tags)
+    rows_scored(deployment, rows)
     _emit("timing", REQUEST_LATENCY, timedelta(seconds=seconds), tags=tags)
+
+
+def rows_scored(deployment: str, rows: int) -> None:
+    """Count rows scored: by an answered request, or by a deferred task's deliveries once collected."""
+    if rows:
+        _emit("incr", ROWS_SCORED, rows, tags={"deployment": deployment})
 
 
 def request_failed(deployment: str, retry_reason: str | None) -> None:
@@ -116,4 +122,5 @@ __all__ = [
     "reason_tag",
     "request_failed",
     "request_succeeded",
+    "rows_scored",
 ]

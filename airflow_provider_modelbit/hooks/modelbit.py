@@ -59,6 +59,7 @@ from airflow_provider_modelbit.hooks.batching import (
     rows_in_chunks,
     split_by_bytes,
 )
+from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, load_outcome
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
     SendFailed,
@@ -284,15 +285,19 @@ class ModelbitHook(ModelbitHookBase):
         response_format: str | None = None,
         idempotent: bool = False,
         max_concurrency: int | None = None,
+        adaptive_concurrency: bool | None = None,
         batch_bytes: int | None = None,
         unique_ids: bool = True,
     ) -> Generator[ChunkResult, None, None]:
         """
-        Score chunks of batch rows with bounded concurrency, yielding results in input order.
+        Score chunks of batch rows with adaptive (or fixed) concurrency, yielding results in input order.
 
-        Chunks are read lazily, at most ``max_concurrency`` ahead of the consumer, so memory stays
-        flat however many there are. A chunk bigger than ``batch_bytes`` once encoded is split into
-        several requests; its result is still one :class:`ChunkResult`.
+        The requests in flight start low and follow the deployment's answers up to
+        ``max_concurrency`` (see :mod:`~airflow_provider_modelbit.hooks.concurrency`); the final
+        level is in :attr:`concurrency`. Chunks are read lazily, at most ``max_concurrency`` ahead
+        of the consumer, so memory stays flat however many there are. A chunk bigger than
+        ``batch_bytes`` once encoded is split into several requests; its result is still one
+        :class:`ChunkResult`.
 
         :param deployment: deployment name.
         :param chunks: iterable of lists of batch rows ``[id, *args]``, IDs unique.
@@ -301,43 +306,46 @@ class ModelbitHook(ModelbitHookBase):
         :param timeout_seconds: inference time limit (1-300); ``None`` uses the connection's.
         :param response_format: ``None``, or ``"links"`` (each chunk's link is downloaded and parsed).
         :param idempotent: re-send after errors where the model may already have run.
-        :param max_concurrency: requests in flight at once; ``None`` uses the hook's.
+        :param max_concurrency: most requests in flight at once; ``None`` uses the hook's.
+        :param adaptive_concurrency: adapt the requests in flight up to ``max_concurrency``;
+            ``False`` keeps ``max_concurrency``; ``None`` uses the hook's.
         :param batch_bytes: most bytes per request body; ``None`` uses the hook's.
         :param unique_ids: refuse a chunk with a repeated ID; ``False`` matches repeated IDs (a
             DataFrame's non-unique index) in the order the answer lists them.
         """
         validate_options(timeout_seconds, response_format, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
-        limit = self.max_concurrency if max_concurrency is None else max_concurrency
-        validate_concurrency(limit)
+        ceiling = self.max_concurrency if max_concurrency is None else max_concurrency
+        validate_concurrency(ceiling)
         call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
         self.get_conn()  # build the pooled session once, before worker threads share it
         chunk_bytes = batch_bytes or self.batch_bytes
         self._link_session  # noqa: B018 -- and the links session
         self._stopping.clear()
-        return self._ordered_results(call, chunks, limit, response_format, chunk_bytes, unique_ids)
+        adaptive = self.adaptive_concurrency if adaptive_concurrency is None else adaptive_concurrency
+        limiter = ConcurrencyLimiter(ceiling, adaptive=adaptive, where=call.where, log=self.log)
+        self._limiter = limiter
+        return self._ordered_results(call, chunks, limiter, response_format, chunk_bytes, unique_ids)
 
     def _ordered_results(
         self,
         call: InferenceCall,
         chunks: Iterable[Sequence[Sequence[Any]]],
-        limit: int,
+        limiter: ConcurrencyLimiter,
         response_format: str | None,
         batch_bytes: int,
         unique_ids: bool,
     ) -> Generator[ChunkResult, None, None]:
         in_flight: deque[Future[ChunkResult]] = deque()
-        pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="modelbit")
+        # One thread per possible request; the limiter decides how many of them send at once.
+        pool = ThreadPoolExecutor(max_workers=limiter.ceiling, thread_name_prefix="modelbit")
         with long_lived_objects_frozen():
             try:
                 for index, rows in enumerate(chunks):
                     if self._stopping.is_set():
                         raise _batch_stopped(call)
-                    in_flight.append(
-                        pool.submit(
-                            self._infer_chunk, call, index, rows, response_format, batch_bytes, unique_ids
-                        )
-                    )
-                    if len(in_flight) >= limit:
+                    options = (response_format, batch_bytes, unique_ids, limiter)
+                    in_flight.append(pool.submit(self._infer_chunk, call, index, rows, *options))
+                    if len(in_flight) >= limiter.ceiling:
                         yield in_flight.popleft().result()
                 while in_flight:
                     yield in_flight.popleft().result()
@@ -346,6 +354,7 @@ class ModelbitHook(ModelbitHookBase):
                 if any(not future.done() for future in in_flight):
                     self.stop()
                 pool.shutdown(wait=not in_flight, cancel_futures=True)
+                limiter.log_final()
 
     def _infer_chunk(
         self,
@@ -355,22 +364,29 @@ class ModelbitHook(ModelbitHookBase):
         response_format: str | None,
         batch_bytes: int,
         unique_ids: bool = True,
+        limiter: ConcurrencyLimiter | None = None,
     ) -> ChunkResult:
         started = time.monotonic()
         results: list[list[Any]] = []
         response_bytes = 0
         for part in split_by_bytes(encode_chunk(rows, unique_ids=unique_ids), batch_bytes) if rows else []:
             body = call_body(part.data, call, response_format)
-            answer, size = self._answer_value(call, body, len(part.ids), response_format)
+            answer, size = self._answer_value(call, body, len(part.ids), response_format, limiter)
             results.extend(reassemble(part, answer, deployment=call.deployment, version=call.version))
             response_bytes += size
         return ChunkResult(index, results, time.monotonic() - started, response_bytes)
 
     def _answer_value(
-        self, call: InferenceCall, body: bytes, rows: int | None, response_format: str | None
+        self,
+        call: InferenceCall,
+        body: bytes,
+        rows: int | None,
+        response_format: str | None,
+        limiter: ConcurrencyLimiter | None = None,
     ) -> tuple[Any, int]:
         """Send an inference; return the value (links downloaded) and the bytes received."""
-        payload, _, size = self._send(call, body, rows, read_timeout=call.http_read_timeout())
+        read_timeout = call.http_read_timeout()
+        payload, _, size = self._send(call, body, rows, read_timeout=read_timeout, limiter=limiter)
         value = data_of(payload, call)
         if response_format != LINKS:
             return value, size
@@ -418,15 +434,21 @@ class ModelbitHook(ModelbitHookBase):
         *,
         read_timeout: float,
         submitted: bool = False,
+        limiter: ConcurrencyLimiter | None = None,
     ) -> tuple[dict[str, Any], Mapping[str, str], int]:
-        """POST a body, re-sending where the retry rules allow; return the answer, its headers and size."""
+        """
+        POST a body, re-sending where the retry rules allow; return the answer, its headers and size.
+
+        With a ``limiter``, each attempt holds one of its slots and reports its outcome to it; the
+        waits between attempts hold none.
+        """
         schedule = RetrySchedule(self.retry_policy)
         while True:
             if self._stopping.is_set():
                 raise _batch_stopped(call)
             started = time.monotonic()
             try:
-                payload, headers, size = self._send_once(call, body, read_timeout)
+                payload, headers, size = self._send_limited(call, body, read_timeout, limiter)
             except SendFailed as failure:
                 if self._stopping.is_set():
                     raise _batch_stopped(call) from None
@@ -434,6 +456,27 @@ class ModelbitHook(ModelbitHookBase):
                 continue
             self._log_request(call, rows, time.monotonic() - started, size, submitted=submitted)
             return payload, headers, size
+
+    def _send_limited(
+        self, call: InferenceCall, body: bytes, read_timeout: float, limiter: ConcurrencyLimiter | None
+    ) -> tuple[dict[str, Any], Mapping[str, str], int]:
+        """Send once, holding a slot of ``limiter`` (when given) and telling it how the request went."""
+        if limiter is None:
+            return self._send_once(call, body, read_timeout)
+        try:
+            slot = limiter.acquire(self._stopping)
+        except InterruptedError:
+            raise _batch_stopped(call) from None
+        try:
+            answer = self._send_once(call, body, read_timeout)
+        except SendFailed as failure:
+            limiter.record(slot, load_outcome(failure.error), retry_after=failure.retry_after)
+            raise
+        else:
+            limiter.record(slot, Outcome.ANSWERED)
+        finally:
+            limiter.release()
+        return answer
 
     def _send_once(
         self, call: InferenceCall, body: bytes, read_timeout: float

@@ -101,7 +101,8 @@ class ModelbitAsyncHook(ModelbitHookBase):
     :param modelbit_conn_id: id of the Modelbit connection.
     :param batch_size: most rows per request.
     :param batch_bytes: most bytes per request body; bigger chunks are split.
-    :param max_concurrency: requests in flight at once for a batch.
+    :param max_concurrency: requests in flight at once for a batch. The async hook keeps this
+        level throughout: it does not adapt it (``adaptive_concurrency`` applies to the sync hook).
     :param retry_policy: attempts and waits for retried requests.
     """
 

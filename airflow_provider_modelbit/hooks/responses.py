@@ -56,11 +56,19 @@ class InferenceCall:
 
     @property
     def where(self) -> str:
-        branch = f", branch {self.branch}" if self.branch else ""
-        return f"Deployment {self.deployment!r} (version {self.version}{branch})"
+        return describe_target(self.deployment, self.version, self.branch)
 
     def http_read_timeout(self) -> float:
         return (self.timeout_seconds or SYNC_TIMEOUT_LIMIT) + HTTP_TIMEOUT_MARGIN
+
+
+def describe_target(deployment: str, version: str | int, branch: str | None) -> str:
+    """
+    Name what was called, for every deployment-level message: deployment, version and branch.
+
+    :param branch: the branch called; ``None`` when only the connection's default is known.
+    """
+    return f"Deployment {deployment!r} (version {version}, branch {branch or 'of the connection'})"
 
 
 def parse_answer(
@@ -89,7 +97,7 @@ def parse_answer(
     :param conn_id: connection used, for messages that say what to fix.
     """
     payload = json_or_none(body)
-    where = f"Deployment {deployment!r} (version {version}{f', branch {branch}' if branch else ''})"
+    where = describe_target(deployment, version, branch)
     context: dict[str, Any] = {"deployment": deployment, "version": version, "status": status}
     if isinstance(payload, dict) and "error" in payload:
         raise _error_answer(status, headers, str(payload["error"]), where, conn_id, context)

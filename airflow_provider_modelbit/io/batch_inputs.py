@@ -9,6 +9,7 @@ retry skip the chunks an earlier attempt finished — and each chunk becomes row
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,10 @@ class InputChunk:
     def num_rows(self) -> int:
         return self.table.num_rows
 
+    def describe(self) -> str:
+        """Where the chunk is in the input, for messages: ``chunk 3 (input rows 300 to 399)``."""
+        return f"chunk {self.index} (input rows {self.first_row} to {self.first_row + self.num_rows - 1})"
+
 
 def refuse_unsendable_columns(schema: pa.Schema, columns: Sequence[str], where: str) -> None:
     """
@@ -58,8 +63,8 @@ def refuse_unsendable_columns(schema: pa.Schema, columns: Sequence[str], where: 
         if unsendable is not None:
             raise ModelbitInputError(
                 f"Column {name!r} of {where} has type {data_type}, which cannot be sent as JSON "
-                f"({unsendable}). Drop it from columns, or convert it first (for example binary data "
-                "to a base64 string, or upload it and send its URL)."
+                f"({unsendable}). Drop it from columns, or convert it first: "
+                f"{_CONVERSION_ADVICE[unsendable]}."
             )
 
 
@@ -81,9 +86,53 @@ def _unsendable_part(data_type: pa.DataType) -> str | None:
         or pa.types.is_binary_view(data_type)
     ):
         return "binary data"
-    if pa.types.is_map(data_type) or pa.types.is_union(data_type) or pa.types.is_interval(data_type):
-        return f"{data_type} values"
+    if pa.types.is_interval(data_type):
+        return "calendar intervals"
+    if pa.types.is_map(data_type) or pa.types.is_union(data_type):
+        return "maps and unions"
     return None
+
+
+# What to do with each kind of value JSON cannot carry: the advice must fit the column.
+_CONVERSION_ADVICE = {
+    "binary data": "binary data to a base64 string, or upload it and send its URL",
+    "calendar intervals": (
+        'an interval or period to text ("2024-01", "P1M") or to a number of months or days'
+    ),
+    "maps and unions": "a map to a list of key/value structs or a JSON string, a union to one type",
+}
+
+
+def column_values(table: pa.Table, name: str) -> list[Any]:
+    """
+    A column's values as Python objects, as the encoder sends them.
+
+    A pandas ``Period`` column in Parquet holds period numbers since 1970 (``648`` for January
+    2024); it is sent as the text pandas gives a ``Period``, ``"2024-01"``, as the inference
+    operator sends a DataFrame's periods, never as the number.
+    """
+    column = table.column(name)
+    frequency = _period_frequency(table.schema.field(name))
+    if frequency is None:
+        return column.to_pylist()
+    import pandas as pd  # a pandas period column was written by pandas, so it is installed
+
+    chunks = [chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk for chunk in column.chunks]
+    ordinals = [value for chunk in chunks for value in chunk.to_pylist()]
+    return [None if value is None else str(pd.Period(ordinal=value, freq=frequency)) for value in ordinals]
+
+
+def _period_frequency(field: pa.Field) -> str | None:
+    """The frequency of a pandas period column (registered extension type or its metadata), else ``None``."""
+    if isinstance(field.type, pa.ExtensionType) and field.type.extension_name == _PANDAS_PERIOD:
+        return str(field.type.freq)
+    metadata = field.metadata or {}
+    if metadata.get(b"ARROW:extension:name") != _PANDAS_PERIOD.encode():
+        return None
+    return str(json.loads(metadata.get(b"ARROW:extension:metadata", b"{}")).get("freq")) or None
+
+
+_PANDAS_PERIOD = "pandas.period"
 
 
 def refuse_bad_id_type(schema: pa.Schema, id_column: str, where: str) -> None:
@@ -185,7 +234,7 @@ def batch_rows(
     object per row.
     """
     ids = _python_ids(chunk, id_column)
-    values = [chunk.table.column(name).to_pylist() for name in columns]
+    values = [column_values(chunk.table, name) for name in columns]
     if argument_style == "positional":
         return list(map(list, zip(ids, *values, strict=True)))
     names = list(columns)

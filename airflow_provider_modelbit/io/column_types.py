@@ -9,6 +9,7 @@ Arrow's aliases (``"string"``, ``"int32"``, ``"date32"``, ``"timestamp[us]"``...
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,3 +76,56 @@ def text_id_types(id_column: str | None, column_types: Mapping[str, pa.DataType]
     if id_column is None or id_column in column_types:
         return dict(column_types)
     return {**column_types, id_column: pa.string()}
+
+
+def with_column_types(data: Any, column_types: Mapping[str, Any] | None) -> Any:
+    """
+    ``data`` with the DataFrame columns ``column_types`` names cast to their types (a copy).
+
+    The inference operator's equivalent of reading a table with ``column_types``: a zip code held
+    as an integer column is sent as ``"2134"`` when named ``"str"``.
+
+    :raises ModelbitInputError: ``data`` is not a DataFrame, a column is missing, or a value does
+        not fit its type (naming the column and the index of its row).
+    """
+    types = parse_column_types(column_types)
+    if not types:
+        return data
+    pandas = sys.modules.get("pandas")
+    if pandas is None or not isinstance(data, pandas.DataFrame):
+        raise ModelbitInputError(
+            f"column_types applies to the columns of a DataFrame, and data is a {type(data).__name__}; "
+            "convert the values before passing them, or pass a DataFrame."
+        )
+    missing = [name for name in types if name not in data.columns]
+    if missing:
+        raise ModelbitInputError(
+            f"column_types names {', '.join(map(repr, missing))}, but the DataFrame has no such column; "
+            f"its columns are {', '.join(map(str, data.columns))}."
+        )
+    frame = data.copy(deep=False)
+    for name, data_type in types.items():
+        frame[name] = _cast_series(frame[name], name, data_type)
+    return frame
+
+
+def _cast_series(series: Any, name: str, data_type: pa.DataType) -> Any:
+    values = pa.Array.from_pandas(series)
+    try:
+        cast = values.cast(data_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        position = next((i for i, value in enumerate(values) if not _fits(value, data_type)), None)
+        row = "unknown" if position is None else repr(series.index[position])
+        raise ModelbitInputError(
+            f"Column {name!r} of the DataFrame cannot be read as {data_type} ({error}); the first value "
+            f"that does not fit is at index {row}. Correct column_types, or the data."
+        ) from error
+    return cast.to_pandas().set_axis(series.index)
+
+
+def _fits(value: pa.Scalar, data_type: pa.DataType) -> bool:
+    try:
+        pa.array([value.as_py()], value.type).cast(data_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True

@@ -24,6 +24,7 @@ import pyarrow as pa
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_modelbit.defaults import (
+    DEFAULT_ADAPTIVE_CONCURRENCY,
     DEFAULT_BATCH_BYTES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONN_ID,
@@ -31,7 +32,7 @@ from airflow_provider_modelbit.defaults import (
     LATEST,
     LINKS,
 )
-from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.io.arrow_results import result_field
 from airflow_provider_modelbit.io.atomic import resolve_output
 from airflow_provider_modelbit.io.batch_inputs import (
@@ -152,7 +153,12 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param timeout_seconds: inference time limit per request (1-300); ``None`` uses the connection's.
     :param batch_size: rows per chunk; a chunk is the unit of requests and of resuming.
     :param batch_bytes: most bytes per request body; larger chunks are split into several requests.
-    :param max_concurrency: requests in flight at once.
+    :param max_concurrency: most requests in flight at once: the ceiling of the adaptive level, or
+        the level itself when ``adaptive_concurrency`` is ``False``.
+    :param adaptive_concurrency: start with few requests in flight and follow the deployment's
+        answers (more while answers stay fast, half as many on refusals, timeouts or rising latency,
+        none before a ``Retry-After``) up to ``max_concurrency``. The final level is in the returned
+        summary under ``concurrency``.
     :param response_format: ``None``, or ``"links"`` to receive each chunk's results as a download.
     :param idempotent: the model may safely run twice on the same rows, so requests are re-sent
         after read timeouts, deployment errors and dropped connections too.
@@ -198,6 +204,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         batch_size: int = DEFAULT_BATCH_SIZE,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        adaptive_concurrency: bool = DEFAULT_ADAPTIVE_CONCURRENCY,
         response_format: str | None = None,
         idempotent: bool = False,
         input_conn_id: str | None = None,
@@ -210,6 +217,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     ) -> None:
         super().__init__(**with_asset_outlet(kwargs, asset))
         check_batch_settings(argument_style, batch_size, batch_bytes, max_concurrency)
+        if not isinstance(adaptive_concurrency, bool):
+            raise ModelbitInputError(
+                f"adaptive_concurrency must be True or False, got {adaptive_concurrency!r}."
+            )
         self.deployment = deployment
         self.input_path = input_path
         self.output_path = output_path
@@ -229,6 +240,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
         self.max_concurrency = max_concurrency
+        self.adaptive_concurrency = adaptive_concurrency
         self.response_format = response_format
         self.idempotent = idempotent
         self.input_conn_id = input_conn_id
@@ -249,7 +261,13 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             batch_size=self.batch_size,
             batch_bytes=self.batch_bytes,
             max_concurrency=self.max_concurrency,
+            adaptive_concurrency=self.adaptive_concurrency,
         )
+
+    @property
+    def scored_rows(self) -> int:
+        """Rows written by the finished task (for the deferred path's metrics)."""
+        return int((self.written or {}).get("rows", 0))
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """The OpenLineage input files, Parquet output and ``modelbit`` run facet of this finished task."""
@@ -296,24 +314,38 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             response_format=self.response_format,
             idempotent=self.idempotent,
             max_concurrency=self.max_concurrency,
+            adaptive_concurrency=self.adaptive_concurrency,
             batch_bytes=self.batch_bytes,
         )
+        recording: InputChunk | None = None
         try:
             with closing(results):
                 for chunk_result in results:
-                    chunk = in_flight.popleft()
-                    self._record_chunk(chunk, chunk_result.rows)
-                    progress.advance(chunk.num_rows)
+                    recording = in_flight.popleft()
+                    self._record_chunk(recording, chunk_result.rows)
+                    progress.advance(recording.num_rows)
+                    recording = None
+        except ModelbitError as failed:
+            self._log_stop(failed, in_flight)
+            # Results arrive in request order, so a failed request is the oldest in flight. An input
+            # error already names its file and row (and may come from reading a later chunk), and
+            # a refused answer names its chunk.
+            if recording is not None or not in_flight or isinstance(failed, ModelbitInputError):
+                raise
+            raise failed.located(in_flight[0].describe()) from failed
         except BaseException as stopped:
-            self.log.warning(
-                "The batch stopped (%s) with %d chunk(s) in flight: their requests were abandoned and "
-                "no new chunk was sent; %d finished chunk(s) stay in %s for the retry.",
-                type(stopped).__name__,
-                len(in_flight),
-                len(self.checkpoint.indices()),
-                self.checkpoint.location,
-            )
+            self._log_stop(stopped, in_flight)
             raise
+
+    def _log_stop(self, stopped: BaseException, in_flight: deque[InputChunk]) -> None:
+        self.log.warning(
+            "The batch stopped (%s) with %d chunk(s) in flight: their requests were abandoned and "
+            "no new chunk was sent; %d finished chunk(s) stay in %s for the retry.",
+            type(stopped).__name__,
+            len(in_flight),
+            len(self.checkpoint.indices()),
+            self.checkpoint.location,
+        )
 
     def _requests(
         self, finished: set[int], in_flight: deque[InputChunk], progress: ProgressLog
@@ -412,8 +444,8 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         """Save a chunk's answer ``[[id, result], ...]`` (in the chunk's order) as a finished chunk."""
         if len(rows) != chunk.num_rows:
             raise ModelbitIncompleteBatch(
-                f"Deployment {self.deployment!r} answered {len(rows)} rows for chunk {chunk.index} "
-                f"of {chunk.num_rows} rows starting at input row {chunk.first_row}; the chunk was not used.",
+                f"Deployment {self.deployment!r} (version {self.version}) answered {len(rows)} rows for "
+                f"{chunk.describe()}, of {chunk.num_rows} rows; the chunk was not used.",
                 deployment=self.deployment,
                 version=self.version,
             )
@@ -446,6 +478,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             "chunks": chunks,
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
+            "concurrency": self.hook.concurrency,
         }
         return self.written
 

@@ -54,6 +54,10 @@ class DeferrableHost(Protocol):
     @property
     def hook(self) -> ModelbitHook: ...
 
+    @property
+    def scored_rows(self) -> int:
+        """Rows the finished task scored (a single input is one): deliveries count no rows themselves."""
+
     def _callback_payloads(self) -> Iterator[Any]:
         """The ``data`` of each async request, one per chunk, in the same order on every call (lazily)."""
 
@@ -181,6 +185,7 @@ class ModelbitDeferrableMixin:
             assemble = partial(cast("DeferrableHost", self)._collect_callback_results, context)
             finished, result = runner.collect(job, assemble)
             if finished:
+                metrics.rows_scored(job.request.deployment, cast("DeferrableHost", self).scored_rows)
                 return result
         runner.submit(job, set(job.in_state(ChunkState.PENDING)))
         return self._defer_until(context, runner, job)

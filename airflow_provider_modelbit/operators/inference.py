@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,8 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param idempotent: declare that scoring the same input twice is harmless, which lets requests
         be re-sent after a read timeout or a dropped connection (rows may then run twice).
     :param max_xcom_bytes: largest JSON result, in bytes, returned through XCom.
+    :param column_types: for a DataFrame ``data``, ``{column: type}`` to cast columns to before
+        sending, named as in ``ModelbitBatchInferenceOperator`` (``{"zip_code": "str"}``).
     :param asset: an Asset (or its URI) updated when the Parquet output is written, so downstream
         DAGs can be scheduled on fresh scores; needs ``output_path``.
     :param deferrable: wait for the result in the triggerer through a Modelbit webhook instead of
@@ -122,6 +124,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         output_conn_id: str | None = None,
         idempotent: bool = False,
         max_xcom_bytes: int = 1_000_000,
+        column_types: Mapping[str, Any] | None = None,
         asset: Asset | str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
@@ -144,6 +147,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.output_conn_id = output_conn_id
         self.idempotent = idempotent
         self.max_xcom_bytes = max_xcom_bytes
+        self.column_types = dict(column_types or {})
         self.deferrable = deferrable
         # Remembered before rendering replaces it: a template can only produce text.
         self._data_is_template = isinstance(data, str) and "{{" in data
@@ -186,8 +190,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def _batch_rows(self) -> list[list[Any]] | None:
         """Return ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` for a single input."""
         from airflow_provider_modelbit.hooks.batching import input_rows
+        from airflow_provider_modelbit.io.column_types import with_column_types
 
-        return input_rows(self.data, deployment=self.deployment)
+        return input_rows(with_column_types(self.data, self.column_types), deployment=self.deployment)
 
     @property
     def _is_single(self) -> bool:
@@ -196,6 +201,8 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     @property
     def _input_count(self) -> int:
         return 1 if self._batch_rows is None else len(self._batch_rows)
+
+    scored_rows = _input_count  # what a finished task scored, for the deferred path's metrics
 
     def _iter_chunks(self) -> Iterator[Any]:
         """

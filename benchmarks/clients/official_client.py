@@ -10,11 +10,14 @@ URL for the local server's, and changes nothing else: same session and retry ada
 body encoding, chunking (3,000 rows / 20 MB) and concurrency (3 requests in flight).
 
 Usage: ``python -m benchmarks.clients.official_client INPUT OUTPUT --warm-up SMALL_INPUT --url BASE_URL``
+``[--deployment NAME] [--start-at EPOCH_SECONDS]`` (the latency-bound runs name their deployment and
+start several clients at one moment).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,13 +44,13 @@ def redirect_to_local_server(local_base_url: str) -> None:
     session.post = post_to_local_server
 
 
-def score_with_official_client(input_path: Path, output_path: Path) -> int:
+def score_with_official_client(input_path: Path, output_path: Path, deployment: str = "echo") -> int:
     """Read the table into a DataFrame, score it with ``get_inference``, write the results as Parquet."""
     import modelbit
 
     frame = pd.read_parquet(input_path)
     answer = modelbit.get_inference(
-        deployment="echo", data=frame, region=REGION, workspace=WORKSPACE, branch="main"
+        deployment=deployment, data=frame, region=REGION, workspace=WORKSPACE, branch="main"
     )
     ids = [row[0] for row in answer["data"]]
     results = pd.DataFrame.from_records([row[1] for row in answer["data"]])
@@ -62,11 +65,17 @@ def main() -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("--url", required=True, help="the local server's base URL")
     parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
+    parser.add_argument("--deployment", default="echo", help="the deployment of the measured run")
+    parser.add_argument("--start-at", type=float, default=None, help="epoch seconds to start measuring at")
     arguments = parser.parse_args()
     redirect_to_local_server(arguments.url)
-    score_with_official_client(arguments.warm_up, arguments.output)
+    score_with_official_client(arguments.warm_up, arguments.output)  # echo: answers at once
+    if arguments.start_at is not None:
+        time.sleep(max(0.0, arguments.start_at - time.time()))
     with measured() as measurement:
-        measurement.rows = score_with_official_client(arguments.input, arguments.output)
+        measurement.details["started_at"] = time.time()
+        measurement.rows = score_with_official_client(arguments.input, arguments.output, arguments.deployment)
+        measurement.details["finished_at"] = time.time()
     report(measurement)
 
 

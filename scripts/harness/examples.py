@@ -10,6 +10,10 @@ process under one :class:`~harness.processes.ProcessSupervisor`:
    connection as an ``AIRFLOW_CONN_MODELBIT_DEFAULT`` environment variable;
 4. run each DAG of ``dags_examples/``, with ``airflow dags test`` or on the real Airflow services,
    and read what it did from the metadata database (:mod:`harness.outcomes`).
+
+``production`` runs the services in the production shape instead (:mod:`harness.production`):
+PostgreSQL, CeleryExecutor on Redis with two workers, two triggerers, an api-server with two worker
+processes receiving the webhooks, and the data and callback store as ``s3://`` paths on SeaweedFS.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 from example_data import write_example_data
 
 from airflow_provider_modelbit.defaults import DEFAULT_CONN_ID
+from airflow_provider_modelbit.plugins.modelbit import CALLBACK_URL_PREFIX
 from harness.airflow import (
     create_database,
     discover_dag_ids,
@@ -35,7 +40,7 @@ from harness.airflow import (
     select_dag_ids,
 )
 from harness.layout import RunLayout, recreate_run_folder
-from harness.outcomes import DagOutcome, read_outcome
+from harness.outcomes import DagOutcome, read_outcome, read_placements
 from harness.processes import ProcessSupervisor
 
 if TYPE_CHECKING:
@@ -62,6 +67,7 @@ class ExamplesOptions:
     :param services: run on the real Airflow services instead of ``airflow dags test``.
     :param keep_up: with ``services``: print the report and keep the UI up until interrupted.
     :param database_cache: folder caching a migrated metadata database, or ``None`` to migrate.
+    :param production: with ``services``: the production shape (PostgreSQL, Celery, S3).
     """
 
     run_folder: Path
@@ -72,6 +78,7 @@ class ExamplesOptions:
     services: bool = False
     keep_up: bool = False
     database_cache: Path | None = None
+    production: bool = False
 
     @property
     def layout(self) -> RunLayout:
@@ -118,6 +125,8 @@ def run_examples(
     print(f"Sample data: {options.rows:,} customers in {options.partitions} partitions", flush=True)
     write_example_data(layout.data, rows=options.rows, partitions=options.partitions)
     env = run_environment(layout)
+    if options.production:
+        return run_production(options, supervisor, report)
     with contextlib.ExitStack() as stack:
         endpoints = start_modelbit(stack, supervisor, layout, env)
         print(f"Local Modelbit server: {endpoints.emulator_url}  callback receiver: {endpoints.receiver_url}")
@@ -131,10 +140,39 @@ def run_examples(
         ]
 
 
-def start_modelbit(
-    stack: contextlib.ExitStack, supervisor: ProcessSupervisor, layout: RunLayout, env: dict[str, str]
-) -> ModelbitEndpoints:
-    """Start the local server and the receiver; put the connection into ``env``."""
+def run_production(
+    options: ExamplesOptions,
+    supervisor: ProcessSupervisor,
+    report: Callable[[Sequence[DagOutcome]], None],
+) -> list[DagOutcome]:
+    """The examples on the production shape: stores first, the sample data on S3, then the services."""
+    from airflow_services import free_port
+
+    from harness.production import ProductionStack
+
+    layout = options.layout
+    print("  starting PostgreSQL, Redis and SeaweedFS (S3) ...", flush=True)
+    stores = ProductionStack(options.run_folder.resolve() / "production", supervisor)
+    stores.start()
+    uploaded = stores.upload_folder(layout.data, "data")
+    print(f"  {uploaded} sample files uploaded to {stores.data_url}", flush=True)
+    env = {**run_environment(layout), **stores.airflow_environment()}
+    api_port = free_port()
+    with contextlib.ExitStack() as stack:
+        # Webhooks go to the receiver mounted in each api-server worker process, not a separate one.
+        endpoints = start_emulator(stack, layout, env)
+        endpoints = replace(endpoints, receiver_url=f"http://127.0.0.1:{api_port}{CALLBACK_URL_PREFIX}")
+        env["AIRFLOW_CONN_MODELBIT_DEFAULT"] = endpoints.connection_json()
+        print(f"Local Modelbit server: {endpoints.emulator_url}  callback receiver: {endpoints.receiver_url}")
+        create_database(supervisor, layout, env)
+        dag_ids = select_dag_ids(discover_dag_ids(supervisor, layout, env), options.only)
+        return run_on_services(
+            dag_ids, env, layout, supervisor, report if options.keep_up else None, production_port=api_port
+        )
+
+
+def start_emulator(stack: contextlib.ExitStack, layout: RunLayout, env: dict[str, str]) -> ModelbitEndpoints:
+    """Start the local Modelbit server requiring a fresh demo API key; put the connection into ``env``."""
     from airflow_provider_modelbit.emulator import run_emulator
 
     api_key = f"demo:{secrets.token_urlsafe(18)}"
@@ -143,6 +181,15 @@ def start_modelbit(
     )
     (layout.logs_folder / EMULATOR_URL_FILE).write_text(f"{emulator.url}\n")
     endpoints = ModelbitEndpoints(emulator.url, api_key, callback_secret=secrets.token_hex(32))
+    env["AIRFLOW_CONN_MODELBIT_DEFAULT"] = endpoints.connection_json()
+    return endpoints
+
+
+def start_modelbit(
+    stack: contextlib.ExitStack, supervisor: ProcessSupervisor, layout: RunLayout, env: dict[str, str]
+) -> ModelbitEndpoints:
+    """Start the local server and the receiver; put the connection into ``env``."""
+    endpoints = start_emulator(stack, layout, env)
     # The receiver only needs the signing secret from the connection; the base URL is its own.
     env["AIRFLOW_CONN_MODELBIT_DEFAULT"] = endpoints.connection_json()
     endpoints = replace(endpoints, receiver_url=start_callback_receiver(supervisor, layout, env))
@@ -186,20 +233,37 @@ def run_on_services(
     layout: RunLayout,
     supervisor: ProcessSupervisor,
     keep_up_report: Callable[[Sequence[DagOutcome]], None] | None,
+    production_port: int | None = None,
 ) -> list[DagOutcome]:
-    """Trigger each DAG through the REST API of the real Airflow services and wait for it."""
-    from airflow_services import AirflowServices
+    """
+    Trigger each DAG through the REST API of the real Airflow services and wait for it.
+
+    :param production_port: the api-server's port in the production shape (whose services are
+        :data:`~harness.production.PRODUCTION_SERVICE_COMMANDS`, on a migrated database); ``None``
+        for the four services on LocalExecutor.
+    """
+    from airflow_services import SERVICE_COMMANDS, AirflowServices
+
+    from harness.production import PRODUCTION_SERVICE_COMMANDS, production_service_environment
 
     # Only the runs triggered here should execute, not the schedule's own catch-up run.
     services_env = {**env, "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
     overrides = {key: value for key, value in services_env.items() if key.startswith(("AIRFLOW", "MODELBIT"))}
-    print("  starting the Airflow api-server, scheduler, triggerer and dag-processor ...", flush=True)
+    if "PYTHONPATH" in env:
+        overrides["PYTHONPATH"] = env["PYTHONPATH"]
+    production = production_port is not None
+    commands = PRODUCTION_SERVICE_COMMANDS if production else SERVICE_COMMANDS
+    print(f"  starting the Airflow services: {', '.join(commands)} ...", flush=True)
     with AirflowServices(
         dags_folder=layout.dags_folder,
         env=overrides,
         home=layout.home,
         logs_folder=layout.logs_folder / "services",
         supervisor=supervisor,
+        commands=dict(commands),
+        service_env=production_service_environment() if production else {},
+        api_port=production_port,
+        database_ready=production,
     ) as services:
         print(f"  Airflow UI: {services.api_url}/", flush=True)
         outcomes = [trigger_and_wait(services, dag_id) for dag_id in dag_ids]
@@ -225,8 +289,12 @@ def trigger_and_wait(services: AirflowServices, dag_id: str) -> DagOutcome:
     except (httpx.HTTPError, AirflowRestError) as error:
         print(f"  {dag_id}: the Airflow REST API failed: {error}", file=sys.stderr, flush=True)
         state = "failed"
-    outcome = DagOutcome(dag_id, state, time.monotonic() - started, services.layout.task_logs)
-    return read_outcome(services.layout.database, dag_id, outcome)
+    # The run's environment may put task logs elsewhere than the services' own logs folder.
+    task_logs = Path(services.environment.get("AIRFLOW__LOGGING__BASE_LOG_FOLDER", services.layout.task_logs))
+    outcome = DagOutcome(dag_id, state, time.monotonic() - started, task_logs)
+    database = services.environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    outcome = read_outcome(database, dag_id, outcome)
+    return read_placements(database, outcome, task_logs)
 
 
 def wait_until_interrupted() -> None:

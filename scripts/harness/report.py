@@ -26,6 +26,7 @@ def render_report(outcomes: Sequence[DagOutcome], logs_folder: Path) -> str:
         elif outcome.results:
             lines += ["", f"Results of {outcome.dag_id} (XCom):"]
             lines += [f"  {line}" for line in render_results(outcome)]
+    lines += render_placements(outcomes)
     lines += ["", "Logs:"]
     lines += [f"  {outcome.dag_id:<32} {display_path(str(outcome.log_file))}" for outcome in outcomes]
     lines.append(f"  {'servers and Airflow':<32} {display_path(str(logs_folder))}/")
@@ -40,6 +41,21 @@ def render_summary(outcomes: Sequence[DagOutcome]) -> list[str]:
         rows = "-" if outcome.rows_scored is None else f"{outcome.rows_scored:,}"
         tasks = f"{done}/{total}" if total else "-"
         lines.append(f"{outcome.dag_id:<32} {outcome.state:<9} {outcome.seconds:>7.1f} {tasks:>8} {rows:>11}")
+    return lines
+
+
+def render_placements(outcomes: Sequence[DagOutcome]) -> list[str]:
+    """Which worker ran each mapped task, which triggerer each deferred task's trigger (production shape)."""
+    lines: list[str] = []
+    for outcome in outcomes:
+        mapped = [(task, host) for task, host in outcome.workers if task.endswith("]")]
+        if mapped:
+            hosts = sorted({host for _, host in mapped})
+            lines += ["", f"Workers of the mapped tasks of {outcome.dag_id} ({len(hosts)} workers):"]
+            lines += [f"  {task:<28} {host}" for task, host in mapped]
+        if outcome.triggerers:
+            lines += ["", f"Triggerers of the deferred tasks of {outcome.dag_id}:"]
+            lines += [f"  {task:<28} {host}" for task, host in outcome.triggerers]
     return lines
 
 

@@ -359,7 +359,7 @@ class TestErrors:
         with pytest.raises(ModelbitDeploymentError) as caught:
             hook_for(emulator.url).get_inference("raiser", 9)
         assert caught.value.message.startswith(
-            "Deployment 'raiser' (version latest) raised ValueError: boom: 9"
+            "Deployment 'raiser' (version latest, branch main) raised ValueError: boom: 9"
         )
         assert "Traceback" in caught.value.traceback
 

@@ -120,7 +120,10 @@ class TestParseAnswerWithTheLocalServer:
         with pytest.raises(error) as caught:
             _parse(response, deployment=path.split("/")[2])
         assert caught.value.status == status
-        assert f"Deployment {path.split('/')[2]!r} (version latest)" in caught.value.message
+        assert (
+            f"Deployment {path.split('/')[2]!r} (version latest, branch of the connection)"
+            in caught.value.message
+        )
 
     def test_deployment_error_message_is_the_traceback_last_line(self, emulator) -> None:
         response = _post(emulator.url + "/v1/raiser/latest", {"data": 7})

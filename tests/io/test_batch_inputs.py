@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime
 import decimal
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
@@ -19,6 +22,8 @@ from airflow_provider_modelbit.io.batch_inputs import (
     refuse_bad_id_type,
     refuse_unsendable_columns,
 )
+from airflow_provider_modelbit.io.encoding import encode_rows
+from airflow_provider_modelbit.io.tables import open_table
 
 
 class TestRefuseUnsendableColumns:
@@ -133,6 +138,47 @@ class TestBatchRows:
         assert batch_rows(chunk, columns=["when", "price"], id_column=None, argument_style="positional") == [
             [0, datetime.date(2026, 1, 2), decimal.Decimal("1.50")]
         ]
+
+
+class TestDurationsAndPeriods:
+    """A table sends durations and periods as the inference operator sends a DataFrame's."""
+
+    FRAME_COLUMNS = ("wait", "month")
+
+    def _frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "wait": pd.to_timedelta(["1s", "2 days 3h"]),
+                "month": pd.period_range("2024-01", periods=2, freq="M"),
+            }
+        )
+
+    def _sent(self, table: pa.Table) -> bytes:
+        rows = batch_rows(
+            InputChunk(0, 0, table), columns=self.FRAME_COLUMNS, id_column=None, argument_style="object"
+        )
+        return encode_rows(rows)
+
+    def test_parquet_durations_and_periods_encode_as_a_dataframe_does(self, tmp_path: Path) -> None:
+        frame = self._frame()
+        pq.write_table(pa.Table.from_pandas(frame), tmp_path / "t.parquet")
+        table = pa.Table.from_batches(list(open_table(str(tmp_path / "t.parquet")).iter_batches()))
+        from_dataframe = encode_rows([[i, row] for i, row in enumerate(frame.to_dict(orient="records"))])
+        assert self._sent(table) == from_dataframe
+        assert b'"0 days 00:00:01"' in from_dataframe and b'"2024-01"' in from_dataframe
+
+    def test_a_registered_period_extension_type_is_sent_as_text(self) -> None:
+        table = pa.Table.from_pandas(self._frame())
+        assert isinstance(table.schema.field("month").type, pa.ExtensionType)
+        assert b'"month":"2024-02"' in self._sent(table)
+
+    def test_a_calendar_interval_gets_advice_that_fits_it(self) -> None:
+        schema = pa.schema([("span", pa.month_day_nano_interval())])
+        with pytest.raises(ModelbitInputError, match=r"calendar intervals.*to text .*2024-01") as raised:
+            refuse_unsendable_columns(schema, ["span"], "input t.parquet")
+        assert "binary" not in str(raised.value)
 
 
 class TestColumnList:

@@ -323,8 +323,11 @@ class TestReturnValue:
     def test_returns_location_and_counts_not_results(self, tmp_path: Path, server: RunningEmulator) -> None:
         spec = echo_spec(tmp_path, write_input(tmp_path, "parquet"))
         summary = ModelbitBatchInferenceOperator(task_id="score", **spec).execute({})
-        assert set(summary) == {"path", "rows", "chunks", "seconds", "rows_per_second"}
+        assert set(summary) == {"path", "rows", "chunks", "seconds", "rows_per_second", "concurrency"}
         assert (summary["rows"], summary["chunks"]) == (ROWS, 7)
+        concurrency = summary["concurrency"]
+        assert concurrency["mode"] == "adaptive" and concurrency["ceiling"] == spec.get("max_concurrency", 16)
+        assert 1 <= concurrency["final"] <= concurrency["highest"] <= concurrency["ceiling"]
         assert summary["path"] == f"file://{tmp_path}/out/scores.parquet"
 
 

@@ -159,6 +159,16 @@ class TestDeferrableMode:
         assert list(operator._callback_payloads()) == list(operator._iter_chunks())
         assert [len(chunk) for chunk in operator._callback_payloads()] == [DEFAULT_BATCH_SIZE, 1]
 
+    @pytest.mark.parametrize("deferrable", [False, True])
+    def test_a_repeated_index_is_refused_alike_on_both_paths(
+        self, deferrable: bool, server: RunningEmulator
+    ) -> None:
+        """The deferred path reads the input as the synchronous one does: same check, same message."""
+        frame = pd.DataFrame({"x": [1, 2]}, index=[3, 3])
+        outcome = run_inference(deployment="doubler", data=frame, deferrable=deferrable)
+        assert_failed(outcome, ModelbitInputError, "Row ID 3 appears more than once (again at row 1)")
+        assert server.client.requests() == []
+
 
 # ---------------------------------------------------------------------- XCom output
 
@@ -218,6 +228,13 @@ class TestXComOutput:
         assert [row[0] for row in outcome.value] == [0, 1, 2]
         assert all(0.0 <= row[1] <= 1.0 for row in outcome.value)
         assert server.client.runs("churn_scorer") == {"0": 1, "1": 1, "2": 1}
+
+    def test_column_types_send_an_integer_zip_code_as_text(self, server: RunningEmulator) -> None:
+        """The equivalent of the batch operator's column_types, for a DataFrame's columns."""
+        frame = pd.DataFrame({"zip": [2134, 10001]}, index=["a", "b"])
+        outcome = run_inference(deployment="echo", data=frame, column_types={"zip": "str"})
+        assert outcome.state == "success"
+        assert outcome.value == [["a", {"zip": "2134"}], ["b", {"zip": "10001"}]]
 
     def test_dataframe_from_an_upstream_task(self, server: RunningEmulator) -> None:
         """An upstream task's DataFrame, passed as its XComArg, is scored like one built in the DAG."""

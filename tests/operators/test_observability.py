@@ -243,10 +243,10 @@ class TestLineage:
 class TestMetrics:
     def test_requests_rows_and_latency_per_deployment(self, observed: ObservedRun) -> None:
         requests = "airflow." + metrics.REQUESTS
-        # The deferred task's submission is a request; its rows arrive by webhook, uncounted.
+        # The deferred task's submission is one more request; its rows count once collected.
         assert observed.counted(requests, deployment="doubler", outcome="success") == 2
         assert observed.counted(requests, deployment="echo", outcome="success") == 4
-        assert observed.counted("airflow." + metrics.ROWS_SCORED, deployment="doubler") == 3
+        assert observed.counted("airflow." + metrics.ROWS_SCORED, deployment="doubler") == 3 + 2
         assert observed.counted("airflow." + metrics.ROWS_SCORED, deployment="echo") == 8
         latency = observed.timers["airflow." + metrics.REQUEST_LATENCY, frozenset({("deployment", "echo")})]
         assert len(latency) == 4

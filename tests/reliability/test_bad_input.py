@@ -86,6 +86,9 @@ class BadInput:
     :param run: does the failing thing in a :class:`Scene`.
     :param error: the exception class expected.
     :param message: a regular expression the message must match (what was wrong, and where).
+    :param where: a regular expression for the location the message must name: the connection or
+        URL, the deployment with its version and branch, the file, column and row, the row ID and key
+        path, the chunk and its input rows, or the job and chunk of a webhook delivery.
     :param log: a regular expression the captured logs must match, when the log is where details go.
     :param marks: pytest marks of the case.
     """
@@ -94,6 +97,7 @@ class BadInput:
     run: Callable[[Scene], Any]
     error: type[Exception]
     message: str
+    where: str = ""
     log: str | None = None
     marks: tuple[Any, ...] = ()
 
@@ -229,6 +233,9 @@ def replayed_into_another_job(receiver: RunningReceiver) -> str:
     return issued.replace("/job-issued/", "/job-replayed/")
 
 
+#: How every deployment-level message names its target: deployment, version and branch.
+DOUBLER = r"Deployment 'doubler' \(version latest, branch main\)"
+
 # --- The table -----------------------------------------------------------------------------------
 
 CASES = [
@@ -239,133 +246,154 @@ CASES = [
         ModelbitConnectionError,
         r"Connection 'modelbit_nowhere' is not defined.*AIRFLOW_CONN_MODELBIT_NOWHERE",
         marks=(NEEDS_LOOKUP_OUTSIDE_TASKS,),
+        where="Connection 'modelbit_nowhere'",
     ),
     BadInput(
         "workspace URL without a host",
         with_connection(lambda scene: "https://"),
         ModelbitConnectionError,
         r"Connection 'modelbit_default' has an unusable workspace URL 'https://'",
+        where="Connection 'modelbit_default' has an unusable workspace URL 'https://'",
     ),
     BadInput(
         "workspace URL with another scheme",
         with_connection(lambda scene: "ftp://acme.modelbit.com"),
         ModelbitConnectionError,
         r"unusable workspace URL 'ftp://acme\.modelbit\.com'.*set Host to a full URL",
+        where=r"Connection 'modelbit_default' has an unusable workspace URL 'ftp://acme\.modelbit\.com'",
     ),
     BadInput(
         "workspace URL with a malformed port",
         with_connection(lambda scene: "http://127.0.0.1:99999"),
         ModelbitConnectionError,
         r"unusable workspace URL 'http://127\.0\.0\.1:99999'",
+        where=r"Connection 'modelbit_default' has an unusable workspace URL 'http://127\.0\.0\.1:99999'",
     ),
     BadInput(
         "unreachable host",
         with_connection(lambda scene: "http://127.0.0.1:9"),
         ModelbitTransportError,
-        r"Deployment 'doubler' \(version latest\): could not connect to "
+        DOUBLER + r": could not connect to "
         r"http://127\.0\.0\.1:9/v1/doubler/latest .*Workspace URL of connection 'modelbit_default'",
+        where=DOUBLER + r": could not connect to http://127\.0\.0\.1:9/v1/doubler/latest",
     ),
     BadInput(
         "https workspace URL on a plain-HTTP server",
         with_connection(lambda scene: scene.emulator.url.replace("http://", "https://"), API_KEY),
         ModelbitTransportError,
-        r"Deployment 'doubler' \(version latest\): the TLS handshake with "
+        DOUBLER + r": the TLS handshake with "
         r"https://127\.0\.0\.1:\d+/v1/doubler/latest failed before anything was sent; "
         r"if the server speaks plain HTTP, use an http:// Workspace URL",
+        where=DOUBLER + r": the TLS handshake with https://127\.0\.0\.1:\d+/v1/doubler/latest",
     ),
     BadInput(
         "wrong API key",
         with_connection(lambda scene: scene.emulator.url, WRONG_API_KEY),
         ModelbitAuthError,
-        r"Deployment 'doubler' \(version latest\): Modelbit refused the API key; check the API Key of "
+        DOUBLER + r": Modelbit refused the API key; check the API Key of "
         r"connection 'modelbit_default' \(HTTP 401",
+        where=DOUBLER + r".*connection 'modelbit_default'",
     ),
     BadInput(
         "API key required but missing",
         with_connection(lambda scene: scene.emulator.url, None),
         ModelbitAuthError,
-        r"Deployment 'doubler' \(version latest\): Modelbit refused the API key.*HTTP 401",
+        DOUBLER + r": Modelbit refused the API key.*HTTP 401",
+        where=DOUBLER,
     ),
     # What is called
     BadInput(
         "unknown deployment",
         lambda scene: infer(scene, 21, deployment="no_such_model"),
         ModelbitNotFound,
-        r"Deployment 'no_such_model' \(version latest\): not found; check the deployment name",
+        r"Deployment 'no_such_model' \(version latest, branch main\): not found; check the deployment name",
+        where=r"Deployment 'no_such_model' \(version latest, branch main\)",
     ),
     BadInput(
         "unknown version",
         lambda scene: infer(scene, 21, deployment="versioned", version=99),
         ModelbitNotFound,
-        r"Deployment 'versioned' \(version 99\): not found",
+        r"Deployment 'versioned' \(version 99, branch main\): not found",
+        where=r"Deployment 'versioned' \(version 99, branch main\)",
     ),
     BadInput(
         "unknown alias",
         lambda scene: infer(scene, 21, deployment="versioned", version="gold"),
         ModelbitNotFound,
-        r"Deployment 'versioned' \(version gold\): not found",
+        r"Deployment 'versioned' \(version gold, branch main\): not found",
+        where=r"Deployment 'versioned' \(version gold, branch main\)",
     ),
     BadInput(
         "unknown branch",
         lambda scene: infer(scene, 21, deployment="versioned", branch="no-such-branch"),
         ModelbitNotFound,
         r"Deployment 'versioned' \(version latest, branch no-such-branch\): not found",
+        where=r"Deployment 'versioned' \(version latest, branch no-such-branch\)",
     ),
     BadInput(
         "deployment name climbing out of the path",
         lambda scene: infer(scene, 21, deployment="../x"),
         ModelbitInputError,
         r"Deployment name '\.\./x' is invalid: use letters, digits and underscores",
+        where=r"Deployment name '\.\./x'",
     ),
     BadInput(
         "deployment name with spaces",
         lambda scene: infer(scene, 21, deployment="my model"),
         ModelbitInputError,
         r"Deployment name 'my model' is invalid",
+        where="Deployment name 'my model'",
     ),
     BadInput(
         "empty deployment name",
         lambda scene: infer(scene, 21, deployment=""),
         ModelbitInputError,
         r"Deployment name '' is invalid",
+        where="Deployment name ''",
     ),
     BadInput(
         "version climbing out of the path",
         lambda scene: infer(scene, 21, version="../x"),
         ModelbitInputError,
         r"Version '\.\./x' is invalid",
+        where=r"Version '\.\./x'",
     ),
     BadInput(
         "branch with spaces",
         lambda scene: infer(scene, 21, branch="my branch"),
         ModelbitInputError,
         r"Branch 'my branch' is invalid",
+        where="Branch 'my branch'",
     ),
     BadInput(
         "timeout_seconds of zero",
         lambda scene: infer(scene, 21, timeout_seconds=0),
         ModelbitInputError,
         r"timeout_seconds=0 is invalid for inference: use a whole number of seconds from 1 to 300",
+        where="timeout_seconds=0",
     ),
     BadInput(
         "timeout_seconds over the sync limit",
         lambda scene: infer(scene, 21, timeout_seconds=301),
         ModelbitInputError,
         r"timeout_seconds=301 is invalid",
+        where="timeout_seconds=301",
     ),
     # The data
     BadInput(
         "single input JSON cannot carry",
         lambda scene: infer(scene, {"when": object()}),
         ModelbitInputError,
-        r"Deployment 'doubler' \(version latest\): the input cannot be sent as JSON: the value at key path "
+        DOUBLER + r": the input cannot be sent as JSON: the value at key path "
         r"\['when'\] is of type object",
+        where=DOUBLER + r": the input cannot be sent as JSON: the value at key path \['when'\]",
     ),
     BadInput(
         "batch value JSON cannot carry, deep in a row",
         lambda scene: infer(scene, [[1, 2], [7, {"a": [1, {"b": b"raw"}]}]]),
         ModelbitInputError,
         r"Row with ID 7 cannot be sent as JSON: column 'a' at key path \[1\]\['b'\] is of type bytes",
+        where=r"Row with ID 7 .*column 'a' at key path \[1\]\['b'\]",
     ),
     BadInput(
         "batch ID beyond 64 bits",
@@ -373,30 +401,35 @@ CASES = [
         ModelbitInputError,
         r"Row with ID 1180591620717411303424 cannot be sent as JSON: the ID is the integer "
         r"1180591620717411303424, outside the 64-bit range JSON readers keep exactly; send it as a string",
+        where="Row with ID 1180591620717411303424 .*the ID",
     ),
     BadInput(
         "batch row that is not a list",
         lambda scene: infer(scene, [[1, 2], 3]),
         ModelbitInputError,
         r"Batch row 1 for 'doubler' is 3; every row must be a list \[id, \*args\]",
+        where="Batch row 1 for 'doubler'",
     ),
     BadInput(
         "duplicate batch IDs",
         lambda scene: infer(scene, [[1, 2], [1, 3]]),
         ModelbitInputError,
         r"Row ID 1 appears more than once \(again at row 1\) for 'doubler'",
+        where=r"Row ID 1 .*\(again at row 1\) for 'doubler'",
     ),
     BadInput(
         "null batch ID",
         lambda scene: infer(scene, [[None, 2]]),
         ModelbitInputError,
         r"Row 0 for 'doubler' has ID None",
+        where="Row 0 for 'doubler'",
     ),
     BadInput(
         "missing input column",
         lambda scene: score_table(scene, scene.write_table(numbers()), columns=["x", "age"]),
         ModelbitInputError,
         r"Input table .*in\.parquet has no column 'age'",
+        where=r"Input table \S*in\.parquet has no column 'age'",
     ),
     BadInput(
         "duplicate IDs in a table",
@@ -407,6 +440,7 @@ CASES = [
         ),
         ModelbitInputError,
         r"ID 'a' appears more than once in column 'key'",
+        where=r"column 'key' of input \S*in\.parquet \(again at row 2\)",
     ),
     BadInput(
         "null ID in a table",
@@ -417,12 +451,14 @@ CASES = [
         ),
         ModelbitInputError,
         r"column 'key'",
+        where=r"column 'key' of input \S*in\.parquet is empty at row 1",
     ),
     BadInput(
         "input file that does not exist",
         lambda scene: score_table(scene, scene.folder / "missing.parquet"),
         ModelbitInputError,
         r"Input table .*missing\.parquet does not exist; check input_path",
+        where=r"Input table \S*missing\.parquet",
     ),
     BadInput(
         "unreadable input file",
@@ -431,12 +467,50 @@ CASES = [
         ),
         ModelbitInputError,
         r"garbage\.parquet",
+        where=r"input file \S*garbage\.parquet as parquet",
     ),
     BadInput(
         "empty input file",
         lambda scene: score_table(scene, _write_bytes(scene.folder / "empty.csv", b"")),
         ModelbitInputError,
         r"empty\.csv",
+        where=r"\S*empty\.csv",
+    ),
+    BadInput(
+        "CSV value that does not fit its declared column type",
+        lambda scene: score_table(
+            scene, _write_bytes(scene.folder / "typed.csv", b"key,x\n1,2\n2,two\n"), column_types={"x": "int"}
+        ),
+        ModelbitInputError,
+        r"holds 'two', which does not fit the type column_types gives it",
+        where=r"\S*typed\.csv: column 'x' at row 1",
+    ),
+    BadInput(
+        "unknown column type name",
+        lambda scene: score_table(scene, scene.write_table(numbers()), column_types={"x": "zipcode"}),
+        ModelbitInputError,
+        r"the type 'zipcode', which is not a type name",
+        where=r"column 'x'",
+    ),
+    BadInput(
+        "folder whose subfolders are not partitions",
+        lambda scene: score_table(scene, _nested_folder(scene.folder / "nested")),
+        ModelbitInputError,
+        r"holds no Parquet files .* other subfolders are not read",
+        where=r"Directory \S*nested",
+    ),
+    BadInput(
+        "result field that result_schema does not list",
+        lambda scene: score_table(
+            scene,
+            scene.write_table(numbers()),
+            deployment="echo",
+            argument_style="object",
+            result_schema={"y": "int"},
+        ),
+        ModelbitInputError,
+        r"which result_schema does not list",
+        where=r"field\(s\) 'x'",
     ),
     BadInput(
         "single row over the request size limit",
@@ -448,63 +522,80 @@ CASES = [
         ),
         ModelbitInputError,
         r"2,048.*raise batch_bytes",
+        where="Row with ID 0 encodes to",
     ),
     BadInput(
         "request over the server's body limit",
         with_options(lambda scene: infer(scene, "y" * 10_000, deployment="echo"), max_body_bytes=4096),
         ModelbitPayloadTooLarge,
-        r"Deployment 'echo' \(version latest\): the request is too large.*HTTP 413",
+        r"Deployment 'echo' \(version latest, branch main\): the request is too large.*HTTP 413",
+        where=r"Deployment 'echo' \(version latest, branch main\)",
     ),
     # What comes back
     BadInput(
         "deployment that raises",
         lambda scene: infer(scene, [[7, 1]], deployment="raiser"),
         ModelbitDeploymentError,
-        r"Deployment 'raiser' \(version latest\) raised ValueError: boom: 1",
+        r"Deployment 'raiser' \(version latest, branch main\) raised ValueError: boom: 1",
+        where=r"Deployment 'raiser' \(version latest, branch main\)",
+    ),
+    BadInput(
+        "deployment that raises in a batch chunk",
+        lambda scene: score_table(scene, scene.write_table(numbers()), deployment="raiser", batch_size=2),
+        ModelbitDeploymentError,
+        r"raised ValueError: boom",
+        where=r"Deployment 'raiser' \(version latest, branch main\).*\[chunk 0 \(input rows 0 to 1\)\]",
     ),
     BadInput(
         "deployment that times out",
         lambda scene: infer(scene, 3, deployment="sleeper", timeout_seconds=1),
         ModelbitTimeout,
-        r"Deployment 'sleeper' \(version latest\): Timeout: inference exceeded 1 seconds"
+        r"Deployment 'sleeper' \(version latest, branch main\): Timeout: inference exceeded 1 seconds"
         r".*raise timeout_seconds",
+        where=r"Deployment 'sleeper' \(version latest, branch main\)",
     ),
     BadInput(
         "HTML 502 gateway page",
         with_faults(error_rate=1.0, error_statuses=(502,)),
         ModelbitTransportError,
-        r"Deployment 'doubler' \(version latest\): bad gateway \(HTTP 502: \d+ bytes of text/html",
+        DOUBLER + r": bad gateway \(HTTP 502: \d+ bytes of text/html",
         log=r"giving up after 4 attempts",
+        where=DOUBLER,
     ),
     BadInput(
         "non-JSON 200",
         scripted_answer(CannedResponse(200, b"<html>maintenance</html>", {"Content-Type": "text/html"}), 21),
         ModelbitTransportError,
-        r"Deployment 'doubler' \(version latest\): HTTP 200 with a body that is not a JSON object",
+        DOUBLER + r": HTTP 200 with a body that is not a JSON object",
+        where=DOUBLER,
     ),
     BadInput(
         "answer missing IDs",
         scripted_answer(json_answer(b'{"data": [[1, 2]]}'), [[1, 1], [2, 2]]),
         ModelbitIncompleteBatch,
         r"'doubler'.*2\b",
+        where="'doubler'",
     ),
     BadInput(
         "expired results link",
         answered_with_link(expired_link),
         ModelbitLinkExpired,
         r"The results link http://127\.0\.0\.1:\d+/_links/\w+\.json answered 403: it expired",
+        where=r"The results link http://127\.0\.0\.1:\d+/_links/\w+\.json",
     ),
     BadInput(
         "truncated results link URL",
         answered_with_link(truncated_link_url),
         ModelbitLinkExpired,
         r"The results link .*/_links/\w+\.json answered 403",
+        where=r"The results link http://127\.0\.0\.1:\d+/_links/\w+\.json",
     ),
     BadInput(
         "results download cut short",
         with_faults([[i, i] for i in range(2000)], truncate_link_rate=1.0, response_format="links"),
         ModelbitIncompleteBatch,
         r"The results link .*/_links/\w+\.json broke off after [\d,]+ of [\d,]+ bytes",
+        where=r"The results link http://127\.0\.0\.1:\d+/_links/\w+\.json",
     ),
     # Webhook deliveries
     BadInput(
@@ -513,6 +604,7 @@ CASES = [
         RejectedDelivery,
         r"HTTP 403: .*Callback token rejected.*stored chunks \[\]",
         log=r"rejected: Callback token does not match job 'job-forged', chunk 0",
+        where=r"stored chunks \[\]",
     ),
     BadInput(
         "expired webhook delivery",
@@ -520,12 +612,14 @@ CASES = [
         RejectedDelivery,
         r"HTTP 403: .*stored chunks \[\]",
         log=r"Callback URL for job 'job-expired', chunk 0 expired at",
+        where=r"stored chunks \[\]",
     ),
     BadInput(
         "oversized webhook delivery",
         deliver("job-oversized", b'{"data": "' + b"x" * 100_000 + b'"}'),
         RejectedDelivery,
         r"HTTP 413: .*exceeds the 65536-byte limit.*stored chunks \[\]",
+        where=r"stored chunks \[\]",
     ),
     BadInput(
         "webhook delivery replayed into another job",
@@ -533,14 +627,22 @@ CASES = [
         RejectedDelivery,
         r"HTTP 403: .*stored chunks \[\]",
         log=r"does not match job 'job-replayed', chunk 0",
+        where=r"stored chunks \[\]",
     ),
     BadInput(
         "webhook delivery that is not a Modelbit answer",
         deliver("job-malformed", b"<html>hello</html>"),
         RejectedDelivery,
         r"HTTP 400: .*not valid JSON.*stored chunks \[\]",
+        where=r"stored chunks \[\]",
     ),
 ]
+
+
+def _nested_folder(folder: Path) -> Path:
+    (folder / "january").mkdir(parents=True)
+    pq.write_table(numbers(), folder / "january" / "part-0.parquet")
+    return folder
 
 
 def _write_bytes(path: Path, content: bytes) -> Path:
@@ -580,6 +682,8 @@ class TestBadInput:
             case.run(scene)
         error = raised.value
         assert raised.match(case.message)
+        assert case.where, f"case {case.name!r} names no location to check"
+        assert re.search(case.where, str(error)), f"{str(error)!r} does not name {case.where!r}"
         console = capfd.readouterr()
         # Task and hook loggers print through Airflow's structlog to the console; the rest reach caplog.
         logs = "\n".join([caplog.text, console.out, console.err])

@@ -1,0 +1,329 @@
+"""How many requests a batch keeps in flight: an adaptive limit, in the manner of TCP congestion control.
+
+Throughput against a deployment that takes time is decided by concurrency, and the right level
+is unknown in advance: it depends on the workspace's in-flight caps, the deployment's rate limits
+and everyone else calling it. The :class:`ConcurrencyLimiter` finds it as TCP finds a path's
+capacity (and as Netflix's concurrency-limits does for services):
+
+- it starts low and, while nothing is refused and latency stays flat, raises the limit by one per
+  answer (doubling every round trip) until the first sign of congestion;
+- a refusal (429, a ``RateLimitExceeded`` message, 503), a timeout or latency rising above
+  ``latency_tolerance`` times the fastest answer halves the limit, once per round trip however
+  many requests report the same congestion, and remembers the level that was too much;
+- it then climbs back quickly to just below that level and probes beyond it one step at a time,
+  waiting twice as long before each new probe that was refused, so a steady cap costs a refusal
+  every many requests rather than every round trip;
+- ``Retry-After`` is always honoured by the refused request, which waits that long before it is
+  sent again. A refusal for a quota (a per-minute rate limit, or any refusal that does not name
+  the workspace's concurrency caps) also holds back every new request until then, since requests
+  finishing will not reopen it; a refusal by a concurrency cap ("Concurrency request count/size
+  limit reached") does not, since the requests still in flight free their places as they finish,
+  and the halved limit already keeps the batch below the cap.
+
+A fixed limit (``adaptive=False``) keeps the ceiling throughout and still honours ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from airflow_provider_modelbit.defaults import (
+    CONCURRENCY_LOG_INTERVAL_SECONDS,
+    DEFAULT_INITIAL_CONCURRENCY,
+    DEFAULT_LATENCY_TOLERANCE,
+    FIRST_PROBE_ROUND_TRIPS,
+    LATENCY_SLACK_SECONDS,
+    MAX_PROBE_ROUND_TRIPS,
+)
+from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitRateLimited, ModelbitTimeout
+
+_LATENCY_SMOOTHING = 0.2
+# Statuses by which a server says it has no room now: too many requests, or none served at the moment.
+_NO_ROOM_STATUSES = {429, 503}
+# How Modelbit's refusals by the workspace's in-flight caps begin ("... request count/size limit reached").
+_CAPACITY_MESSAGE = "concurrency request"
+
+
+class Outcome(Enum):
+    """What a request's answer says about the deployment's load."""
+
+    ANSWERED = "answered"
+    REFUSED = "refused"  # by a concurrency cap: capacity returns as requests finish
+    RATE_LIMITED = "rate limited"  # by a quota or an unavailable service: wait for Retry-After
+    TIMED_OUT = "timed out"
+    OTHER = "failed otherwise"
+
+
+def load_outcome(error: ModelbitError) -> Outcome:
+    """What a failed request says about the deployment's load (the retry decision is made elsewhere)."""
+    if isinstance(error, ModelbitRateLimited) or error.status in _NO_ROOM_STATUSES:
+        return Outcome.REFUSED if _CAPACITY_MESSAGE in error.message.lower() else Outcome.RATE_LIMITED
+    if isinstance(error, ModelbitTimeout):
+        return Outcome.TIMED_OUT
+    return Outcome.OTHER
+
+
+@dataclass(frozen=True)
+class Slot:
+    """
+    One request's place in flight.
+
+    :param level: requests in flight once this one started, itself included (growing the limit
+        is only worth it when the requests in flight came near it).
+    :param epoch: the limiter's count of decreases when it started; congestion it reports after a
+        later decrease was already reacted to.
+    :param started: monotonic time it started.
+    """
+
+    level: int
+    epoch: int
+    started: float
+
+
+@dataclass
+class _Decisions:
+    """Changes of the limit since the last log line, and over the whole batch."""
+
+    raised: int = 0
+    lowered: Counter[str] = field(default_factory=Counter)
+    lowered_total: Counter[str] = field(default_factory=Counter)
+
+    def lower(self, reason: str) -> None:
+        self.lowered[reason] += 1
+        self.lowered_total[reason] += 1
+
+    def pending(self) -> bool:
+        return bool(self.raised or self.lowered)
+
+    def describe(self) -> str:
+        lowered = ", ".join(f"{count} {reason}" for reason, count in sorted(self.lowered.items()))
+        return f"raised {self.raised} time(s), lowered on {lowered or 'nothing'}"
+
+    def clear(self) -> None:
+        self.raised = 0
+        self.lowered.clear()
+
+
+class ConcurrencyLimiter:
+    """
+    Admit requests up to a limit that adapts to the deployment's answers (see the module's docstring).
+
+    Threads call :meth:`acquire` before each request, :meth:`release` after it and :meth:`record`
+    with its outcome; waiting
+    threads are admitted in the order they asked, so chunks keep their input order.
+
+    :param ceiling: the most requests ever in flight (``max_concurrency``).
+    :param adaptive: adapt the limit; ``False`` keeps it at ``ceiling``.
+    :param initial: the limit before any answer (capped by ``ceiling``).
+    :param latency_tolerance: latency above this multiple of the fastest answer counts as congestion.
+    :param where: what the requests go to, for log lines.
+    :param log: where decisions are logged, at most once per ``log_interval`` seconds.
+    :param log_interval: seconds between decision logs.
+    :param clock: monotonic time source, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        adaptive: bool = True,
+        initial: int = DEFAULT_INITIAL_CONCURRENCY,
+        latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
+        where: str = "Modelbit",
+        log: logging.Logger | Any | None = None,
+        log_interval: float = CONCURRENCY_LOG_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ceiling = ceiling
+        self.adaptive = adaptive
+        self.latency_tolerance = latency_tolerance
+        self._limit = float(min(initial, ceiling) if adaptive else ceiling)
+        self._highest = int(self._limit)
+        self._where = where
+        self._log = log
+        self._log_interval = log_interval
+        self._clock = clock
+        self._condition = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._in_flight = 0
+        self._epoch = 0
+        self._paused_until = 0.0
+        self._too_much: int | None = None  # the lowest level that brought congestion
+        self._probe_round_trips = FIRST_PROBE_ROUND_TRIPS
+        self._credit = 0.0
+        self._fastest: float | None = None
+        self._smoothed: float | None = None
+        self._answers = 0
+        self._decisions = _Decisions()
+        self._last_log = clock()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed in flight now."""
+        return max(1, int(self._limit))
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def summary(self) -> dict[str, Any]:
+        """The limiter's final state, for a task's return value."""
+        with self._condition:
+            return {
+                "mode": "adaptive" if self.adaptive else "fixed",
+                "final": self.limit,
+                "highest": self._highest,
+                "ceiling": self.ceiling,
+                "lowered": dict(self._decisions.lowered_total),
+            }
+
+    # ------------------------------------------------------------------ admission
+
+    def acquire(self, stopping: threading.Event | None = None) -> Slot:
+        """Wait until a request may start, honouring the limit, ``Retry-After`` and arrival order."""
+        turn = object()
+        with self._condition:
+            self._queue.append(turn)
+            try:
+                while True:
+                    wait = self._wait_before_start(turn)
+                    if wait == 0.0:
+                        break
+                    if stopping is not None and stopping.is_set():
+                        raise InterruptedError("stopped while waiting for a request slot")
+                    self._condition.wait(timeout=min(wait, 0.5))
+            finally:
+                self._queue.remove(turn)
+                self._condition.notify_all()
+            self._in_flight += 1
+            return Slot(self._in_flight, self._epoch, self._clock())
+
+    def _wait_before_start(self, turn: object) -> float:
+        """0 when ``turn`` may start now, else a bound on how long to wait before looking again."""
+        pause = self._paused_until - self._clock()
+        if pause > 0:
+            return pause
+        if self._queue[0] is not turn or self._in_flight >= self.limit:
+            return 0.5
+        return 0.0
+
+    def release(self) -> None:
+        with self._condition:
+            self._in_flight -= 1
+            self._condition.notify_all()
+
+    # ------------------------------------------------------------------ feedback
+
+    def record(self, slot: Slot, outcome: Outcome, *, retry_after: float | None = None) -> None:
+        """
+        Adapt the limit to one request's outcome; after a quota's refusal, hold new requests back
+        until its ``Retry-After``.
+
+        Called before :meth:`release`, so the requests still in flight, this one included, are
+        the level the server saw when it answered.
+        """
+        now = self._clock()
+        with self._condition:
+            if outcome is Outcome.RATE_LIMITED and retry_after is not None and retry_after > 0:
+                self._paused_until = max(self._paused_until, now + retry_after)
+            if self.adaptive:
+                self._adapt(slot, outcome, now - slot.started)
+            self._maybe_log(now)
+            self._condition.notify_all()
+
+    def _adapt(self, slot: Slot, outcome: Outcome, seconds: float) -> None:
+        if outcome is Outcome.ANSWERED:
+            if self._latency_rising(seconds):
+                self._lower(slot, "rising latency")
+            else:
+                self._raise(slot)
+        elif outcome in (Outcome.REFUSED, Outcome.RATE_LIMITED):
+            self._lower(slot, "refusals")
+        elif outcome is Outcome.TIMED_OUT:
+            self._lower(slot, "timeouts")
+
+    def _latency_rising(self, seconds: float) -> bool:
+        """Tell whether recent answers are much slower than the fastest, a sign requests queue."""
+        self._answers += 1
+        self._fastest = seconds if self._fastest is None else min(self._fastest, seconds)
+        if self._smoothed is None:
+            self._smoothed = seconds
+        self._smoothed += _LATENCY_SMOOTHING * (seconds - self._smoothed)
+        # A few answers first: the very first ones include connection set-up.
+        rising = self._smoothed > self.latency_tolerance * self._fastest + LATENCY_SLACK_SECONDS
+        return self._answers > 2 * self.limit and rising
+
+    def _raise(self, slot: Slot) -> None:
+        """Grow by one per answer below the known trouble level, then probe one step per wait."""
+        if slot.epoch != self._epoch or 2 * slot.level < self.limit or self.limit >= self.ceiling:
+            # Sent before the last decrease, or with far fewer requests in flight than allowed now:
+            # its answer says nothing about a higher level.
+            return
+        if self._too_much is None or self.limit + 1 < self._too_much:
+            self._set_limit(self._limit + 1)
+            return
+        # Near the level that brought trouble: one step after a wait of some round trips.
+        self._credit += 1 / self.limit
+        if self._credit >= self._probe_round_trips:
+            self._credit = 0.0
+            self._set_limit(self._limit + 1)
+
+    def _lower(self, slot: Slot, reason: str) -> None:
+        """Halve the limit, once per round trip of requests, and remember the level that was too much."""
+        if slot.epoch != self._epoch:
+            return  # started before the last decrease: that congestion was already answered
+        self._epoch += 1
+        level = max(self._in_flight, 1)
+        if self._too_much is not None and level >= self._too_much:
+            # A probe past the known level failed again: wait twice as long before the next one.
+            self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
+        self._too_much = level
+        self._credit = 0.0
+        self._smoothed = self._fastest
+        self._limit = max(1.0, float(self.limit // 2))
+        self._decisions.lower(reason)
+
+    def _set_limit(self, value: float) -> None:
+        self._limit = min(float(self.ceiling), value)
+        self._highest = max(self._highest, self.limit)
+        self._decisions.raised += 1
+
+    # ------------------------------------------------------------------ logging
+
+    def _maybe_log(self, now: float) -> None:
+        if self._log is None or not self._decisions.pending() or now - self._last_log < self._log_interval:
+            return
+        self._last_log = now
+        self._log.info(
+            "%s: %d request(s) in flight allowed (ceiling %d); since the last report the limit was %s.",
+            self._where,
+            self.limit,
+            self.ceiling,
+            self._decisions.describe(),
+        )
+        self._decisions.clear()
+
+    def log_final(self) -> None:
+        """Log where the limit ended, once the batch is done."""
+        if self._log is None:
+            return
+        summary = self.summary()
+        lowered = ", ".join(f"{count} {reason}" for reason, count in sorted(summary["lowered"].items()))
+        self._log.info(
+            "%s: concurrency %s ended at %d request(s) in flight (highest %d, ceiling %d); lowered on %s.",
+            self._where,
+            summary["mode"],
+            summary["final"],
+            summary["highest"],
+            summary["ceiling"],
+            lowered or "nothing",
+        )

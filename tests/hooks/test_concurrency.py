@@ -1,0 +1,212 @@
+"""The adaptive concurrency limit: its decisions on a fake clock, then one batch through the local server."""
+
+from __future__ import annotations
+
+import threading
+from itertools import pairwise
+
+import pytest
+
+from airflow_provider_modelbit.exceptions import (
+    ModelbitDeploymentError,
+    ModelbitRateLimited,
+    ModelbitTimeout,
+    ModelbitTransportError,
+)
+from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, load_outcome
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _limiter(ceiling: int = 16, **options) -> tuple[ConcurrencyLimiter, FakeClock]:
+    clock = FakeClock()
+    return ConcurrencyLimiter(ceiling, initial=2, clock=clock, **options), clock
+
+
+def _round_trip(
+    limiter: ConcurrencyLimiter,
+    clock: FakeClock,
+    outcome: Outcome = Outcome.ANSWERED,
+    seconds: float = 0.5,
+    cap: int | None = None,
+) -> int:
+    """
+    Fill every allowed slot, let time pass, and answer them all with ``outcome``.
+
+    With a ``cap``, requests past it are refused and the others answered, as a server's in-flight
+    limit does. Returns the number of requests refused.
+    """
+    slots = [limiter.acquire() for _ in range(limiter.limit)]
+    clock.now += seconds
+    refused = 0
+    for slot in reversed(slots):  # those past the cap are refused at once, before the others answer
+        if cap is not None:
+            outcome = Outcome.REFUSED if slot.level > cap else Outcome.ANSWERED
+        refused += outcome is Outcome.REFUSED
+        limiter.record(slot, outcome)
+        limiter.release()
+    return refused
+
+
+def _grow(limiter: ConcurrencyLimiter, clock: FakeClock, round_trips: int = 6) -> list[int]:
+    """The limit after each of some round trips answered fast."""
+    levels = [limiter.limit]
+    for _ in range(round_trips):
+        _round_trip(limiter, clock)
+        levels.append(limiter.limit)
+    return levels
+
+
+class TestGrowth:
+    def test_grows_while_answers_are_fast(self) -> None:
+        """Growth is by one per answer near the limit: the limit multiplies each round trip."""
+        limiter, clock = _limiter()
+        levels = _grow(limiter, clock)
+        assert levels[0] == 2 and levels[-1] == 16
+        assert all(later >= min(16, 1.4 * earlier) for earlier, later in pairwise(levels)), levels
+
+    def test_never_exceeds_the_ceiling(self) -> None:
+        limiter, clock = _limiter(ceiling=5)
+        for _ in range(10):
+            _round_trip(limiter, clock)
+            assert limiter.limit <= 5
+        assert limiter.limit == 5 and limiter.summary()["highest"] == 5
+
+    def test_does_not_grow_when_the_limit_was_not_reached(self) -> None:
+        """Answers to fewer requests than allowed prove nothing about a higher level."""
+        limiter, clock = _limiter()
+        reached = _grow(limiter, clock, 2)[-1]
+        for _ in range(5):
+            slot = limiter.acquire()
+            clock.now += 0.5
+            limiter.record(slot, Outcome.ANSWERED)
+            limiter.release()
+        assert limiter.limit == reached
+
+    def test_fixed_mode_keeps_the_ceiling(self) -> None:
+        limiter, clock = _limiter(ceiling=3, adaptive=False)
+        _round_trip(limiter, clock, Outcome.REFUSED)
+        assert limiter.limit == 3 and limiter.summary()["mode"] == "fixed"
+
+
+class TestBackOff:
+    @pytest.mark.parametrize("outcome", [Outcome.REFUSED, Outcome.TIMED_OUT])
+    def test_halves_once_per_round_trip_on_refusals_and_timeouts(self, outcome: Outcome) -> None:
+        limiter, clock = _limiter()
+        assert _grow(limiter, clock)[-1] == 16
+        _round_trip(limiter, clock, outcome)  # 16 answers report the same congestion
+        assert limiter.limit == 8
+        assert limiter.summary()["lowered"] == {"refusals" if outcome is Outcome.REFUSED else "timeouts": 1}
+
+    def test_halves_on_rising_latency(self) -> None:
+        limiter, clock = _limiter(ceiling=8)
+        assert _grow(limiter, clock)[-1] == 8
+        for _ in range(3):
+            _round_trip(limiter, clock, seconds=2.0)
+            if limiter.limit < 8:
+                break
+        assert limiter.limit == 4 and limiter.summary()["lowered"] == {"rising latency": 1}
+
+    def test_other_failures_leave_the_limit_alone(self) -> None:
+        limiter, clock = _limiter()
+        _round_trip(limiter, clock, Outcome.OTHER)
+        assert limiter.limit == 2
+
+    def test_climbs_back_fast_then_probes_past_a_refused_level_ever_more_rarely(self) -> None:
+        """Under a cap of 8, refusals become rarer: each failed probe doubles the wait before the next."""
+        limiter, clock = _limiter()
+        refused_round_trips, levels = [], []
+        refused = 0
+        for round_trip in range(300):
+            levels.append(limiter.limit)
+            if refused_now := _round_trip(limiter, clock, cap=8):
+                refused_round_trips.append(round_trip)
+                refused += refused_now
+        gaps = [later - earlier for earlier, later in pairwise(refused_round_trips)]
+        assert gaps == sorted(gaps) and gaps[-1] > 4 * gaps[0], gaps
+        assert refused <= 0.02 * sum(levels)
+        # Back at the cap within a few round trips of each refusal: most round trips run at 8.
+        assert levels.count(8) >= 0.8 * len(levels), levels
+
+
+class TestRetryAfter:
+    def test_no_request_starts_before_a_quotas_retry_after(self) -> None:
+        limiter, clock = _limiter()
+        slot = limiter.acquire()
+        limiter.record(slot, Outcome.RATE_LIMITED, retry_after=3.0)
+        limiter.release()
+        started = threading.Event()
+
+        def start_one() -> None:
+            limiter.acquire()
+            started.set()
+
+        waiter = threading.Thread(target=start_one, daemon=True)
+        waiter.start()
+        assert not started.wait(0.3)
+        clock.now += 3.0
+        assert started.wait(10)
+        waiter.join(10)
+
+    def test_a_concurrency_caps_refusal_leaves_other_requests_free_to_start(self) -> None:
+        """Requests in flight free the cap's places as they finish; the refused one waits by itself."""
+        limiter, clock = _limiter()
+        _grow(limiter, clock)
+        slots = [limiter.acquire() for _ in range(3)]
+        limiter.record(slots[-1], Outcome.REFUSED, retry_after=1.0)
+        limiter.release()
+        assert limiter.limit == 8
+        limiter.acquire()  # at once: the fake clock never moves, so a pause would block forever
+
+    def test_a_stopped_batch_stops_waiting(self) -> None:
+        limiter, _ = _limiter()
+        slot = limiter.acquire()
+        limiter.record(slot, Outcome.RATE_LIMITED, retry_after=60.0)
+        limiter.release()
+        stopping = threading.Event()
+        stopping.set()
+        with pytest.raises(InterruptedError):
+            limiter.acquire(stopping)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (ModelbitRateLimited("RateLimitExceeded: Concurrency request count limit reached"), Outcome.REFUSED),
+        (ModelbitRateLimited("RateLimitExceeded: Concurrency request size limit reached"), Outcome.REFUSED),
+        (
+            ModelbitRateLimited("RateLimitExceeded: Rate limit 'a' of 5 requests per minute"),
+            Outcome.RATE_LIMITED,
+        ),
+        (ModelbitTransportError("429", status=429), Outcome.RATE_LIMITED),
+        (ModelbitTransportError("503", status=503), Outcome.RATE_LIMITED),
+        (ModelbitTimeout("slow"), Outcome.TIMED_OUT),
+        (ModelbitTransportError("502", status=502), Outcome.OTHER),
+        (ModelbitDeploymentError("boom", status=500), Outcome.OTHER),
+    ],
+)
+def test_load_outcome(error, outcome: Outcome) -> None:
+    assert load_outcome(error) is outcome
+
+
+class TestThroughTheLocalServer:
+    def test_reaches_an_in_flight_cap_without_a_storm_of_refusals(self, emulator, hook_for) -> None:
+        """Cap 4, ceiling 16: the batch settles at the cap, few requests are refused, each row runs once."""
+        emulator.client.configure(max_inflight_requests=4)
+        emulator.client.set_faults(model_seconds=0.1)
+        hook = hook_for(emulator.url, batch_size=2)
+        rows = [[number, number] for number in range(160)]
+        results = hook.get_inference("doubler", rows)
+        assert results == [[number, 2 * number] for number in range(160)]
+        assert set(emulator.client.runs("doubler").values()) == {1}
+        assert len(emulator.client.runs("doubler")) == 160
+        summary = hook.concurrency
+        assert summary is not None and summary["mode"] == "adaptive" and summary["highest"] >= 4
+        refused = sum(1 for request in emulator.client.requests() if request.get("status") == 429)
+        assert refused <= 6, summary
