@@ -267,6 +267,10 @@ def run_on_services(
     ) as services:
         print(f"  Airflow UI: {services.api_url}/", flush=True)
         outcomes = [trigger_and_wait(services, dag_id) for dag_id in dag_ids]
+        if production:
+            # Read once every run is over: a triggerer's log of a trigger may be written after its task ends.
+            database = services.environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+            outcomes = [read_placements(database, outcome, outcome.log_file) for outcome in outcomes]
         if keep_up_report is not None:
             keep_up_report(outcomes)
             print(f"\nAirflow UI: {services.api_url}/ (every visitor is admin). Press Ctrl-C to stop.")
@@ -293,8 +297,7 @@ def trigger_and_wait(services: AirflowServices, dag_id: str) -> DagOutcome:
     task_logs = Path(services.environment.get("AIRFLOW__LOGGING__BASE_LOG_FOLDER", services.layout.task_logs))
     outcome = DagOutcome(dag_id, state, time.monotonic() - started, task_logs)
     database = services.environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    outcome = read_outcome(database, dag_id, outcome)
-    return read_placements(database, outcome, task_logs)
+    return read_outcome(database, dag_id, outcome)
 
 
 def wait_until_interrupted() -> None:
