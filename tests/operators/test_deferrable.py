@@ -288,6 +288,8 @@ class TestRetryReuse:
     def test_a_retry_reuses_arrived_deliveries_and_submits_nothing_again(self, server, store) -> None:
         ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
         context: Any = {"ti": ti}
+        # Held back, the delivery cannot arrive before the first try looks: it must defer.
+        server.client.set_faults(webhook_delay_seconds=3.0, deployment="doubler")
         first = ModelbitInferenceOperator(
             task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True, **FAST
         )
