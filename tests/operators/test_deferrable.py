@@ -307,6 +307,33 @@ class TestRetryReuse:
         assert len(server.client.batches()) == 1, "nothing is paid for twice"
         assert not store.has_manifest(job_id_for_try(task_job_prefix("dag", "score", ti.run_id, -1), 1))
 
+    def test_a_retry_resumed_at_an_earlier_tries_event_starts_over(self, server, store) -> None:
+        """
+        Airflow 3.1 resumes a retry at the failed try's event. Trusting it would hand the retry the
+        earlier try's results, here for an input that has changed since: it must start over.
+        """
+        ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
+        context: Any = {"ti": ti}
+        server.client.set_faults(webhook_delay_seconds=3.0, deployment="doubler")
+        first = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True, **FAST
+        )
+        with pytest.raises(TaskDeferred) as deferred:
+            first.execute(context)
+        stale = asyncio.run(_trigger_event(deferred.value.trigger))
+        assert stale["deferred_by_try"] == 1
+
+        ti.try_number = 2
+        retry = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=[[1, 3], [2, 4]], deferrable=True, **FAST
+        )
+        with pytest.raises(TaskDeferred) as deferred:
+            retry.execute_complete(context, stale)
+        event = asyncio.run(_trigger_event(deferred.value.trigger))
+        assert event["deferred_by_try"] == 2
+        assert retry.execute_complete(context, event) == [[1, 6], [2, 8]]
+        assert len(server.client.batches()) == 2, "the changed input is scored once"
+
 
 class TestEventValidation:
     @pytest.mark.parametrize("event", [None, {}, {"status": "weird"}, {"status": "success"}])
