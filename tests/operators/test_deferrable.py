@@ -284,19 +284,24 @@ async def _trigger_event(trigger: ModelbitCallbackTrigger) -> dict[str, Any]:
     raise AssertionError("trigger ended without an event")
 
 
+def _deferred_inference(server: RunningEmulator, context: Any, data: list[list[int]]) -> dict[str, Any]:
+    """Run one try of a deferrable inference until it defers; return its trigger's event."""
+    # Held back, the delivery cannot arrive before the try looks: it must defer.
+    server.client.set_faults(webhook_delay_seconds=3.0, deployment="doubler")
+    operator = ModelbitInferenceOperator(
+        task_id="score", deployment="doubler", data=data, deferrable=True, **FAST
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    return asyncio.run(_trigger_event(deferred.value.trigger))
+
+
 class TestRetryReuse:
     def test_a_retry_reuses_arrived_deliveries_and_submits_nothing_again(self, server, store) -> None:
         ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
         context: Any = {"ti": ti}
-        # Held back, the delivery cannot arrive before the first try looks: it must defer.
-        server.client.set_faults(webhook_delay_seconds=3.0, deployment="doubler")
-        first = ModelbitInferenceOperator(
-            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True, **FAST
-        )
-        with pytest.raises(TaskDeferred) as deferred:
-            first.execute(context)
+        event = _deferred_inference(server, context, [[1, 1], [2, 2]])
         assert ti.xcom[XCOM_BATCH_IDS_KEY] and len(server.client.batches()) == 1
-        event = asyncio.run(_trigger_event(deferred.value.trigger))
         assert event["status"] == "success"
 
         ti.try_number = 2  # the task failed after the delivery arrived and is retried
@@ -314,13 +319,7 @@ class TestRetryReuse:
         """
         ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
         context: Any = {"ti": ti}
-        server.client.set_faults(webhook_delay_seconds=3.0, deployment="doubler")
-        first = ModelbitInferenceOperator(
-            task_id="score", deployment="doubler", data=[[1, 1], [2, 2]], deferrable=True, **FAST
-        )
-        with pytest.raises(TaskDeferred) as deferred:
-            first.execute(context)
-        stale = asyncio.run(_trigger_event(deferred.value.trigger))
+        stale = _deferred_inference(server, context, [[1, 1], [2, 2]])
         assert stale["deferred_by_try"] == 1
 
         ti.try_number = 2
