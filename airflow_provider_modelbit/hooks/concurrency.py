@@ -7,18 +7,23 @@ capacity (and as Netflix's concurrency-limits does for services):
 
 - it starts low and, while nothing is refused and latency stays flat, raises the limit by one per
   answer (doubling every round trip) until the first sign of congestion;
-- a refusal (429, a ``RateLimitExceeded`` message, 503), a timeout or latency rising above
-  ``latency_tolerance`` times the fastest answer halves the limit, once per round trip however
-  many requests report the same congestion, and remembers the level that was too much;
-- it then climbs back quickly to just below that level and probes beyond it one step at a time,
-  waiting twice as long before each new probe that was refused, so a steady cap costs a refusal
-  every many requests rather than every round trip;
+- a refusal by the workspace's in-flight cap ("Concurrency request count/size limit reached")
+  says how much was too much: the refused request started with ``level`` requests in flight, so
+  the cap is below that level (requests that finished meanwhile only make it lower). The limit
+  goes to just under the lowest refused level, however many requests of one burst were refused;
+- any other refusal (429 for a quota, 503), a timeout or latency rising above
+  ``latency_tolerance`` times the fastest answer carries no such measure and halves the limit,
+  once per round trip however many requests report the same congestion;
+- either way the level that was too much is remembered: the limit climbs back quickly to just
+  below it and probes beyond it one step at a time, waiting twice as long before each new probe
+  that was refused, so a steady cap costs a refusal every many requests rather than every round
+  trip;
 - ``Retry-After`` is always honoured by the refused request, which waits that long before it is
   sent again. A refusal for a quota (a per-minute rate limit, or any refusal that does not name
   the workspace's concurrency caps) also holds back every new request until then, since requests
   finishing will not reopen it; a refusal by a concurrency cap ("Concurrency request count/size
   limit reached") does not, since the requests still in flight free their places as they finish,
-  and the halved limit already keeps the batch below the cap.
+  and the lowered limit already keeps the batch below the cap.
 
 A fixed limit (``adaptive=False``) keeps the ceiling throughout and still honours ``Retry-After``.
 """
@@ -246,7 +251,9 @@ class ConcurrencyLimiter:
                 self._lower(slot, "rising latency")
             else:
                 self._raise(slot)
-        elif outcome in (Outcome.REFUSED, Outcome.RATE_LIMITED):
+        elif outcome is Outcome.REFUSED:
+            self._fit_under_cap(slot)
+        elif outcome is Outcome.RATE_LIMITED:
             self._lower(slot, "refusals")
         elif outcome is Outcome.TIMED_OUT:
             self._lower(slot, "timeouts")
@@ -277,19 +284,35 @@ class ConcurrencyLimiter:
             self._credit = 0.0
             self._set_limit(self._limit + 1)
 
+    def _fit_under_cap(self, slot: Slot) -> None:
+        """Go just under the level at which an in-flight cap refused a request."""
+        below = max(1, slot.level - 1)
+        if below >= self.limit:
+            return  # a request of a burst already answered by a lower refused level
+        if slot.epoch != self._epoch:
+            # A lower request of a burst already answered: the same decision, made more precise.
+            self._limit = float(below)
+            self._too_much = slot.level
+            return
+        self._back_off(slot.level, below, "refusals")
+
     def _lower(self, slot: Slot, reason: str) -> None:
-        """Halve the limit, once per round trip of requests, and remember the level that was too much."""
+        """Halve the limit, once per round trip of requests."""
         if slot.epoch != self._epoch:
             return  # started before the last decrease: that congestion was already answered
+        self._back_off(self._in_flight, self.limit // 2, reason)
+
+    def _back_off(self, too_much: int, limit: int, reason: str) -> None:
+        """Set the limit to ``limit`` and remember ``too_much`` as the level that brought congestion."""
         self._epoch += 1
-        level = max(self._in_flight, 1)
-        if self._too_much is not None and level >= self._too_much:
+        too_much = max(too_much, 1)
+        if self._too_much is not None and too_much >= self._too_much:
             # A probe past the known level failed again: wait twice as long before the next one.
             self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
-        self._too_much = level
+        self._too_much = too_much
         self._credit = 0.0
         self._smoothed = self._fastest
-        self._limit = max(1.0, float(self.limit // 2))
+        self._limit = float(max(1, limit))
         self._decisions.lower(reason)
 
     def _set_limit(self, value: float) -> None:

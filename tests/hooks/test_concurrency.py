@@ -96,13 +96,23 @@ class TestGrowth:
 
 
 class TestBackOff:
-    @pytest.mark.parametrize("outcome", [Outcome.REFUSED, Outcome.TIMED_OUT])
-    def test_halves_once_per_round_trip_on_refusals_and_timeouts(self, outcome: Outcome) -> None:
+    @pytest.mark.parametrize("outcome", [Outcome.RATE_LIMITED, Outcome.TIMED_OUT])
+    def test_halves_once_per_round_trip_on_quotas_and_timeouts(self, outcome: Outcome) -> None:
         limiter, clock = _limiter()
         assert _grow(limiter, clock)[-1] == 16
         _round_trip(limiter, clock, outcome)  # 16 answers report the same congestion
         assert limiter.limit == 8
-        assert limiter.summary()["lowered"] == {"refusals" if outcome is Outcome.REFUSED else "timeouts": 1}
+        reason = "refusals" if outcome is Outcome.RATE_LIMITED else "timeouts"
+        assert limiter.summary()["lowered"] == {reason: 1}
+
+    @pytest.mark.parametrize("cap", [1, 5, 11])
+    def test_goes_just_under_the_level_an_in_flight_cap_refused(self, cap: int) -> None:
+        """The requests past the cap are refused in one burst, answered from the highest: one decision."""
+        limiter, clock = _limiter()
+        assert _grow(limiter, clock)[-1] == 16
+        assert _round_trip(limiter, clock, cap=cap) == 16 - cap
+        assert limiter.limit == cap
+        assert limiter.summary()["lowered"] == {"refusals": 1}
 
     def test_halves_on_rising_latency(self) -> None:
         limiter, clock = _limiter(ceiling=8)
@@ -161,7 +171,9 @@ class TestRetryAfter:
         slots = [limiter.acquire() for _ in range(3)]
         limiter.record(slots[-1], Outcome.REFUSED, retry_after=1.0)
         limiter.release()
-        assert limiter.limit == 8
+        assert limiter.limit == 2  # just under the refused level
+        limiter.record(slots[0], Outcome.ANSWERED)
+        limiter.release()
         limiter.acquire()  # at once: the fake clock never moves, so a pause would block forever
 
     def test_a_stopped_batch_stops_waiting(self) -> None:
@@ -208,5 +220,8 @@ class TestThroughTheLocalServer:
         assert len(emulator.client.runs("doubler")) == 160
         summary = hook.concurrency
         assert summary is not None and summary["mode"] == "adaptive" and summary["highest"] >= 4
+        # The ramp overshoots the cap once before the first refusal returns, then each probe past it
+        # costs one refusal, ever more rarely: a few per cent of the 80 requests, where a fixed
+        # ceiling of 16 would be refused on every request past the cap. Loaded machines measured 2-7.
         refused = sum(1 for request in emulator.client.requests() if request.get("status") == 429)
-        assert refused <= 6, summary
+        assert refused <= 0.1 * len(rows) / 2, summary
