@@ -32,6 +32,8 @@ from airflow_provider_modelbit.io.row_ids import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from airflow_provider_modelbit.hooks.responses import InferenceCall
+
 # b'{"data":[' ... b'],"timeout_seconds":900,"response_format":"links"}' with room to spare.
 ENVELOPE_BYTES = 128
 _ROW_TYPES = {list, tuple}
@@ -191,9 +193,11 @@ def _part(chunk: EncodedChunk, encoded: list[bytes], start: int, stop: int) -> E
     return EncodedChunk(ids, keys, join_rows(encoded[start:stop]), chunk.rows[start:stop])
 
 
-def reassemble(chunk: EncodedChunk, answer: Any, *, deployment: str, version: str | int) -> list[list[Any]]:
+def reassemble(chunk: EncodedChunk, answer: Any, *, call: InferenceCall) -> list[list[Any]]:
     """
     Match an answer ``[[id, result], ...]`` to the chunk's rows by ID.
+
+    :param call: the call that answered, named in errors.
 
     An answer in request order with plain IDs, the usual case, is used as it is; any other
     (sorted by ID, or IDs that need their JSON form to compare) is matched row by row.
@@ -203,13 +207,9 @@ def reassemble(chunk: EncodedChunk, answer: Any, *, deployment: str, version: st
     """
     if chunk.ids_are_keys and _answers_in_request_order(chunk.ids, answer):
         return answer
-    answered = _answered_rows(answer, deployment=deployment, version=version)
+    answered = _answered_rows(answer, call=call)
     positions = input_positions(
-        chunk.keys,
-        (row_id_key(row[0]) for row in answered),
-        ids=chunk.ids,
-        deployment=deployment,
-        version=version,
+        chunk.keys, (row_id_key(row[0]) for row in answered), ids=chunk.ids, call=call
     )
     return [[row_id, answered[position][1]] for row_id, position in zip(chunk.ids, positions, strict=True)]
 
@@ -229,22 +229,21 @@ def _answers_in_request_order(ids: list[int | str], answer: Any) -> bool:
     return answered == ids and set(map(type, answered)) <= _PLAIN_ID_TYPES
 
 
-def _answered_rows(answer: Any, *, deployment: str, version: str | int) -> list[list[Any]]:
+def _answered_rows(answer: Any, *, call: InferenceCall) -> list[list[Any]]:
     """The answer's ``[id, result]`` rows, refusing any other shape."""
     if not isinstance(answer, list):
         raise ModelbitIncompleteBatch(
-            f"Deployment {deployment!r} (version {version}) answered a batch with {type(answer).__name__} "
+            f"{call.where} answered a batch with {type(answer).__name__} "
             "instead of a list of [id, result] rows.",
-            deployment=deployment,
-            version=version,
+            deployment=call.deployment,
+            version=call.version,
         )
     for row in answer:
         if not isinstance(row, list) or len(row) != 2:
             raise ModelbitIncompleteBatch(
-                f"Deployment {deployment!r} (version {version}) answered a malformed batch row {row!r:.200}; "
-                "each row must be [id, result].",
-                deployment=deployment,
-                version=version,
+                f"{call.where} answered a malformed batch row {row!r:.200}; each row must be [id, result].",
+                deployment=call.deployment,
+                version=call.version,
             )
     return answer
 

@@ -225,7 +225,20 @@ class ModelbitHook(ModelbitHookBase):
         :param version: ``latest``, a version number or an alias.
         :param branch: git branch; ``None`` uses the connection's default branch.
         """
-        return self._new_call(self.settings, deployment, version, branch, None, False).url
+        return self.call_target(deployment, version, branch).url
+
+    def call_target(
+        self, deployment: str, version: str | int = LATEST, branch: str | None = None
+    ) -> InferenceCall:
+        """
+        Return what a call to ``deployment`` goes to, as every message names it (the branch resolved).
+
+        For a caller that reads an answer the hook did not fetch itself (a webhook delivery, a
+        results link, a result bound for XCom) and must name the call in its errors.
+
+        :param branch: git branch; ``None`` uses the connection's default branch.
+        """
+        return self._new_call(self.settings, deployment, version, branch, None, False)
 
     def get_inference(
         self,
@@ -372,7 +385,7 @@ class ModelbitHook(ModelbitHookBase):
         for part in split_by_bytes(encode_chunk(rows, unique_ids=unique_ids), batch_bytes) if rows else []:
             body = call_body(part.data, call, response_format)
             answer, size = self._answer_value(call, body, len(part.ids), response_format, limiter)
-            results.extend(reassemble(part, answer, deployment=call.deployment, version=call.version))
+            results.extend(reassemble(part, answer, call=call))
             response_bytes += size
         return ChunkResult(index, results, time.monotonic() - started, response_bytes)
 

@@ -184,7 +184,7 @@ class ModelbitAsyncHook(ModelbitHookBase):
             async with gate:
                 body = call_body(part.data, call, response_format)
                 answer, _ = await self._aanswer_value(client, call, body, len(part.ids), response_format)
-            return reassemble(part, answer, deployment=call.deployment, version=call.version)
+            return reassemble(part, answer, call=call)
 
         scored = await asyncio.gather(*(score(part) for part in parts))
         return [row for part_rows in scored for row in part_rows]

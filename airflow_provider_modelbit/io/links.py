@@ -22,6 +22,8 @@ from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from airflow_provider_modelbit.hooks.responses import InferenceCall
+
 # A wrapped batch starts like this; enough of the document is peeked at to tell.
 _WRAPPED_BATCH = re.compile(rb'^\{\s*"data"\s*:\s*\[')
 _PEEK_BYTES = 64
@@ -101,8 +103,7 @@ def link_table_in_input_order(
     ids: Sequence[Any],
     part: Path,
     *,
-    deployment: str,
-    version: str | int | None,
+    call: InferenceCall,
 ) -> pa.Table:
     """
     Stream a batch results link to a local Parquet file and return its rows in the input order.
@@ -115,6 +116,7 @@ def link_table_in_input_order(
     :param url: the results link.
     :param ids: the IDs of the rows the link answers, in input order.
     :param part: a local scratch file for the download.
+    :param call: the call whose results the link holds, named in errors.
     :raises ModelbitIncompleteBatch: the document is cut short, or an ID is missing, unexpected or repeated.
     """
     import pyarrow.parquet as pq
@@ -127,7 +129,7 @@ def link_table_in_input_order(
 
     read_link(url, save)
     try:
-        return table_in_input_order(pq.read_table(part), ids, deployment=deployment, version=version)
+        return table_in_input_order(pq.read_table(part), ids, call=call)
     finally:
         part.unlink(missing_ok=True)
 

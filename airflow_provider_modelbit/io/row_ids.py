@@ -28,6 +28,8 @@ from airflow_provider_modelbit.io.encoding import describe_value, encode_json
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from airflow_provider_modelbit.hooks.responses import InferenceCall
+
 RowIdKey = int | str | bytes
 _IDS_SHOWN = 5
 
@@ -121,8 +123,7 @@ def input_positions(
     answered: Iterable[RowIdKey],
     *,
     ids: Sequence[Any],
-    deployment: str,
-    version: str | int | None,
+    call: InferenceCall,
 ) -> list[int]:
     """
     Return, for each input row, the position of its answer: results put back in input order.
@@ -133,6 +134,7 @@ def input_positions(
     :param expected: the key of each input row's ID, in input order.
     :param answered: the key of each answered row's ID, in the answer's order.
     :param ids: the input IDs as given, to name the missing ones.
+    :param call: the call that answered: its deployment, version and branch are named in errors.
     :raises ModelbitIncompleteBatch: an ID is missing, unexpected, or answered more often than sent.
     """
     positions: dict[RowIdKey, deque[int]] = {}
@@ -141,14 +143,14 @@ def input_positions(
     sent: dict[RowIdKey, int] = {}
     for key in expected:
         sent[key] = sent.get(key, 0) + 1
-    where = f"Deployment {deployment!r}" + ("" if version is None else f" (version {version})")
+    where = call.where
     repeated = [key for key, found in positions.items() if len(found) > sent.get(key, 0) > 0]
     if repeated:
         raise ModelbitIncompleteBatch(
             f"{where} answered ID {readable_id(repeated[0])!r} more than once for each of the "
             f"{sent[repeated[0]]} row(s) sent with it; the batch was not used.",
-            deployment=deployment,
-            version=version,
+            deployment=call.deployment,
+            version=call.version,
         )
     unexpected = [readable_id(key) for key in positions if key not in sent]
     missing = [
@@ -158,25 +160,24 @@ def input_positions(
         raise ModelbitIncompleteBatch(
             f"{where} answered a batch of {len(expected)} rows with missing IDs {_show(missing)} and "
             f"unexpected IDs {_show(unexpected)}; the batch was not used.",
-            deployment=deployment,
-            version=version,
+            deployment=call.deployment,
+            version=call.version,
         )
     return [positions[key].popleft() for key in expected]
 
 
-def table_in_input_order(
-    table: pa.Table, ids: Sequence[Any], *, deployment: str, version: str | int | None = None
-) -> pa.Table:
+def table_in_input_order(table: pa.Table, ids: Sequence[Any], *, call: InferenceCall) -> pa.Table:
     """
     Return a results table (columns ``id``, ``result``) reordered to the input order of ``ids``.
 
     :param table: results read from a links document, in the server's order.
     :param ids: the input IDs, in input order.
+    :param call: the call that answered, named in errors.
     :raises ModelbitIncompleteBatch: an ID is missing, unexpected or repeated.
     """
     expected = [row_id_key(row_id) for row_id in ids]
     answered = [row_id_key(row_id) for row_id in _table_ids(table)]
-    return table.take(input_positions(expected, answered, ids=ids, deployment=deployment, version=version))
+    return table.take(input_positions(expected, answered, ids=ids, call=call))
 
 
 def _table_ids(table: pa.Table) -> list[Any]:

@@ -9,12 +9,15 @@ after it has been read whole.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from airflow_provider_modelbit.exceptions import ModelbitError
 from airflow_provider_modelbit.io.links import read_link_value
+
+if TYPE_CHECKING:
+    from airflow_provider_modelbit.hooks.responses import InferenceCall
 
 
 def json_size(value: Any) -> int:
@@ -22,18 +25,19 @@ def json_size(value: Any) -> int:
     return len(orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
-def refuse_oversized(size: int, limit: int, *, deployment: str, version: str | int) -> None:
+def refuse_oversized(size: int, limit: int, *, call: InferenceCall) -> None:
     """
     Refuse a result of ``size`` bytes of JSON when it is over ``limit``.
 
-    :raises ModelbitError: naming the deployment and what to do instead.
+    :param call: the call whose result it is: its deployment, version and branch are named.
+    :raises ModelbitError: naming the call and what to do instead.
     """
     if size > limit:
         raise ModelbitError(
-            f"The result of {deployment!r} (version {version}) is over {limit} bytes of JSON, too large "
-            "to return through XCom. Set output_path to write it as Parquet (or raise max_xcom_bytes).",
-            deployment=deployment,
-            version=version,
+            f"{call.where}: the result is over {limit} bytes of JSON, too large to return through XCom. "
+            "Set output_path to write it as Parquet (or raise max_xcom_bytes).",
+            deployment=call.deployment,
+            version=call.version,
         )
 
 
@@ -42,8 +46,7 @@ def read_links_within(
     urls: Iterable[str],
     limit: int,
     *,
-    deployment: str,
-    version: str | int,
+    call: InferenceCall,
 ) -> list[Any]:
     """
     Download each results link and return its value, stopping as soon as the total passes ``limit``.
@@ -52,16 +55,22 @@ def read_links_within(
         a link fetched again after a broken download is counted once.
     :param urls: the links, in input order.
     :param limit: most bytes downloaded in total.
+    :param call: the call whose results the links hold, named in errors.
     :raises ModelbitError: the downloads passed ``limit``.
     """
-    meter = _DownloadMeter(limit, deployment=deployment, version=version)
+    meter = _DownloadMeter(limit, call=call)
     values = []
     for url in urls:
         before = meter.total
 
         def consume(stream: Iterator[bytes], before: int = before) -> Any:
             meter.total = before  # a link fetched again is counted once
-            return read_link_value(meter.count(stream), deployment=deployment, version=version)
+            return read_link_value(
+                meter.count(stream),
+                source=f"{call.where}: the results link",
+                deployment=call.deployment,
+                version=call.version,
+            )
 
         values.append(read_link(url, consume))
     return values
@@ -70,15 +79,14 @@ def read_links_within(
 class _DownloadMeter:
     """Count the bytes of one or more downloads, refusing them once past ``limit``."""
 
-    def __init__(self, limit: int, *, deployment: str, version: str | int) -> None:
+    def __init__(self, limit: int, *, call: InferenceCall) -> None:
         self._limit = limit
-        self._deployment = deployment
-        self._version = version
+        self._call = call
         self.total = 0
 
     def count(self, stream: Iterable[bytes]) -> Iterator[bytes]:
         """Yield ``stream``'s pieces, adding their size to the total."""
         for piece in stream:
             self.total += len(piece)
-            refuse_oversized(self.total, self._limit, deployment=self._deployment, version=self._version)
+            refuse_oversized(self.total, self._limit, call=self._call)
             yield piece

@@ -386,10 +386,9 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         from airflow_provider_modelbit.hooks.batching import encode_chunk, reassemble
 
         rows = self._chunk_rows(chunk)
+        call = self.hook.call_target(self.deployment, self.version, self.branch)
         if self.response_format != LINKS:
-            answer = reassemble(
-                encode_chunk(rows), delivery.value, deployment=self.deployment, version=self.version
-            )
+            answer = reassemble(encode_chunk(rows), delivery.value, call=call)
             self._record_chunk(chunk, answer)
             return
         linked = link_table_in_input_order(
@@ -397,8 +396,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             delivery.value,
             [row[0] for row in rows],
             scratch / f"chunk-{chunk.index:08d}.parquet",
-            deployment=self.deployment,
-            version=self.version,
+            call=call,
         )
         result = linked.column(RESULT_COLUMN)
         self._save_chunk(chunk.index, self._chunk_table(chunk, linked.schema.field(RESULT_COLUMN), result))

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_modelbit.hooks.batching import ChunkResult
     from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+    from airflow_provider_modelbit.hooks.responses import InferenceCall
 
 
 class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
@@ -187,6 +188,11 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     # ------------------------------------------------------------------ input side
 
     @cached_property
+    def _call(self) -> InferenceCall:
+        """What this task calls, as its messages name it: deployment, version and branch."""
+        return self.hook.call_target(self.deployment, self.version, self.branch)
+
+    @cached_property
     def _batch_rows(self) -> list[list[Any]] | None:
         """Return ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` for a single input."""
         from airflow_provider_modelbit.hooks.batching import input_rows
@@ -311,9 +317,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             if self._is_single:
                 rows = [[0, delivery.value]]
             else:
-                rows = reassemble(
-                    encode_chunk(chunk), delivery.value, deployment=self.deployment, version=self.version
-                )
+                rows = reassemble(encode_chunk(chunk), delivery.value, call=self._call)
             yield ChunkResult(
                 index=delivery.chunk, rows=rows, seconds=delivery.seconds, response_bytes=delivery.size
             )
@@ -359,13 +363,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def _read_links_for_xcom(self, link_urls: Iterable[str]) -> Any:
         from airflow_provider_modelbit.io.xcom_size import read_links_within
 
-        values = read_links_within(
-            self.hook.read_link,
-            link_urls,
-            self.max_xcom_bytes,
-            deployment=self.deployment,
-            version=self.version,
-        )
+        values = read_links_within(self.hook.read_link, link_urls, self.max_xcom_bytes, call=self._call)
         if self._is_single:
             return values[0]
         rows = [row for chunk_rows in values for row in chunk_rows]
@@ -388,8 +386,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
                 url,
                 [row[0] for row in chunk],
                 scratch / f"part-{index:05d}.parquet",
-                deployment=self.deployment,
-                version=self.version,
+                call=self._call,
             )
             self.log.info(
                 "Downloaded results link of %d rows from %s (version %s) in %.2f s",
@@ -436,7 +433,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def _check_xcom_size(self, size: int) -> None:
         from airflow_provider_modelbit.io.xcom_size import refuse_oversized
 
-        refuse_oversized(size, self.max_xcom_bytes, deployment=self.deployment, version=self.version)
+        refuse_oversized(size, self.max_xcom_bytes, call=self._call)
 
     def _checked_batch_rows(self, rows: list[list[Any]], inputs: list[list[Any]]) -> list[list[Any]]:
         """Return ``rows`` matched to ``inputs`` by ID, in input order; refuse missing or extra IDs."""
@@ -447,8 +444,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             [row_id_key(row_id) for row_id in ids],
             [row_id_key(row[0]) for row in rows],
             ids=ids,
-            deployment=self.deployment,
-            version=self.version,
+            call=self._call,
         )
         return [[row_id, rows[position][1]] for row_id, position in zip(ids, positions, strict=True)]
 

@@ -22,6 +22,7 @@ from airflow_provider_modelbit.hooks.batching import (
     split_by_bytes,
 )
 from airflow_provider_modelbit.io.encoding import encode_row, join_rows
+from tests.inference_calls import call_to
 
 
 class TestIsBatch:
@@ -161,12 +162,12 @@ class TestReassemble:
 
     def test_matches_by_id_whatever_the_order(self) -> None:
         chunk = encode_chunk(self.CHUNK_ROWS)
-        rows = reassemble(chunk, [["c", 30], ["a", 10], ["b", 20]], deployment="d", version="latest")
+        rows = reassemble(chunk, [["c", 30], ["a", 10], ["b", 20]], call=call_to(version="latest"))
         assert rows == [["a", 10], ["b", 20], ["c", 30]]
 
     def test_answer_in_request_order_is_used_as_it_is(self) -> None:
         answer = [["a", 10], ["b", 20], ["c", 30]]
-        assert reassemble(encode_chunk(self.CHUNK_ROWS), answer, deployment="d", version=1) is answer
+        assert reassemble(encode_chunk(self.CHUNK_ROWS), answer, call=call_to()) is answer
 
     @pytest.mark.parametrize(
         ("answered_id", "match"),
@@ -179,11 +180,11 @@ class TestReassemble:
     def test_equal_but_differently_typed_id_is_not_the_same_id(self, answered_id: object, match: str) -> None:
         """1.0, true and "1" are different JSON from 1, even where Python calls them equal."""
         with pytest.raises(ModelbitIncompleteBatch, match=match):
-            reassemble(encode_chunk([[1, "x"]]), [[answered_id, "r"]], deployment="d", version=1)
+            reassemble(encode_chunk([[1, "x"]]), [[answered_id, "r"]], call=call_to())
 
     def test_ids_are_returned_as_given(self) -> None:
         chunk = encode_chunk([[np.int64(5), 1]])
-        rows = reassemble(chunk, [[5, "r"]], deployment="d", version=1)
+        rows = reassemble(chunk, [[5, "r"]], call=call_to())
         assert type(rows[0][0]) is np.int64
 
     @pytest.mark.parametrize(
@@ -201,8 +202,8 @@ class TestReassemble:
     def test_bad_answers_are_refused(self, answer: object, match: str) -> None:
         chunk = encode_chunk(self.CHUNK_ROWS)
         with pytest.raises(ModelbitIncompleteBatch, match=match) as caught:
-            reassemble(chunk, answer, deployment="scorer", version=3)
-        assert "'scorer' (version 3" in caught.value.message
+            reassemble(chunk, answer, call=call_to("scorer", 3, "dev"))
+        assert "Deployment 'scorer' (version 3, branch dev) answered" in caught.value.message
 
 
 class TestLongLivedObjectsFrozen:

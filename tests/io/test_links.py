@@ -18,6 +18,7 @@ from airflow_provider_modelbit.io.links import (
     link_table_in_input_order,
     read_link_value,
 )
+from tests.inference_calls import call_to
 
 
 def pieces(document: bytes, size: int = 7) -> Iterator[bytes]:
@@ -126,9 +127,7 @@ class TestLinkTableInInputOrder:
             assert url == "https://store/x"
             consume(pieces(document, 5))
 
-        table = link_table_in_input_order(
-            read_link, "https://store/x", ["a", "b"], part, deployment="d", version=1
-        )
+        table = link_table_in_input_order(read_link, "https://store/x", ["a", "b"], part, call=call_to())
         assert table.to_pylist() == [{"id": "a", "result": 1}, {"id": "b", "result": 2}]
         assert not part.exists()
 
@@ -140,7 +139,6 @@ class TestLinkTableInInputOrder:
                 "u",
                 ["a", "c"],
                 part,
-                deployment="d",
-                version=1,
+                call=call_to(),
             )
         assert not part.exists()

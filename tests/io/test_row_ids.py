@@ -18,6 +18,7 @@ from airflow_provider_modelbit.io.row_ids import (
     row_id_key,
     table_in_input_order,
 )
+from tests.inference_calls import call_to
 
 
 class TestRowIdKey:
@@ -76,12 +77,12 @@ class TestRefuseUnusableIds:
 
 class TestInputPositions:
     def test_answer_positions_in_input_order(self) -> None:
-        positions = input_positions(["a", "b", "c"], ["c", "a", "b"], ids="abc", deployment="d", version=1)
+        positions = input_positions(["a", "b", "c"], ["c", "a", "b"], ids="abc", call=call_to())
         assert positions == [1, 2, 0]
 
     def test_repeated_ids_take_answers_in_answer_order(self) -> None:
         """A DataFrame's non-unique index: rows sharing an ID are matched in the order answered."""
-        assert input_positions([7, 7], [7, 7], ids=[7, 7], deployment="d", version=None) == [0, 1]
+        assert input_positions([7, 7], [7, 7], ids=[7, 7], call=call_to()) == [0, 1]
 
     @pytest.mark.parametrize(
         ("answered", "match"),
@@ -93,22 +94,22 @@ class TestInputPositions:
     )
     def test_mismatch_is_refused(self, answered: list[int], match: str) -> None:
         with pytest.raises(ModelbitIncompleteBatch, match=match):
-            input_positions([1, 2], answered, ids=[1, 2], deployment="d", version=1)
+            input_positions([1, 2], answered, ids=[1, 2], call=call_to())
 
 
 class TestTableInInputOrder:
     def test_reordered_to_the_input(self) -> None:
         table = results_table(["b", "a"], [2, 1])
-        ordered = table_in_input_order(table, ["a", "b"], deployment="d")
+        ordered = table_in_input_order(table, ["a", "b"], call=call_to())
         assert ordered.column("result").to_pylist() == [1, 2]
 
     def test_integer_and_float_ids_survive_the_table(self) -> None:
         """An ``id`` column of 1 and 2.5 is kept as JSON text, so 1 is not read back as 1.0."""
         table = results_table([2.5, 1], ["x", "y"])
         assert is_json_text(table.schema.field("id"))
-        ordered = table_in_input_order(table, [1, 2.5], deployment="d")
+        ordered = table_in_input_order(table, [1, 2.5], call=call_to())
         assert ordered.column("result").to_pylist() == ["y", "x"]
 
     def test_missing_id_is_named(self) -> None:
         with pytest.raises(ModelbitIncompleteBatch, match=r"missing IDs \['c'\]"):
-            table_in_input_order(results_table(["a", "b"], [1, 2]), ["a", "b", "c"], deployment="d")
+            table_in_input_order(results_table(["a", "b"], [1, 2]), ["a", "b", "c"], call=call_to())

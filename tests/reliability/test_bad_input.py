@@ -28,6 +28,7 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitAuthError,
     ModelbitConnectionError,
     ModelbitDeploymentError,
+    ModelbitError,
     ModelbitIncompleteBatch,
     ModelbitInputError,
     ModelbitLinkExpired,
@@ -111,6 +112,13 @@ def infer(scene: Scene, data: Any, **arguments: Any) -> Any:
     operator = ModelbitInferenceOperator(
         task_id="score", data=data, output_path=str(scene.output), **arguments
     )
+    operator.__dict__["hook"] = ModelbitHook(operator.modelbit_conn_id, retry_policy=FAST_RETRIES)
+    return operator.execute({})
+
+
+def infer_to_xcom(scene: Scene, data: Any, **arguments: Any) -> Any:
+    """Run ModelbitInferenceOperator returning its result through XCom (no output_path)."""
+    operator = ModelbitInferenceOperator(task_id="score", deployment="doubler", data=data, **arguments)
     operator.__dict__["hook"] = ModelbitHook(operator.modelbit_conn_id, retry_policy=FAST_RETRIES)
     return operator.execute({})
 
@@ -573,8 +581,38 @@ CASES = [
         "answer missing IDs",
         scripted_answer(json_answer(b'{"data": [[1, 2]]}'), [[1, 1], [2, 2]]),
         ModelbitIncompleteBatch,
-        r"'doubler'.*2\b",
-        where="'doubler'",
+        r"answered a batch of 2 rows with missing IDs \[2\] \(1\) and unexpected IDs none",
+        where=DOUBLER + " answered",
+    ),
+    BadInput(
+        "answer with an extra ID",
+        scripted_answer(json_answer(b'{"data": [[1, 2], [2, 4], [9, 18]]}'), [[1, 1], [2, 2]]),
+        ModelbitIncompleteBatch,
+        r"missing IDs none and unexpected IDs \[9\] \(1\); the batch was not used",
+        where=DOUBLER + " answered",
+    ),
+    BadInput(
+        "answer that is not a batch",
+        scripted_answer(json_answer(b'{"data": {"1": 2}}'), [[1, 1]]),
+        ModelbitIncompleteBatch,
+        r"answered a batch with dict instead of a list of \[id, result\] rows",
+        where=DOUBLER + " answered",
+    ),
+    BadInput(
+        "result too large for XCom",
+        lambda scene: infer_to_xcom(scene, [[i, i] for i in range(50)], max_xcom_bytes=64),
+        ModelbitError,
+        r"the result is over 64 bytes of JSON, too large to return through XCom.*Set output_path",
+        where=DOUBLER + ": the result is over",
+    ),
+    BadInput(
+        "results links too large for XCom",
+        lambda scene: infer_to_xcom(
+            scene, [[i, i] for i in range(50)], max_xcom_bytes=64, response_format="links"
+        ),
+        ModelbitError,
+        r"the result is over 64 bytes of JSON, too large to return through XCom",
+        where=DOUBLER + ": the result is over",
     ),
     BadInput(
         "expired results link",
