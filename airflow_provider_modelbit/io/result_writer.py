@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,6 +27,7 @@ from airflow_provider_modelbit.io.arrow_results import (
 )
 from airflow_provider_modelbit.io.atomic import atomic_output, resolve_output
 from airflow_provider_modelbit.io.chunk_store import ChunkStore
+from airflow_provider_modelbit.io.column_types import parse_column_types
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -267,9 +268,19 @@ def _conform_column(column: pa.Array, field: pa.Field, target: pa.Field) -> pa.A
         ) from error
 
 
-def declared_result_type(result_schema: dict[str, pa.DataType]) -> pa.DataType:
-    """The ``result`` type of an output whose object results have exactly the fields of ``result_schema``."""
-    return pa.struct([pa.field(name, data_type) for name, data_type in result_schema.items()])
+def declared_result_type(result_schema: Mapping[str, Any] | None) -> pa.DataType | None:
+    """
+    The ``result`` type of an output whose object results have exactly the fields of ``result_schema``.
+
+    The one reading of an operator's ``result_schema=`` (``{field: type}``, types named as in
+    ``column_types``); ``None`` when there is none, and the results' own types are kept.
+
+    :raises ModelbitInputError: naming the field whose type is unknown.
+    """
+    if not result_schema:
+        return None
+    fields = parse_column_types(result_schema)
+    return pa.struct([pa.field(name, data_type) for name, data_type in fields.items()])
 
 
 def _with_declared_result(schema: pa.Schema, result_type: pa.DataType) -> pa.Schema:

@@ -232,7 +232,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.column_types = dict(column_types or {})
         parse_column_types(self.column_types)  # an unknown type name fails when the DAG is parsed
         self.result_schema = dict(result_schema) if result_schema is not None else None
-        self._result_type = declared_result_type(parse_column_types(result_schema)) if result_schema else None
+        self._result_type = declared_result_type(result_schema)
         self.version = version
         self.branch = branch
         self.modelbit_conn_id = modelbit_conn_id

@@ -64,6 +64,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     results are written as Parquet — one row per input, columns ``id`` and ``result`` with JSON
     types kept as Arrow types (a single input gets id ``0``) — and the task returns
     ``{"path": ..., "rows": ..., "bytes": ...}``. The file appears only when the task succeeds.
+    An input without rows (``[]``, an empty DataFrame) gives a file without rows whose ``result``
+    has the type ``result_schema`` declares, else Arrow ``null`` (no result to type it from), and
+    whose ``id`` has the DataFrame index's type (``null`` for ``[]``).
 
     ``response_format="links"`` asks Modelbit to return the results as a download link (for
     answers too large to send inline). On its way to ``output_path`` the linked document is
@@ -88,6 +91,10 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     :param idempotent: declare that scoring the same input twice is harmless, which lets requests
         be re-sent after a read timeout or a dropped connection (rows may then run twice).
     :param max_xcom_bytes: largest JSON result, in bytes, returned through XCom.
+    :param result_schema: ``{field: type}`` of the deployment's object results, as
+        ``ModelbitBatchInferenceOperator`` takes it: the Parquet output's ``result``, an empty one
+        included, is a struct of exactly these fields with these types; a result field not listed
+        fails the task naming it.
     :param column_types: for a DataFrame ``data``, ``{column: type}`` to cast columns to before
         sending, named as in ``ModelbitBatchInferenceOperator`` (``{"zip_code": "str"}``).
     :param asset: an Asset (or its URI) updated when the Parquet output is written, so downstream
@@ -126,6 +133,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         idempotent: bool = False,
         max_xcom_bytes: int = 1_000_000,
         column_types: Mapping[str, Any] | None = None,
+        result_schema: Mapping[str, Any] | None = None,
         asset: Asset | str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
@@ -149,6 +157,8 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.idempotent = idempotent
         self.max_xcom_bytes = max_xcom_bytes
         self.column_types = dict(column_types or {})
+        self.result_schema = dict(result_schema) if result_schema is not None else None
+        self._result_type = _declared_result_type(result_schema)  # an unknown type fails at parse time
         self.deferrable = deferrable
         # Remembered before rendering replaces it: a template can only produce text.
         self._data_is_template = isinstance(data, str) and "{{" in data
@@ -399,19 +409,35 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
     def _write_parquet(self, tables: Iterable[pa.Table]) -> dict[str, Any]:
         """Write result tables, in order, as one Parquet file at ``output_path`` (nothing on failure)."""
-        from airflow_provider_modelbit.io.arrow_results import results_table
         from airflow_provider_modelbit.io.result_writer import write_results_parquet
 
         destination = self._destination
         rows = write_results_parquet(
             destination,
             tables,
-            empty_schema=results_table([], []).schema,
+            result_type=self._result_type,
+            empty_schema=self._empty_schema(),
             before_replace=lambda rows: self._refuse_incomplete(rows, destination),
         )
         size = destination.stat().st_size
         self.log.info("Wrote %d result rows (%d bytes) to %s", rows, size, destination)
         return {"path": str(destination), "rows": rows, "bytes": size}
+
+    def _empty_schema(self) -> pa.Schema:
+        """The output's schema when no input row gives a result to type it from."""
+        import pyarrow as pa
+
+        from airflow_provider_modelbit.hooks.batching import is_dataframe
+        from airflow_provider_modelbit.io.arrow_results import results_table
+
+        schema = results_table([], []).schema
+        if is_dataframe(self.data):
+            # An index that may hold IDs is of numbers or strings: typed as a full output's IDs are.
+            index = pa.array(self.data.index).type
+            number = pa.int64() if pa.types.is_integer(index) else pa.float64()
+            id_type = number if pa.types.is_integer(index) or pa.types.is_floating(index) else pa.string()
+            schema = schema.set(0, pa.field("id", id_type))
+        return schema
 
     @cached_property
     def _destination(self) -> ObjectStoragePath:
@@ -450,6 +476,15 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
 
 # ---------------------------------------------------------------------- results
+
+
+def _declared_result_type(result_schema: Mapping[str, Any] | None) -> pa.DataType | None:
+    # Arrow is imported only for a declared schema: DAG files without one parse without it.
+    if not result_schema:
+        return None
+    from airflow_provider_modelbit.io.result_writer import declared_result_type
+
+    return declared_result_type(result_schema)
 
 
 __all__ = ["ModelbitInferenceOperator"]

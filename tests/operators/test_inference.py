@@ -405,6 +405,58 @@ class TestParquetOutput:
         assert table.column("id").to_pylist() == [0, 1, 2]
         assert table.schema.field("result").type == pa.float64()
 
+    @pytest.mark.parametrize(
+        "result_schema", [None, {"score": "float", "label": "str"}], ids=["undeclared", "declared"]
+    )
+    def test_an_empty_input_writes_the_schema_of_a_full_one(
+        self, result_schema: dict[str, str] | None, server: RunningEmulator, tmp_path: Path
+    ) -> None:
+        """Daily outputs agree in schema: the declared result type, else null; the index's ID type."""
+        frame = pd.DataFrame({"score": [0.5, 0.25], "label": ["a", "b"]})
+        full, empty = tmp_path / "full.parquet", tmp_path / "empty.parquet"
+        for data, output in [(frame, full), (frame.iloc[:0], empty)]:
+            outcome = run_inference(
+                deployment="echo", data=data, output_path=str(output), result_schema=result_schema
+            )
+            assert outcome.state == "success", outcome.error
+        assert pq.read_table(empty).num_rows == 0
+        assert server.client.runs("echo") == {"0": 1, "1": 1}
+        declared = pa.struct([("score", pa.float64()), ("label", pa.string())])
+        assert pq.read_schema(full).field("result").type == declared
+        if result_schema is None:
+            assert pq.read_schema(empty) == pa.schema([("id", pa.int64()), ("result", pa.null())])
+        else:
+            assert (
+                pq.read_schema(empty)
+                == pq.read_schema(full)
+                == pa.schema([("id", pa.int64()), ("result", declared)])
+            )
+
+    def test_an_empty_batch_with_a_result_schema(self, server: RunningEmulator, tmp_path: Path) -> None:
+        """Rows ``[]`` carry no ID type; the result still has the declared type."""
+        output = tmp_path / "scores.parquet"
+        outcome = run_inference(
+            deployment="echo", data=[], output_path=str(output), result_schema={"score": "float"}
+        )
+        assert outcome.value["rows"] == 0
+        assert pq.read_schema(output) == pa.schema(
+            [("id", pa.null()), ("result", pa.struct([("score", pa.float64())]))]
+        )
+        assert server.client.requests() == []
+
+    def test_a_result_field_not_in_result_schema_fails_naming_it(
+        self, server: RunningEmulator, tmp_path: Path
+    ) -> None:
+        output = tmp_path / "scores.parquet"
+        outcome = run_inference(
+            deployment="echo",
+            data=[[1, {"score": 0.5, "extra": 1}]],
+            output_path=str(output),
+            result_schema={"score": "float"},
+        )
+        assert_failed(outcome, ModelbitInputError, "field(s) 'extra', which result_schema does not list")
+        assert not output.exists()
+
     def test_object_storage_url(self, server: RunningEmulator, tmp_path: Path) -> None:
         """output_path may be any ObjectStoragePath URL; file:// needs no extra connection."""
         output = tmp_path / "nested" / "scores.parquet"
