@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
@@ -193,6 +194,35 @@ class TestScoring:
         assert output.num_rows == 0
         assert output.schema.names == ["key", "result", "segment"]
         assert output.schema.field("key").type == pa.string()
+
+    def test_a_hive_partitioned_folder_scores_as_its_rows_in_one_file_do(
+        self, tmp_path: Path, run_batch: Any, server: RunningEmulator
+    ) -> None:
+        """``date=.../part-0.parquet`` folders: every row scored once, output as a clean run of one file."""
+        days = ["2024-01-01"] * 5 + ["2024-01-02"] * 4 + ["2024-01-03"] * 3
+        keys = [f"hive-{i:02d}" for i in range(len(days))]
+        rows = pa.table({"key": keys, "x": list(range(len(days))), "date": days})
+        for day in sorted(set(days)):
+            folder = tmp_path / "partitioned" / f"date={day}"
+            folder.mkdir(parents=True)
+            pq.write_table(
+                rows.filter(pc.equal(rows.column("date"), day)).drop_columns(["date"]),
+                folder / "part-0.parquet",
+            )
+        (tmp_path / "partitioned" / "_SUCCESS").write_text("")
+        pq.write_table(rows, tmp_path / "clean.parquet")
+        outputs = {}
+        for name in ("partitioned", "clean"):
+            source = tmp_path / name if name == "partitioned" else tmp_path / "clean.parquet"
+            spec = echo_spec(tmp_path / f"{name}-run", source, passthrough_columns=["date"])
+            assert run_batch(**spec) == "success"
+            outputs[name] = read_output(tmp_path / f"{name}-run")
+            if name == "partitioned":
+                assert {key: server.client.runs("echo")[key] for key in keys} == dict.fromkeys(keys, 1)
+        assert outputs["partitioned"].to_pylist() == outputs["clean"].to_pylist()
+        assert outputs["partitioned"].schema.remove_metadata() == outputs["clean"].schema.remove_metadata()
+        assert outputs["partitioned"].column("result").to_pylist() == list(range(len(days)))
+        assert {key: server.client.runs("echo")[key] for key in keys} == dict.fromkeys(keys, 2)
 
     def test_csv_ids_keep_leading_zeros_and_column_types_keep_a_zip_code_text(
         self, tmp_path: Path, run_batch: Any, server: RunningEmulator
