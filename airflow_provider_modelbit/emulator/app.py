@@ -35,6 +35,8 @@ from airflow_provider_modelbit.emulator.workspace import EmulatorConfig, build_c
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_THREADS = 64
+# How long a reset waits for the requests still being served (below the inspection client's timeout).
+RESET_DRAIN_SECONDS = 10.0
 
 
 class EmulatorApp:
@@ -87,10 +89,19 @@ class EmulatorApp:
         """Change options at run time (names of :class:`EmulatorConfig`)."""
         self.config = build_config(self.config, **options)
 
-    def reset(self) -> None:
-        """Forget recorded requests, runs, batches, faults and links; restore the start-up options."""
+    async def reset(self) -> None:
+        """
+        Forget recorded requests, runs, batches, faults and links; restore the start-up options.
+
+        Requests still being served (a client that gave up on them, say) are let finish first, for
+        up to ``RESET_DRAIN_SECONDS``: they would otherwise hold places of the in-flight caps and
+        record runs after the reset, into whatever is tested next.
+        """
         for task in list(self._tasks):
             task.cancel()
+        deadline = time.monotonic() + RESET_DRAIN_SECONDS
+        while self.limits.inflight.requests > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         self.config = self.initial_config
         self.recorder.reset()
         self.faults.reset()

@@ -19,7 +19,7 @@ DELETE     /_emulator/faults/settings        clear all fault settings
 GET        /_emulator/config                 the current options (keys masked)
 POST       /_emulator/config                 change options (body: option names and values)
 GET        /_emulator/deployments            registered deployments, branches, versions, aliases
-POST       /_emulator/reset                  forget everything recorded; restore start-up options
+POST       /_emulator/reset                  let requests being served finish; forget records; restore options
 =========  ================================  ==========================================================
 """
 
@@ -74,8 +74,8 @@ def _configure(app: EmulatorApp, request: HttpRequest, _: str) -> Any:
     return config_as_json(app.config)
 
 
-def _reset(app: EmulatorApp, _request: HttpRequest, _: str) -> Any:
-    app.reset()
+async def _reset(app: EmulatorApp, _request: HttpRequest, _: str) -> Any:
+    await app.reset()
     return {"status": "reset"}
 
 

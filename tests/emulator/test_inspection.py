@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 
@@ -69,6 +72,21 @@ class TestControl:
         assert emulator.client.runs("doubler") == {} and emulator.client.batches() == []
         assert emulator.client.fault_settings() == {"global": None, "deployments": {}}
         assert http.post(emulator.url + "/v1/doubler/latest", json={"data": 1}).status_code == 200
+
+    def test_reset_lets_requests_being_served_finish_first(
+        self, http: httpx.Client, emulator: RunningEmulator
+    ) -> None:
+        """A request a client gave up on no longer holds a place of the in-flight cap after a reset."""
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(http.post, emulator.url + "/v1/sleeper/latest", json={"data": [[0, 1.0]]})
+            deadline = time.monotonic() + 30
+            while not emulator.client.requests() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            emulator.client.reset()
+            emulator.client.configure(max_inflight_requests=1)
+            assert http.post(emulator.url + "/v1/doubler/latest", json={"data": 1}).status_code == 200
+            assert slow.result().status_code == 200
+        assert [request["path"] for request in emulator.client.requests()] == ["/v1/doubler/latest"]
 
     def test_config_masks_keys(self, emulator: RunningEmulator) -> None:
         config = emulator.client.configure(api_keys=["secret-key"], timeout_status=504)
