@@ -255,10 +255,10 @@ def column_list(columns: str | Sequence[str]) -> list[str]:
 
 
 def check_batch_settings(
-    argument_style: str, batch_size: int, batch_bytes: int, max_concurrency: int
+    argument_style: str, batch_size: int, batch_bytes: int, max_concurrency: int, adaptive_concurrency: bool
 ) -> None:
     """
-    Refuse chunking settings that cannot work, before anything is read or sent.
+    Refuse chunking and concurrency settings that cannot work, before anything is read or sent.
 
     :raises ModelbitInputError: naming the setting and the value given.
     """
@@ -266,6 +266,8 @@ def check_batch_settings(
         raise ModelbitInputError(
             f"argument_style must be one of {', '.join(ARGUMENT_STYLES)}, got {argument_style!r}."
         )
+    if not isinstance(adaptive_concurrency, bool):
+        raise ModelbitInputError(f"adaptive_concurrency must be True or False, got {adaptive_concurrency!r}.")
     for name, value in (
         ("batch_size", batch_size),
         ("batch_bytes", batch_bytes),

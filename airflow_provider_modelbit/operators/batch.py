@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
-from functools import cached_property
+from contextlib import contextmanager
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_modelbit.defaults import (
@@ -32,33 +30,24 @@ from airflow_provider_modelbit.defaults import (
     LATEST,
     LINKS,
 )
-from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitIncompleteBatch, ModelbitInputError
-from airflow_provider_modelbit.io.arrow_results import result_field
+from airflow_provider_modelbit.exceptions import ModelbitInputError
 from airflow_provider_modelbit.io.atomic import resolve_output
 from airflow_provider_modelbit.io.batch_inputs import (
-    ROW_POSITION_ID,
     InputChunk,
     batch_rows,
     check_batch_settings,
     check_table_ids,
-    chunk_ids,
     chunk_ids_again,
     column_list,
     exact_chunks,
     refuse_unsendable_columns,
 )
-from airflow_provider_modelbit.io.chunk_store import CheckpointRecord, ChunkStore, held_checkpoint
+from airflow_provider_modelbit.io.batch_output import BatchOutput, score_pending
 from airflow_provider_modelbit.io.column_types import parse_column_types
 from airflow_provider_modelbit.io.destination import check_output_location, refuse_column_clashes
 from airflow_provider_modelbit.io.links import link_table_in_input_order
-from airflow_provider_modelbit.io.ownership import OutputLease, TaskIdentity
-from airflow_provider_modelbit.io.result_writer import (
-    RESULT_COLUMN,
-    declared_result_type,
-    empty_output_schema,
-    output_chunk_table,
-    write_results_parquet,
-)
+from airflow_provider_modelbit.io.ownership import TaskIdentity
+from airflow_provider_modelbit.io.result_writer import declared_result_type
 from airflow_provider_modelbit.io.tables import TableSource, open_table
 from airflow_provider_modelbit.operators.assets import announce_output, as_asset, with_asset_outlet
 from airflow_provider_modelbit.operators.deferrable import CallbackDelivery, ModelbitDeferrableMixin
@@ -67,6 +56,7 @@ from airflow_provider_modelbit.operators.progress import ProgressLog
 from airflow_provider_modelbit.version_compat import conf
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
@@ -216,11 +206,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**with_asset_outlet(kwargs, asset))
-        check_batch_settings(argument_style, batch_size, batch_bytes, max_concurrency)
-        if not isinstance(adaptive_concurrency, bool):
-            raise ModelbitInputError(
-                f"adaptive_concurrency must be True or False, got {adaptive_concurrency!r}."
-            )
+        check_batch_settings(argument_style, batch_size, batch_bytes, max_concurrency, adaptive_concurrency)
         self.deployment = deployment
         self.input_path = input_path
         self.output_path = output_path
@@ -249,7 +235,6 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         self.deferrable = deferrable
         self.progress_interval_seconds = progress_interval_seconds
         self.output_wait_seconds = output_wait_seconds
-        self._lease: OutputLease | None = None
         self.written: dict[str, Any] | None = None  # what the task returned, once the output is in place
 
     @cached_property
@@ -282,81 +267,36 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             return self.execute_deferrable(context)
         with self._owned_checkpoint(context) as finished:
             progress = ProgressLog(self.log, total_rows, self.progress_interval_seconds)
-            self._score_pending(finished, progress)
+            infer = partial(
+                self.hook.infer_chunks,
+                self.deployment,
+                version=self.version,
+                branch=self.branch,
+                timeout_seconds=self.timeout_seconds,
+                response_format=self.response_format,
+                idempotent=self.idempotent,
+                max_concurrency=self.max_concurrency,
+                adaptive_concurrency=self.adaptive_concurrency,
+                batch_bytes=self.batch_bytes,
+            )
+            score_pending(
+                infer,
+                self._iter_chunks(),
+                finished=finished,
+                batch_rows=self._chunk_rows,
+                output=self.batch_output,
+                progress=progress,
+                log=self.log,
+            )
             return self._write_results(context, started)
 
     @contextmanager
     def _owned_checkpoint(self, context: Context) -> Iterator[set[int]]:
         """Hold the output's lease and its checkpoint for the run; yield the chunks a retry can reuse."""
-        task = TaskIdentity.from_context(context)
-        self._lease = OutputLease(
-            self.checkpoint.location,
-            task,
-            output=str(self.output_location),
-            wait_seconds=self.output_wait_seconds,
-        )
-        with held_checkpoint(
-            self.checkpoint, self._lease, CheckpointRecord.for_work(self._work(), task)
-        ) as finished:
+        with self.batch_output.held(TaskIdentity.from_context(context), self._work()) as finished:
             if finished:
                 self.log.info("Resuming: %d chunk(s) finished by an earlier try are reused.", len(finished))
             yield finished
-
-    def _score_pending(self, finished: set[int], progress: ProgressLog) -> None:
-        """Send every chunk not finished yet and save each answer as it arrives."""
-        in_flight: deque[InputChunk] = deque()
-        results = self.hook.infer_chunks(
-            self.deployment,
-            self._requests(finished, in_flight, progress),
-            version=self.version,
-            branch=self.branch,
-            timeout_seconds=self.timeout_seconds,
-            response_format=self.response_format,
-            idempotent=self.idempotent,
-            max_concurrency=self.max_concurrency,
-            adaptive_concurrency=self.adaptive_concurrency,
-            batch_bytes=self.batch_bytes,
-        )
-        recording: InputChunk | None = None
-        try:
-            with closing(results):
-                for chunk_result in results:
-                    recording = in_flight.popleft()
-                    self._record_chunk(recording, chunk_result.rows)
-                    progress.advance(recording.num_rows)
-                    recording = None
-        except ModelbitError as failed:
-            self._log_stop(failed, in_flight)
-            # Results arrive in request order, so a failed request is the oldest in flight. An input
-            # error already names its file and row (and may come from reading a later chunk), and
-            # a refused answer names its chunk.
-            if recording is not None or not in_flight or isinstance(failed, ModelbitInputError):
-                raise
-            raise failed.located(in_flight[0].describe()) from failed
-        except BaseException as stopped:
-            self._log_stop(stopped, in_flight)
-            raise
-
-    def _log_stop(self, stopped: BaseException, in_flight: deque[InputChunk]) -> None:
-        self.log.warning(
-            "The batch stopped (%s) with %d chunk(s) in flight: their requests were abandoned and "
-            "no new chunk was sent; %d finished chunk(s) stay in %s for the retry.",
-            type(stopped).__name__,
-            len(in_flight),
-            len(self.checkpoint.indices()),
-            self.checkpoint.location,
-        )
-
-    def _requests(
-        self, finished: set[int], in_flight: deque[InputChunk], progress: ProgressLog
-    ) -> Iterator[list[list[Any]]]:
-        """Yield the batch rows of each unfinished chunk, remembering which chunk each request is."""
-        for chunk in self._iter_chunks():
-            if chunk.index in finished:
-                progress.advance(chunk.num_rows, reused=True)
-                continue
-            in_flight.append(chunk)
-            yield self._chunk_rows(chunk)
 
     # The run, deferred path -----------------------------------------------------------------
 
@@ -389,7 +329,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         call = self.hook.call_target(self.deployment, self.version, self.branch)
         if self.response_format != LINKS:
             answer = reassemble(encode_chunk(rows), delivery.value, call=call)
-            self._record_chunk(chunk, answer)
+            self.batch_output.record_rows(chunk, answer)
             return
         linked = link_table_in_input_order(
             self.hook.read_link,
@@ -398,8 +338,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             scratch / f"chunk-{chunk.index:08d}.parquet",
             call=call,
         )
-        result = linked.column(RESULT_COLUMN)
-        self._save_chunk(chunk.index, self._chunk_table(chunk, linked.schema.field(RESULT_COLUMN), result))
+        self.batch_output.record_table(chunk, linked)
 
     # Building blocks shared with the deferrable path -----------------------------------------
 
@@ -424,9 +363,18 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         return resolve_output(self.output_path, self.output_conn_id)
 
     @cached_property
-    def checkpoint(self) -> ChunkStore:
-        """Finished chunks of this output, kept beside it until the output is written."""
-        return ChunkStore.beside(self.output_location)
+    def batch_output(self) -> BatchOutput:
+        """The output, its lease and the checkpoint of finished chunks kept beside it until it is written."""
+        return BatchOutput(
+            self.output_location,
+            id_column=self.id_column,
+            passthrough=self._output_passthrough,
+            expand_result=self.expand_result,
+            result_type=self._result_type,
+            deployment=self.deployment,
+            version=self.version,
+            wait_seconds=self.output_wait_seconds,
+        )
 
     def _chunk_rows(self, chunk: InputChunk) -> list[list[Any]]:
         """Return a chunk as the batch rows ``[[id, *args], ...]`` of one request."""
@@ -438,35 +386,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         """Yield the input in chunks of ``batch_size`` rows, the same chunks on every attempt."""
         return exact_chunks(self.source.iter_batches(max_rows=max(self.batch_size, 65_536)), self.batch_size)
 
-    def _record_chunk(self, chunk: InputChunk, rows: list[list[Any]]) -> None:
-        """Save a chunk's answer ``[[id, result], ...]`` (in the chunk's order) as a finished chunk."""
-        if len(rows) != chunk.num_rows:
-            raise ModelbitIncompleteBatch(
-                f"Deployment {self.deployment!r} (version {self.version}) answered {len(rows)} rows for "
-                f"{chunk.describe()}, of {chunk.num_rows} rows; the chunk was not used.",
-                deployment=self.deployment,
-                version=self.version,
-            )
-        field, results = result_field(RESULT_COLUMN, [row[1] for row in rows])
-        self._save_chunk(chunk.index, self._chunk_table(chunk, field, results))
-
-    def _save_chunk(self, index: int, table: pa.Table) -> None:
-        if self._lease is not None:
-            self._lease.check()
-        self.checkpoint.put(index, table)
-
     def _write_results(self, context: Context, started: float) -> dict[str, Any]:
         """Check every input row has one result, then assemble the Parquet output atomically."""
-        chunks = len(self.checkpoint.indices())
-        self.checkpoint.verify_complete(self._expected_chunks(), str(self.output_location))
-        rows = write_results_parquet(
-            self.output_location,
-            store=self.checkpoint,
-            expand_result=self.expand_result,
-            result_type=self._result_type,
-            empty_schema=self._empty_schema(),
-            before_replace=self._confirm_lease,
-        )
+        chunks = len(self.batch_output.checkpoint.indices())
+        rows = self.batch_output.write(self._expected_chunks(), self.source.schema)
         seconds = time.monotonic() - started
         announce_output(context, self.asset, str(self.output_location), rows)
         self.log.info("Wrote %d rows to %s in %.1f s.", rows, self.output_location, seconds)
@@ -480,11 +403,6 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         }
         return self.written
 
-    def _confirm_lease(self, rows: int) -> None:
-        """Confirm this run still owns the output; raising leaves what was at output_path untouched."""
-        if self._lease is not None:
-            self._lease.confirm()
-
     # Checks and descriptions -----------------------------------------------------------------
 
     def _prepare(self) -> int | None:
@@ -496,7 +414,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         check_output_location(self.output_location, inputs=[self.source.location])
         refuse_column_clashes(
             self._output_passthrough,
-            id_name=self._id_name,
+            id_name=self.batch_output.id_name,
             expand_result=self.expand_result,
             output=str(self.output_location),
         )
@@ -524,23 +442,8 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         return [name for name in self.source.schema.names if name != self.id_column]
 
     @property
-    def _id_name(self) -> str:
-        return self.id_column or ROW_POSITION_ID
-
-    @property
     def _output_passthrough(self) -> list[str]:
         return [name for name in self.passthrough_columns if name != self.id_column]
-
-    def _chunk_table(
-        self, chunk: InputChunk, field: pa.Field, results: pa.Array | pa.ChunkedArray
-    ) -> pa.Table:
-        """A chunk as the checkpoint keeps it: IDs, ``results`` as ``field`` says, pass-through columns."""
-        ids = chunk_ids(chunk, self.id_column)
-        return output_chunk_table(chunk.table, self._id_name, ids, field, results, self._output_passthrough)
-
-    def _empty_schema(self) -> pa.Schema:
-        id_type = self.source.schema.field(self.id_column).type if self.id_column else pa.int64()
-        return empty_output_schema(self.source.schema, self._id_name, id_type, self._output_passthrough)
 
     def _work(self) -> dict[str, Any]:
         """Everything that decides the chunks' answers; a checkpoint made for other work is discarded."""

@@ -543,8 +543,9 @@ class TestCompleteOrNothing:
         pq.write_table(pa.table({"key": ["yesterday"], "result": [1]}), output)
         previous = output.read_bytes()
         forger = ModelbitBatchInferenceOperator(task_id="score", **spec)
-        forger.checkpoint.start(CheckpointRecord.for_work(forger._work(), TaskIdentity()))
-        forger.checkpoint.put(0, pa.table({"key": KEYS[:1], "result": [0]}))  # 1 row of chunk 0's 3
+        checkpoint = forger.batch_output.checkpoint
+        checkpoint.start(CheckpointRecord.for_work(forger._work(), TaskIdentity()))
+        checkpoint.put(0, pa.table({"key": KEYS[:1], "result": [0]}))  # 1 row of chunk 0's 3
         server.client.reset()
         with pytest.raises(ModelbitIncompleteBatch, match="chunk 0 holds 1 results for 3 input rows"):
             ModelbitBatchInferenceOperator(task_id="score", **spec).execute({})
