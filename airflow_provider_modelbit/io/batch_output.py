@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -43,6 +44,7 @@ class Progress(Protocol):
     def advance(self, rows: int, *, reused: bool = False) -> None: ...
 
 
+@dataclass(kw_only=True)
 class BatchOutput:
     """
     The output of one batch run and the checkpoint its finished chunks are saved in beside it.
@@ -57,29 +59,24 @@ class BatchOutput:
     :param wait_seconds: how long to wait for another run that holds the output.
     """
 
-    def __init__(
-        self,
-        location: ObjectStoragePath,
-        *,
-        id_column: str | None,
-        passthrough: list[str],
-        expand_result: bool,
-        result_type: pa.DataType | None,
-        deployment: str,
-        version: str | int,
-        wait_seconds: float,
-    ) -> None:
-        self.location = location
-        self.checkpoint = ChunkStore.beside(location)
-        self.id_column = id_column
-        self.id_name = id_column or ROW_POSITION_ID
-        self.passthrough = passthrough
-        self.expand_result = expand_result
-        self.result_type = result_type
-        self.deployment = deployment
-        self.version = version
-        self.wait_seconds = wait_seconds
-        self._lease: OutputLease | None = None
+    location: ObjectStoragePath
+    id_column: str | None
+    passthrough: list[str]
+    expand_result: bool
+    result_type: pa.DataType | None
+    deployment: str
+    version: str | int
+    wait_seconds: float
+    checkpoint: ChunkStore = field(init=False)
+    _lease: OutputLease | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.checkpoint = ChunkStore.beside(self.location)
+
+    @property
+    def id_name(self) -> str:
+        """The ID column's name in the output."""
+        return self.id_column or ROW_POSITION_ID
 
     @contextmanager
     def held(self, task: TaskIdentity, work: dict[str, Any]) -> Iterator[set[int]]:

@@ -366,7 +366,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def batch_output(self) -> BatchOutput:
         """The output, its lease and the checkpoint of finished chunks kept beside it until it is written."""
         return BatchOutput(
-            self.output_location,
+            location=self.output_location,
             id_column=self.id_column,
             passthrough=self._output_passthrough,
             expand_result=self.expand_result,

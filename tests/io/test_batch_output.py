@@ -44,7 +44,7 @@ def chunks(keys: list[str]) -> list[InputChunk]:
 
 def output_at(tmp_path: Path) -> BatchOutput:
     return BatchOutput(
-        resolve_output(str(tmp_path / "scores.parquet")),
+        location=resolve_output(str(tmp_path / "scores.parquet")),
         id_column="key",
         passthrough=["x"],
         expand_result=False,
