@@ -308,6 +308,7 @@ class JobRunner:
                 branch=self.host.branch,
                 timeout_seconds=submission.timeout_seconds,
                 response_format=self.host.response_format,
+                unique_ids=self.host.callback_unique_ids,
             )
         except ModelbitError as error:
             if not error.request_sent:

@@ -54,7 +54,7 @@ from airflow_provider_modelbit.hooks.settings import (
 from airflow_provider_modelbit.hooks.urls import deployment_url
 from airflow_provider_modelbit.io.encoding import describe_unencodable, encode_json, request_body
 from airflow_provider_modelbit.io.links import read_link_value
-from airflow_provider_modelbit.io.row_ids import refuse_duplicate_ids
+from airflow_provider_modelbit.io.row_ids import check_repeated_ids
 
 CONNECT_TIMEOUT = 10.0
 # An async submission only waits for the short acknowledgement, never for the model.
@@ -91,19 +91,6 @@ def as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
     if is_batch(data):
         return list(data)
     return None
-
-
-def check_batch_ids(data: Any, rows: Sequence[Sequence[Any]]) -> bool:
-    """
-    Refuse repeated IDs in batch rows; return whether the IDs must be unique.
-
-    A DataFrame's index may repeat, as Modelbit's own client allows: its rows are then matched in
-    the order the answer lists them.
-    """
-    if is_dataframe(data):
-        return False
-    refuse_duplicate_ids(rows)
-    return True
 
 
 def call_body(encoded_data: bytes, call: InferenceCall, response_format: str | None) -> bytes:
@@ -285,6 +272,7 @@ class ModelbitHookBase(BaseHook):
         timeout_seconds: int | None,
         response_format: str | None,
         webhook_ignore_timeout: bool | None,
+        unique_ids: bool = True,
     ) -> tuple[InferenceCall, bytes]:
         """Validate an async submission and build its body."""
         validate_options(
@@ -299,7 +287,13 @@ class ModelbitHookBase(BaseHook):
             settings, deployment, version, branch, timeout_seconds, False, limit=ASYNC_TIMEOUT_LIMIT
         )
         rows = as_rows(data)
-        encoded = encode_chunk(rows).data if rows is not None else encode_single(data, call)
+        if rows is None:
+            encoded = encode_single(data, call)
+        else:  # unique_ids=False: the caller sends a DataFrame's rows, whose index may repeat
+            check_repeated_ids(
+                rows, from_dataframe=is_dataframe(data) or not unique_ids, deployment=deployment
+            )
+            encoded = encode_chunk(rows, unique_ids=False).data
         body = request_body(
             encoded,
             timeout_seconds=call.timeout_seconds,

@@ -22,6 +22,7 @@ from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, Modelb
 from airflow_provider_modelbit.io.encoding import column_key, encode_row, encode_rows, join_rows
 from airflow_provider_modelbit.io.row_ids import (
     RowIdKey,
+    check_repeated_ids,
     input_positions,
     refuse_duplicate_ids,
     refuse_unusable_ids,
@@ -120,7 +121,9 @@ def input_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
 
     A list whose first element is a list is a batch, and so is ``[]`` (an empty batch: nothing is
     sent); a DataFrame is sent row by row as ``[index, {column: value}]``. Every ID must be a
-    string or a finite number and unique, a DataFrame's index included.
+    string or a finite number; batch rows' IDs must be unique, while a DataFrame's index may repeat
+    (see :func:`~airflow_provider_modelbit.io.row_ids.check_repeated_ids`), so chunks of these rows
+    need no check of their own.
 
     :raises ModelbitInputError: a row is not a non-empty list, or an ID is unusable or repeated.
     """
@@ -131,7 +134,7 @@ def input_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
     else:
         return None
     refuse_unusable_ids(rows, deployment=deployment)
-    refuse_duplicate_ids(rows, deployment=deployment)
+    check_repeated_ids(rows, from_dataframe=is_dataframe(data), deployment=deployment)
     return rows
 
 

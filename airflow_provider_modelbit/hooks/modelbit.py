@@ -44,7 +44,6 @@ from airflow_provider_modelbit.hooks.base import (
     as_rows,
     call_answer,
     call_body,
-    check_batch_ids,
     encode_single,
     link_value,
     missing_connection_message,
@@ -54,6 +53,7 @@ from airflow_provider_modelbit.hooks.base import (
 from airflow_provider_modelbit.hooks.batching import (
     ChunkResult,
     encode_chunk,
+    is_dataframe,
     long_lived_objects_frozen,
     reassemble,
     rows_in_chunks,
@@ -85,6 +85,7 @@ from airflow_provider_modelbit.hooks.settings import (
 )
 from airflow_provider_modelbit.hooks.urls import deployment_url
 from airflow_provider_modelbit.io.encoding import request_body
+from airflow_provider_modelbit.io.row_ids import check_repeated_ids
 
 __all__ = [
     "ChunkResult",
@@ -274,7 +275,7 @@ class ModelbitHook(ModelbitHookBase):
             body = call_body(encode_single(data, call), call, response_format)
             value, _ = self._answer_value(call, body, None, response_format)
             return value
-        unique_ids = check_batch_ids(data, rows)
+        unique_ids = check_repeated_ids(rows, from_dataframe=is_dataframe(data), deployment=deployment)
         results = self.infer_chunks(
             deployment,
             rows_in_chunks(rows, self.batch_size),
@@ -514,6 +515,7 @@ class ModelbitHook(ModelbitHookBase):
         branch: str | None = None,
         timeout_seconds: int | None = None,
         idempotent: bool = False,
+        unique_ids: bool = True,
     ) -> str:
         """
         Run an inference in links mode and return the results link, without downloading it.
@@ -527,11 +529,19 @@ class ModelbitHook(ModelbitHookBase):
         :param branch: git branch; ``None`` uses the connection's default branch.
         :param timeout_seconds: inference time limit (1-300); ``None`` uses the connection's.
         :param idempotent: re-send after errors where the model may already have run.
+        :param unique_ids: refuse batch rows with a repeated ID; ``False`` for rows of a DataFrame,
+            whose index may repeat (a DataFrame ``data`` is always allowed to).
         """
         validate_options(timeout_seconds, LINKS, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
         call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
         rows = as_rows(data)
-        encoded = encode_chunk(rows).data if rows is not None else encode_single(data, call)
+        if rows is None:
+            encoded = encode_single(data, call)
+        else:  # unique_ids=False: the caller sends a DataFrame's rows, whose index may repeat
+            check_repeated_ids(
+                rows, from_dataframe=is_dataframe(data) or not unique_ids, deployment=deployment
+            )
+            encoded = encode_chunk(rows, unique_ids=False).data
         body = request_body(encoded, timeout_seconds=call.timeout_seconds, response_format=LINKS)
         payload, _, _ = self._send(
             call, body, None if rows is None else len(rows), read_timeout=call.http_read_timeout()
@@ -549,6 +559,7 @@ class ModelbitHook(ModelbitHookBase):
         timeout_seconds: int | None = None,
         response_format: str | None = None,
         webhook_ignore_timeout: bool | None = None,
+        unique_ids: bool = True,
     ) -> str | None:
         """
         Submit an inference to run asynchronously; Modelbit posts the answer to ``webhook_url``.
@@ -563,6 +574,7 @@ class ModelbitHook(ModelbitHookBase):
         :param timeout_seconds: inference time limit (1-900); ``None`` uses the connection's.
         :param response_format: ``None``, or ``"links"`` for a delivery carrying a download link.
         :param webhook_ignore_timeout: count a webhook attempt that times out as delivered.
+        :param unique_ids: as for :meth:`request_link`.
         :return: the batchId of the submission; ``None`` (logged) when the answer names none, as
             Modelbit documents no shape for it. The submission was accepted either way.
         """
@@ -576,6 +588,7 @@ class ModelbitHook(ModelbitHookBase):
             timeout_seconds,
             response_format,
             webhook_ignore_timeout,
+            unique_ids,
         )
         payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT, submitted=True)
         return self._accepted_batch_id(payload, headers, call)

@@ -34,7 +34,6 @@ from airflow_provider_modelbit.hooks.base import (
     as_rows,
     call_answer,
     call_body,
-    check_batch_ids,
     encode_single,
     link_value,
     missing_connection_message,
@@ -43,6 +42,7 @@ from airflow_provider_modelbit.hooks.base import (
 from airflow_provider_modelbit.hooks.batching import (
     EncodedChunk,
     encode_chunk,
+    is_dataframe,
     reassemble,
     rows_in_chunks,
     split_by_bytes,
@@ -65,6 +65,7 @@ from airflow_provider_modelbit.hooks.settings import (
     ModelbitSettings,
     settings_from_connection,
 )
+from airflow_provider_modelbit.io.row_ids import check_repeated_ids
 
 __all__ = ["ModelbitAsyncHook"]
 
@@ -162,7 +163,7 @@ class ModelbitAsyncHook(ModelbitHookBase):
                 body = call_body(encode_single(data, call), call, response_format)
                 value, _ = await self._aanswer_value(client, call, body, None, response_format)
                 return value
-            unique_ids = check_batch_ids(data, rows)
+            unique_ids = check_repeated_ids(rows, from_dataframe=is_dataframe(data), deployment=deployment)
             return await self._ainfer_rows(client, call, rows, response_format, unique_ids)
 
     async def _ainfer_rows(

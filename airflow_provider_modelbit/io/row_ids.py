@@ -80,6 +80,27 @@ def row_id_of(row: Any, position: int, deployment: str | None = None) -> Any:
     return row[0]
 
 
+def check_repeated_ids(
+    rows: Sequence[Sequence[Any]], *, from_dataframe: bool, deployment: str | None = None
+) -> bool:
+    """
+    Apply the one rule on repeated IDs to a whole input; return whether its IDs are unique.
+
+    What goes over the wire is what Modelbit's own client sends: a DataFrame goes row by row as
+    ``[index, {column: value}]`` whatever its index holds, so an index that repeats is sent as it
+    is, and rows sharing an ID take the answers listed with it in the order the answer lists them
+    (see :func:`input_positions`). Batch rows ``[[id, *args], ...]`` are IDs the user chose to
+    match results by, so a repeat there is refused before any request.
+
+    :param from_dataframe: the rows are a DataFrame's, their IDs its index.
+    :raises ModelbitInputError: batch rows whose IDs repeat, naming the first repeat.
+    """
+    if from_dataframe:
+        return False
+    refuse_duplicate_ids(rows, deployment=deployment)
+    return True
+
+
 def refuse_duplicate_ids(rows: Iterable[Sequence[Any]], *, deployment: str | None = None) -> None:
     """
     Refuse batch rows whose IDs repeat (under :func:`row_id_key`) or a row without an ID.
@@ -92,7 +113,7 @@ def refuse_duplicate_ids(rows: Iterable[Sequence[Any]], *, deployment: str | Non
         if key in seen:
             raise ModelbitInputError(
                 f"Row ID {row[0]!r} appears more than once (again at row {position}){_for(deployment)}; "
-                "IDs match results to inputs, so each must be unique (for a DataFrame: its index).",
+                "IDs match results to inputs, so each must be unique.",
                 deployment=deployment,
             )
         seen.add(key)

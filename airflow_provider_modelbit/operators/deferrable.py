@@ -48,6 +48,8 @@ class DeferrableHost(Protocol):
     response_format: str | None
     modelbit_conn_id: str
     idempotent: bool
+    #: Whether chunk payloads must refuse a repeated ID (``False``: rows of a DataFrame's index).
+    callback_unique_ids: bool
     execution_timeout: timedelta | None
     log: Any
 
@@ -82,6 +84,9 @@ class ModelbitDeferrableMixin:
     :param max_chunk_attempts: submissions of one chunk allowed over the job's life.
     :param callback_store_location: the callback store; ``None`` uses ``[modelbit] callback_store``.
     """
+
+    #: Chunk payloads are batch rows with unique IDs unless the host says otherwise.
+    callback_unique_ids = True
 
     def __init__(
         self,

@@ -51,7 +51,8 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
       (results are matched to inputs by ID, never by position). IDs must be unique strings or
       numbers;
     * a pandas DataFrame — each row is sent as ``[index, {column: value}]``, as Modelbit's own
-      client does; the index values are the IDs. NaN becomes ``null`` and timestamps ISO strings.
+      client does; the index values are the IDs, and may repeat (rows sharing one take its answers
+      in the order Modelbit lists them). NaN becomes ``null`` and timestamps ISO strings.
 
     To feed the output of an upstream task, pass its ``XComArg`` (``upstream.output`` or the
     object a ``@task`` call returns): the value arrives with its type — list, dict or DataFrame.
@@ -211,6 +212,13 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         return input_rows(with_column_types(self.data, self.column_types), deployment=self.deployment)
 
     @property
+    def callback_unique_ids(self) -> bool:  # type: ignore[override]
+        """Whether the rows' IDs are unique: batch rows' must be, a DataFrame's index may repeat."""
+        from airflow_provider_modelbit.hooks.batching import is_dataframe
+
+        return not is_dataframe(self.data)
+
+    @property
     def _is_single(self) -> bool:
         return self._batch_rows is None
 
@@ -280,6 +288,7 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             self._iter_chunks(),
             response_format=self.response_format,
             max_concurrency=DEFAULT_MAX_CONCURRENCY,
+            unique_ids=self.callback_unique_ids,
             **self._request_options(),
         )
 
@@ -301,7 +310,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
     def _request_links(self) -> Iterator[str]:
         """Send each chunk asking for a results link, and yield the link URLs in input order."""
         for chunk in self._iter_chunks():
-            yield self.hook.request_link(self.deployment, chunk, **self._request_options())
+            yield self.hook.request_link(
+                self.deployment, chunk, unique_ids=self.callback_unique_ids, **self._request_options()
+            )
 
     # ------------------------------------------------------------------ output side
 
@@ -327,7 +338,9 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             if self._is_single:
                 rows = [[0, delivery.value]]
             else:
-                rows = reassemble(encode_chunk(chunk), delivery.value, call=self._call)
+                rows = reassemble(
+                    encode_chunk(chunk, unique_ids=self.callback_unique_ids), delivery.value, call=self._call
+                )
             yield ChunkResult(
                 index=delivery.chunk, rows=rows, seconds=delivery.seconds, response_bytes=delivery.size
             )

@@ -75,11 +75,6 @@ class TestInputRows:
             pytest.param([[None, 10]], ("Row 0", "ID None"), id="null ID"),
             pytest.param([[{"k": 1}, 10]], ("Row 0", "dict"), id="object ID"),
             pytest.param([[float("nan"), 10]], ("Row 0", "finite"), id="NaN ID"),
-            pytest.param(
-                pd.DataFrame({"a": [1, 2]}, index=[3, 3]),
-                ("again at row 1", "its index"),
-                id="DataFrame index repeats",
-            ),
         ],
     )
     def test_invalid_rows_name_the_row(self, data: Any, fragments: tuple[str, ...]) -> None:
@@ -88,6 +83,11 @@ class TestInputRows:
         assert "'scorer'" in str(raised.value)
         for fragment in fragments:
             assert fragment in str(raised.value)
+
+    def test_a_dataframe_index_may_repeat_as_modelbits_client_sends_it(self) -> None:
+        """The one rule (io/row_ids.check_repeated_ids): batch rows' IDs are unique, an index need not be."""
+        frame = pd.DataFrame({"a": [1, 2]}, index=[3, 3])
+        assert input_rows(frame, deployment="scorer") == [[3, {"a": 1}], [3, {"a": 2}]]
 
 
 class TestRowsInChunks:

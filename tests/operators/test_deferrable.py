@@ -106,6 +106,18 @@ class TestDeferredInference:
         outcome = run_deferred(deployment="doubler", data=[[3, 1], [1, 2], [2, 3]])
         assert outcome.value == [[3, 2], [1, 4], [2, 6]], outcome.error
 
+    def test_a_repeated_index_is_scored_as_the_synchronous_path_scores_it(
+        self, server: RunningEmulator
+    ) -> None:
+        """A DataFrame whose index repeats, as Modelbit's client sends it: rows sharing an ID in order."""
+        import pandas as pd
+
+        server.client.configure(sort_results_by_id=True)
+        frame = pd.DataFrame({"x": [1, 2, 3]}, index=[5, 5, 4])
+        outcome = run_deferred(deployment="echo", data=frame)
+        assert outcome.value == [[5, {"x": 1}], [5, {"x": 2}], [4, {"x": 3}]], outcome.error
+        assert server.client.runs("echo") == {"5": 2, "4": 1}
+
     def test_links_delivery_is_downloaded(self, server: RunningEmulator) -> None:
         outcome = run_deferred(deployment="doubler", data=[[1, 5], [2, 6]], response_format="links")
         assert outcome.value == [[1, 10], [2, 12]], outcome.error

@@ -160,14 +160,57 @@ class TestDeferrableMode:
         assert [len(chunk) for chunk in operator._callback_payloads()] == [DEFAULT_BATCH_SIZE, 1]
 
     @pytest.mark.parametrize("deferrable", [False, True])
-    def test_a_repeated_index_is_refused_alike_on_both_paths(
+    def test_repeated_batch_row_ids_are_refused_alike_on_both_paths(
         self, deferrable: bool, server: RunningEmulator
     ) -> None:
         """The deferred path reads the input as the synchronous one does: same check, same message."""
-        frame = pd.DataFrame({"x": [1, 2]}, index=[3, 3])
-        outcome = run_inference(deployment="doubler", data=frame, deferrable=deferrable)
+        outcome = run_inference(deployment="doubler", data=[[3, 1], [3, 2]], deferrable=deferrable)
         assert_failed(outcome, ModelbitInputError, "Row ID 3 appears more than once (again at row 1)")
         assert server.client.requests() == []
+
+
+# ---------------------------------------------------------------------- repeated index
+
+REPEATED_INDEX = pd.DataFrame({"x": [1, 2, 3]}, index=[5, 5, 4])
+REPEATED_INDEX_RESULTS = [[5, {"x": 1}], [5, {"x": 2}], [4, {"x": 3}]]
+
+
+def sent_rows(server: RunningEmulator, deployment: str, since: int = 0) -> list[Any]:
+    """The ``data`` of each inference request to ``deployment`` the server recorded after ``since``."""
+    records = server.client.requests()[since:]
+    return [json.loads(r["body"])["data"] for r in records if r["path"].startswith(f"/v1/{deployment}/")]
+
+
+class TestRepeatedIndex:
+    """A DataFrame whose index repeats goes out as Modelbit's client (and the hook) sends it."""
+
+    @pytest.mark.parametrize("response_format", [None, "links"])
+    def test_sent_as_the_hook_sends_it_and_scored_in_input_order(
+        self, response_format: str | None, server: RunningEmulator, tmp_path: Path
+    ) -> None:
+        server.client.configure(sort_results_by_id=True)
+        assert ModelbitHook().get_inference("echo", REPEATED_INDEX) == REPEATED_INDEX_RESULTS
+        hook_rows = sent_rows(server, "echo")
+        runs_before, requests_before = server.client.runs("echo"), len(server.client.requests())
+        outcome = run_inference(deployment="echo", data=REPEATED_INDEX, response_format=response_format)
+        assert outcome.state == "success", outcome.error
+        assert outcome.value == REPEATED_INDEX_RESULTS
+        assert (
+            sent_rows(server, "echo", requests_before)
+            == hook_rows
+            == [[[5, {"x": 1}], [5, {"x": 2}], [4, {"x": 3}]]]
+        )
+        runs = server.client.runs("echo")
+        assert {key: runs[key] - runs_before[key] for key in runs} == {"5": 2, "4": 1}
+
+    def test_written_to_parquet_in_input_order(self, server: RunningEmulator, tmp_path: Path) -> None:
+        server.client.configure(sort_results_by_id=True)
+        output = tmp_path / "scores.parquet"
+        outcome = run_inference(deployment="echo", data=REPEATED_INDEX, output_path=str(output))
+        assert outcome.value["rows"] == 3, outcome.error
+        assert pq.read_table(output).to_pylist() == [
+            {"id": row_id, "result": result} for row_id, result in REPEATED_INDEX_RESULTS
+        ]
 
 
 # ---------------------------------------------------------------------- XCom output
