@@ -7,7 +7,9 @@ how they send; what a call means, how it is validated and when it is re-sent liv
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ from airflow_provider_modelbit.defaults import (
     SYNC_TIMEOUT_LIMIT,
 )
 from airflow_provider_modelbit.exceptions import (
+    ModelbitError,
     ModelbitInputError,
 )
 from airflow_provider_modelbit.hooks import metrics
@@ -38,6 +41,7 @@ from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
     SendFailed,
+    answer_failure,
     batch_id_of,
     link_location,
     parse_answer,
@@ -98,19 +102,37 @@ def call_body(encoded_data: bytes, call: InferenceCall, response_format: str | N
     return request_body(encoded_data, timeout_seconds=call.timeout_seconds, response_format=response_format)
 
 
-def call_answer(
-    call: InferenceCall, status: int, headers: Mapping[str, str], content: bytes
-) -> dict[str, Any]:
-    """Read an answer to ``call`` (see :func:`~.responses.parse_answer`): its payload or a typed error."""
-    return parse_answer(
-        status,
-        headers,
-        content,
-        deployment=call.deployment,
-        version=call.version,
-        branch=call.branch,
-        conn_id=call.conn_id,
-    )
+#: One answered try: the payload, the answer's headers and the bytes received.
+Answer = tuple[dict[str, Any], Mapping[str, str], int]
+
+
+def read_answer(call: InferenceCall, status: int, headers: Mapping[str, str], content: bytes) -> Answer:
+    """
+    Read one try's answer to ``call`` (see :func:`~.responses.parse_answer`).
+
+    :raises SendFailed: the answer is an error; it carries what the retry decision needs.
+    """
+    try:
+        payload = parse_answer(
+            status,
+            headers,
+            content,
+            deployment=call.deployment,
+            version=call.version,
+            branch=call.branch,
+            conn_id=call.conn_id,
+        )
+    except ModelbitError as error:
+        raise answer_failure(error, headers) from None
+    return payload, headers, len(content)
+
+
+def request_headers(settings: ModelbitSettings) -> dict[str, str]:
+    """The headers of every request to the workspace (never sent to a results link)."""
+    headers = {"Content-Type": "application/json"}
+    if settings.api_key:
+        headers["Authorization"] = settings.api_key
+    return headers
 
 
 def encode_single(data: Any, call: InferenceCall) -> bytes:
@@ -125,10 +147,126 @@ def encode_single(data: Any, call: InferenceCall) -> bytes:
         ) from None
 
 
+def encode_input(data: Any, call: InferenceCall, *, unique_ids: bool = True) -> tuple[bytes, int | None]:
+    """
+    ``data`` as the JSON of one request (a single input, or batch rows) and its row count.
+
+    :param unique_ids: refuse batch rows with a repeated ID; ``False`` for rows of a DataFrame,
+        whose index may repeat (a DataFrame ``data`` is always allowed to).
+    """
+    rows = as_rows(data)
+    if rows is None:
+        return encode_single(data, call), None
+    from_dataframe = is_dataframe(data) or not unique_ids
+    check_repeated_ids(rows, from_dataframe=from_dataframe, deployment=call.deployment)
+    return encode_chunk(rows, unique_ids=False).data, len(rows)
+
+
+@dataclass(frozen=True)
+class PreparedInference:
+    """
+    An inference ready to send: a single input's request body, or batch rows to score in chunks.
+
+    :param call: the target and options, validated.
+    :param rows: the batch rows; ``None`` for a single input.
+    :param body: the request body of a single input (empty for batch rows).
+    :param unique_ids: the rows' IDs were checked unique (a DataFrame's index may repeat).
+    """
+
+    call: InferenceCall
+    rows: Sequence[Sequence[Any]] | None
+    body: bytes = b""
+    unique_ids: bool = True
+
+
 def link_value(raw: bytes, url: str, call: InferenceCall) -> Any:
     """The value of a downloaded links document, an error naming the call and the link otherwise."""
     source = f"{call.where}: the results link {link_location(url)}"
     return read_link_value([raw], source=source, deployment=call.deployment, version=call.version)
+
+
+class RequestTries:
+    """
+    The tries of one request: what happens after each, in one place for both hooks.
+
+    An answered try is logged and counted; a failed one becomes the wait before the next try, or
+    its error is raised when :mod:`~airflow_provider_modelbit.hooks.retries` says it must not be
+    re-sent or the budget is spent. The hooks only send and wait (on a thread's event, or in the
+    event loop).
+
+    :param call: the request's target and options.
+    :param rows: batch rows in the request; ``None`` for a single input.
+    :param submitted: an async submission (its rows are scored later, not counted now).
+    :param policy: attempts and waits.
+    :param stats: the hook's retry counters.
+    :param log: the hook's logger.
+    """
+
+    def __init__(
+        self,
+        call: InferenceCall,
+        rows: int | None,
+        *,
+        submitted: bool,
+        policy: RetryPolicy,
+        stats: RetryStats,
+        log: Any,
+    ) -> None:
+        self._call = call
+        self._rows = rows
+        self._submitted = submitted
+        self._schedule = RetrySchedule(policy)
+        self._stats = stats
+        self._log = log
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        """Mark the start of a try (its duration is logged when it is answered)."""
+        self._started = time.monotonic()
+
+    def answered(self, answer: Answer) -> Answer:
+        """Log and count the answered try; a submission's rows are scored later, not now."""
+        call, rows, seconds = self._call, self._rows, time.monotonic() - self._started
+        scored = 0 if self._submitted else (1 if rows is None else rows)
+        metrics.request_succeeded(call.deployment, scored, seconds)
+        self._log.info(
+            "Modelbit %s version %s: %s in %.3f s, %d bytes answered.",
+            call.deployment,
+            call.version,
+            "async submission" if self._submitted else "single input" if rows is None else f"{rows} rows",
+            seconds,
+            answer[2],
+        )
+        return answer
+
+    def wait_after(self, failure: SendFailed) -> float:
+        """Return the wait before re-sending, or raise the failure's error when it must not be re-sent."""
+        call, schedule = self._call, self._schedule
+        verdict = retry_verdict(failure.error, request_sent=failure.request_sent, idempotent=call.idempotent)
+        wait = schedule.next_wait(failure.retry_after) if verdict else None
+        if verdict is None or wait is None:
+            if verdict is not None:
+                self._log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
+            metrics.request_failed(call.deployment, None)
+            failure.error.request_sent = failure.request_sent
+            raise failure.error
+        self._stats.record(verdict.reason)
+        metrics.request_failed(call.deployment, verdict.reason)
+        if verdict.may_rescore:
+            self._log.warning(
+                "%s: re-sending after %s because the inference is declared idempotent; "
+                "rows may be scored twice.",
+                call.where,
+                type(failure.error).__name__,
+            )
+        self._log.warning(
+            "%s: attempt %d failed (%s); retrying in %.1f s.",
+            call.where,
+            schedule.attempt - 1,
+            verdict.reason,
+            wait,
+        )
+        return wait
 
 
 class ModelbitHookBase(BaseHook):
@@ -233,33 +371,30 @@ class ModelbitHookBase(BaseHook):
             )
         return limit
 
-    def _retry_wait(self, schedule: RetrySchedule, failure: SendFailed, call: InferenceCall) -> float:
-        """Return the wait before re-sending, or raise the failure's error when it must not be re-sent."""
-        verdict = retry_verdict(failure.error, request_sent=failure.request_sent, idempotent=call.idempotent)
-        wait = schedule.next_wait(failure.retry_after) if verdict else None
-        if verdict is None or wait is None:
-            if verdict is not None:
-                self.log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
-            metrics.request_failed(call.deployment, None)
-            failure.error.request_sent = failure.request_sent
-            raise failure.error
-        self._retry_stats.record(verdict.reason)
-        metrics.request_failed(call.deployment, verdict.reason)
-        if verdict.may_rescore:
-            self.log.warning(
-                "%s: re-sending after %s because the inference is declared idempotent; "
-                "rows may be scored twice.",
-                call.where,
-                type(failure.error).__name__,
-            )
-        self.log.warning(
-            "%s: attempt %d failed (%s); retrying in %.1f s.",
-            call.where,
-            schedule.attempt - 1,
-            verdict.reason,
-            wait,
+    def _prepare_inference(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        data: Any,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        response_format: str | None,
+        idempotent: bool,
+    ) -> PreparedInference:
+        """Validate a synchronous inference and encode a single input (batch rows: check their IDs)."""
+        call = self._new_call(settings, deployment, version, branch, timeout_seconds, idempotent)
+        rows = as_rows(data)
+        if rows is None:
+            return PreparedInference(call, None, call_body(encode_single(data, call), call, response_format))
+        unique_ids = check_repeated_ids(rows, from_dataframe=is_dataframe(data), deployment=deployment)
+        return PreparedInference(call, rows, unique_ids=unique_ids)
+
+    def _tries(self, call: InferenceCall, rows: int | None, *, submitted: bool = False) -> RequestTries:
+        """The tries of one request to ``call`` under this hook's retry policy."""
+        return RequestTries(
+            call, rows, submitted=submitted, policy=self.retry_policy, stats=self._retry_stats, log=self.log
         )
-        return wait
 
     def _submission(
         self,
@@ -286,14 +421,7 @@ class ModelbitHookBase(BaseHook):
         call = self._new_call(
             settings, deployment, version, branch, timeout_seconds, False, limit=ASYNC_TIMEOUT_LIMIT
         )
-        rows = as_rows(data)
-        if rows is None:
-            encoded = encode_single(data, call)
-        else:  # unique_ids=False: the caller sends a DataFrame's rows, whose index may repeat
-            check_repeated_ids(
-                rows, from_dataframe=is_dataframe(data) or not unique_ids, deployment=deployment
-            )
-            encoded = encode_chunk(rows, unique_ids=False).data
+        encoded, _ = encode_input(data, call, unique_ids=unique_ids)
         body = request_body(
             encoded,
             timeout_seconds=call.timeout_seconds,
@@ -315,27 +443,6 @@ class ModelbitHookBase(BaseHook):
                 call.where,
             )
         return batch_id
-
-    def _log_request(
-        self,
-        call: InferenceCall,
-        rows: int | None,
-        seconds: float,
-        response_bytes: int,
-        *,
-        submitted: bool = False,
-    ) -> None:
-        """Log an answered request and count it; a submission's rows are scored later, not now."""
-        scored = 0 if submitted else (1 if rows is None else rows)
-        metrics.request_succeeded(call.deployment, scored, seconds)
-        self.log.info(
-            "Modelbit %s version %s: %s in %.3f s, %d bytes answered.",
-            call.deployment,
-            call.version,
-            "async submission" if submitted else "single input" if rows is None else f"{rows} rows",
-            seconds,
-            response_bytes,
-        )
 
 
 def missing_connection_message(conn_id: str) -> str:

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cached_property
@@ -40,20 +40,20 @@ from airflow_provider_modelbit.hooks.base import (
     LINK_PIECE_BYTES,
     LINK_READ_TIMEOUT,
     SUBMIT_READ_TIMEOUT,
+    Answer,
     ModelbitHookBase,
-    as_rows,
-    call_answer,
     call_body,
-    encode_single,
+    encode_input,
     link_value,
     missing_connection_message,
+    read_answer,
+    request_headers,
     validate_concurrency,
     validate_options,
 )
 from airflow_provider_modelbit.hooks.batching import (
     ChunkResult,
     encode_chunk,
-    is_dataframe,
     long_lived_objects_frozen,
     reassemble,
     rows_in_chunks,
@@ -63,7 +63,6 @@ from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outc
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
     SendFailed,
-    answer_failure,
     check_link_status,
     connection_test_verdict,
     data_of,
@@ -75,17 +74,12 @@ from airflow_provider_modelbit.hooks.responses import (
     requests_failure,
     unreachable_message,
 )
-from airflow_provider_modelbit.hooks.retries import (
-    RetryPolicy,
-    RetrySchedule,
-)
+from airflow_provider_modelbit.hooks.retries import RetryPolicy
 from airflow_provider_modelbit.hooks.settings import (
     ModelbitSettings,
     settings_from_connection,
 )
 from airflow_provider_modelbit.hooks.urls import deployment_url
-from airflow_provider_modelbit.io.encoding import request_body
-from airflow_provider_modelbit.io.row_ids import check_repeated_ids
 
 __all__ = [
     "ChunkResult",
@@ -204,9 +198,7 @@ class ModelbitHook(ModelbitHookBase):
         adapter = self._abortable_adapter(pool_connections=4, pool_maxsize=max(10, 2 * self.max_concurrency))
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.headers["Content-Type"] = "application/json"
-        if self.settings.api_key:
-            session.headers["Authorization"] = self.settings.api_key
+        session.headers.update(request_headers(self.settings))
         return session
 
     @cached_property
@@ -269,22 +261,21 @@ class ModelbitHook(ModelbitHookBase):
             deployment errors and dropped connections are re-sent too.
         """
         validate_options(timeout_seconds, response_format, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
-        rows = as_rows(data)
-        if rows is None:
-            call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
-            body = call_body(encode_single(data, call), call, response_format)
-            value, _ = self._answer_value(call, body, None, response_format)
+        prepared = self._prepare_inference(
+            self.settings, deployment, data, version, branch, timeout_seconds, response_format, idempotent
+        )
+        if prepared.rows is None:
+            value, _ = self._answer_value(prepared.call, prepared.body, None, response_format)
             return value
-        unique_ids = check_repeated_ids(rows, from_dataframe=is_dataframe(data), deployment=deployment)
         results = self.infer_chunks(
             deployment,
-            rows_in_chunks(rows, self.batch_size),
+            rows_in_chunks(prepared.rows, self.batch_size),
             version=version,
             branch=branch,
             timeout_seconds=timeout_seconds,
             response_format=response_format,
             idempotent=idempotent,
-            unique_ids=unique_ids,
+            unique_ids=prepared.unique_ids,
         )
         return [row for result in results for row in result.rows]
 
@@ -449,31 +440,28 @@ class ModelbitHook(ModelbitHookBase):
         read_timeout: float,
         submitted: bool = False,
         limiter: ConcurrencyLimiter | None = None,
-    ) -> tuple[dict[str, Any], Mapping[str, str], int]:
+    ) -> Answer:
         """
         POST a body, re-sending where the retry rules allow; return the answer, its headers and size.
 
         With a ``limiter``, each attempt holds one of its slots and reports its outcome to it; the
-        waits between attempts hold none.
+        waits between attempts hold none. A stop (:meth:`stop`) ends the waits at once.
         """
-        schedule = RetrySchedule(self.retry_policy)
+        tries = self._tries(call, rows, submitted=submitted)
         while True:
             if self._stopping.is_set():
                 raise _batch_stopped(call)
-            started = time.monotonic()
+            tries.start()
             try:
-                payload, headers, size = self._send_limited(call, body, read_timeout, limiter)
+                return tries.answered(self._send_limited(call, body, read_timeout, limiter))
             except SendFailed as failure:
                 if self._stopping.is_set():
                     raise _batch_stopped(call) from None
-                self._stopping.wait(self._retry_wait(schedule, failure, call))
-                continue
-            self._log_request(call, rows, time.monotonic() - started, size, submitted=submitted)
-            return payload, headers, size
+                self._stopping.wait(tries.wait_after(failure))
 
     def _send_limited(
         self, call: InferenceCall, body: bytes, read_timeout: float, limiter: ConcurrencyLimiter | None
-    ) -> tuple[dict[str, Any], Mapping[str, str], int]:
+    ) -> Answer:
         """Send once, holding a slot of ``limiter`` (when given) and telling it how the request went."""
         if limiter is None:
             return self._send_once(call, body, read_timeout)
@@ -492,19 +480,13 @@ class ModelbitHook(ModelbitHookBase):
             limiter.release()
         return answer
 
-    def _send_once(
-        self, call: InferenceCall, body: bytes, read_timeout: float
-    ) -> tuple[dict[str, Any], Mapping[str, str], int]:
+    def _send_once(self, call: InferenceCall, body: bytes, read_timeout: float) -> Answer:
         try:
             response = self._session.post(call.url, data=body, timeout=(CONNECT_TIMEOUT, read_timeout))
             content = response.content
         except requests.RequestException as exc:
             raise requests_failure(exc, call) from None
-        try:
-            payload = call_answer(call, response.status_code, response.headers, content)
-        except ModelbitError as error:
-            raise answer_failure(error, response.headers) from None
-        return payload, response.headers, len(content)
+        return read_answer(call, response.status_code, response.headers, content)
 
     def request_link(
         self,
@@ -534,18 +516,9 @@ class ModelbitHook(ModelbitHookBase):
         """
         validate_options(timeout_seconds, LINKS, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
         call = self._new_call(self.settings, deployment, version, branch, timeout_seconds, idempotent)
-        rows = as_rows(data)
-        if rows is None:
-            encoded = encode_single(data, call)
-        else:  # unique_ids=False: the caller sends a DataFrame's rows, whose index may repeat
-            check_repeated_ids(
-                rows, from_dataframe=is_dataframe(data) or not unique_ids, deployment=deployment
-            )
-            encoded = encode_chunk(rows, unique_ids=False).data
-        body = request_body(encoded, timeout_seconds=call.timeout_seconds, response_format=LINKS)
-        payload, _, _ = self._send(
-            call, body, None if rows is None else len(rows), read_timeout=call.http_read_timeout()
-        )
+        encoded, rows = encode_input(data, call, unique_ids=unique_ids)
+        body = call_body(encoded, call, LINKS)
+        payload, _, _ = self._send(call, body, rows, read_timeout=call.http_read_timeout())
         return str(data_of(payload, call))
 
     def submit_async(

@@ -8,8 +8,7 @@ through :mod:`~airflow_provider_modelbit.hooks.base`.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,35 +20,31 @@ from airflow_provider_modelbit.defaults import (
     LINKS,
     SYNC_TIMEOUT_LIMIT,
 )
-from airflow_provider_modelbit.exceptions import (
-    ModelbitConnectionError,
-    ModelbitError,
-)
+from airflow_provider_modelbit.exceptions import ModelbitConnectionError
 from airflow_provider_modelbit.hooks.base import (
     CONNECT_TIMEOUT,
     LINK_PIECE_BYTES,
     LINK_READ_TIMEOUT,
     SUBMIT_READ_TIMEOUT,
+    Answer,
     ModelbitHookBase,
-    as_rows,
-    call_answer,
     call_body,
-    encode_single,
     link_value,
     missing_connection_message,
+    read_answer,
+    request_headers,
     validate_options,
 )
 from airflow_provider_modelbit.hooks.batching import (
     EncodedChunk,
     encode_chunk,
-    is_dataframe,
     reassemble,
     rows_in_chunks,
     split_by_bytes,
 )
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
-    answer_failure,
+    SendFailed,
     check_link_status,
     data_of,
     expected_length,
@@ -58,14 +53,10 @@ from airflow_provider_modelbit.hooks.responses import (
     link_location,
     link_unreachable,
 )
-from airflow_provider_modelbit.hooks.retries import (
-    RetrySchedule,
-)
 from airflow_provider_modelbit.hooks.settings import (
     ModelbitSettings,
     settings_from_connection,
 )
-from airflow_provider_modelbit.io.row_ids import check_repeated_ids
 
 __all__ = ["ModelbitAsyncHook"]
 
@@ -125,11 +116,8 @@ class ModelbitAsyncHook(ModelbitHookBase):
 
     @asynccontextmanager
     async def _client(self, settings: ModelbitSettings) -> AsyncIterator[httpx.AsyncClient]:
-        headers = {"Content-Type": "application/json"}
-        if settings.api_key:
-            headers["Authorization"] = settings.api_key
         limits = httpx.Limits(max_connections=max(10, 2 * self.max_concurrency))
-        async with httpx.AsyncClient(headers=headers, limits=limits) as client:
+        async with httpx.AsyncClient(headers=request_headers(settings), limits=limits) as client:
             yield client
 
     async def aget_inference(
@@ -144,27 +132,26 @@ class ModelbitAsyncHook(ModelbitHookBase):
         idempotent: bool = False,
     ) -> Any:
         """
-        Run an inference and return what the answer's ``data`` holds (see ``ModelbitHook.get_inference``).
+        Run an inference and return what the answer's ``data`` holds.
 
-        :param deployment: deployment name.
-        :param data: a single input, batch rows, or a pandas DataFrame.
-        :param version: ``latest``, a version number or an alias.
-        :param branch: git branch; ``None`` uses the connection's default branch.
-        :param timeout_seconds: inference time limit (1-300); ``None`` uses the connection's.
-        :param response_format: ``None``, or ``"links"``.
-        :param idempotent: re-send after errors where the model may already have run.
+        The awaitable form of :meth:`ModelbitHook.get_inference
+        <airflow_provider_modelbit.hooks.modelbit.ModelbitHook.get_inference>`: the same parameters,
+        checks and answers.
         """
         validate_options(timeout_seconds, response_format, limit=SYNC_TIMEOUT_LIMIT, call_name="inference")
         settings = await self.aget_settings()
-        call = self._new_call(settings, deployment, version, branch, timeout_seconds, idempotent)
-        rows = as_rows(data)
+        prepared = self._prepare_inference(
+            settings, deployment, data, version, branch, timeout_seconds, response_format, idempotent
+        )
         async with self._client(settings) as client:
-            if rows is None:
-                body = call_body(encode_single(data, call), call, response_format)
-                value, _ = await self._aanswer_value(client, call, body, None, response_format)
+            if prepared.rows is None:
+                value, _ = await self._aanswer_value(
+                    client, prepared.call, prepared.body, None, response_format
+                )
                 return value
-            unique_ids = check_repeated_ids(rows, from_dataframe=is_dataframe(data), deployment=deployment)
-            return await self._ainfer_rows(client, call, rows, response_format, unique_ids)
+            return await self._ainfer_rows(
+                client, prepared.call, prepared.rows, response_format, prepared.unique_ids
+            )
 
     async def _ainfer_rows(
         self,
@@ -214,23 +201,25 @@ class ModelbitAsyncHook(ModelbitHookBase):
         read_timeout: float,
         *,
         submitted: bool = False,
-    ) -> tuple[dict, Mapping[str, str], int]:
-        schedule = RetrySchedule(self.retry_policy)
+    ) -> Answer:
+        """POST a body, re-sending where the retry rules allow (see ``ModelbitHook._send``)."""
+        tries = self._tries(call, rows, submitted=submitted)
         timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
         while True:
-            started = time.monotonic()
+            tries.start()
             try:
-                response = await client.post(call.url, content=body, timeout=timeout)
-                payload = call_answer(call, response.status_code, response.headers, response.content)
-            except httpx.HTTPError as exc:
-                failure = httpx_failure(exc, call)
-            except ModelbitError as error:
-                failure = answer_failure(error, response.headers)
-            else:
-                seconds = time.monotonic() - started
-                self._log_request(call, rows, seconds, len(response.content), submitted=submitted)
-                return payload, response.headers, len(response.content)
-            await asyncio.sleep(self._retry_wait(schedule, failure, call))
+                return tries.answered(await self._asend_once(client, call, body, timeout))
+            except SendFailed as failure:
+                await asyncio.sleep(tries.wait_after(failure))
+
+    async def _asend_once(
+        self, client: httpx.AsyncClient, call: InferenceCall, body: bytes, timeout: httpx.Timeout
+    ) -> Answer:
+        try:
+            response = await client.post(call.url, content=body, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise httpx_failure(exc, call) from None
+        return read_answer(call, response.status_code, response.headers, response.content)
 
     async def asubmit_async(
         self,
@@ -245,16 +234,11 @@ class ModelbitAsyncHook(ModelbitHookBase):
         webhook_ignore_timeout: bool | None = None,
     ) -> str | None:
         """
-        Submit an inference to run asynchronously and return its batchId (see ``ModelbitHook.submit_async``).
+        Submit an inference to run asynchronously and return its batchId.
 
-        :param deployment: deployment name.
-        :param data: a single input, batch rows, or a pandas DataFrame.
-        :param webhook_url: the https URL Modelbit delivers the answer to.
-        :param version: ``latest``, a version number or an alias.
-        :param branch: git branch; ``None`` uses the connection's default branch.
-        :param timeout_seconds: inference time limit (1-900); ``None`` uses the connection's.
-        :param response_format: ``None``, or ``"links"``.
-        :param webhook_ignore_timeout: count a webhook attempt that times out as delivered.
+        The awaitable form of :meth:`ModelbitHook.submit_async
+        <airflow_provider_modelbit.hooks.modelbit.ModelbitHook.submit_async>`: the same parameters,
+        checks and answer; never re-sent once it may have reached the server.
         """
         settings = await self.aget_settings()
         call, body = self._submission(
