@@ -36,6 +36,19 @@ if EMULATOR_PLUGIN not in _installed_plugins and importlib.util.find_spec(EMULAT
 
 ConnectionSetter = Callable[..., str]
 
+#: Tests of the production shape need scripts/bootstrap_production.sh and minutes each: run only when asked.
+PRODUCTION_MARKER = "production"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``production`` tests unless the ``-m`` expression names them (``-m production``)."""
+    if PRODUCTION_MARKER in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker(PRODUCTION_MARKER) is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker(PRODUCTION_MARKER) is None]
+
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
