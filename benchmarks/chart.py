@@ -21,6 +21,7 @@ from matplotlib.axes import Axes
 _MB = 1e6
 _SHORT_CLIENT_NAMES = {
     "operator": "operator",
+    "hook_dataframe": "hook\nDataFrame",
     "official_client": "official\nclient",
     "per_row_loop": "per-row\nloop",
     "floor": "floor",

@@ -8,6 +8,7 @@ from typing import Any
 _MB = 1e6
 CLIENT_LABELS = {
     "operator": "ModelbitBatchInferenceOperator",
+    "hook_dataframe": "ModelbitHook.get_inference on a DataFrame",
     "official_client": "official client get_inference (modelbit 0.44.3)",
     "per_row_loop": "one requests.post per row (sample, extrapolated)",
     "floor": "floor: Parquet + orjson round trip, no HTTP",

@@ -33,6 +33,7 @@ class ScoringClient:
 
 SCORING_CLIENTS = (
     ScoringClient("operator", "benchmarks.clients.operator_batch"),
+    ScoringClient("hook_dataframe", "benchmarks.clients.hook_dataframe"),
     ScoringClient("official_client", "benchmarks.clients.official_client", uses_bench_python=True),
     ScoringClient("per_row_loop", "benchmarks.clients.per_row_loop"),
     ScoringClient("floor", "benchmarks.clients.floor"),
@@ -44,7 +45,7 @@ def _arguments(
 ) -> list[str]:
     output = str(env.scratch(f"scored-{client.name}.parquet"))
     common = [str(table), output, "--warm-up", str(warm_up_table(env))]
-    if client.name == "operator":
+    if client.name in ("operator", "hook_dataframe"):
         return [*common, "--conn-id", BENCHMARK_CONN_ID]
     if client.name == "official_client":
         return [*common, "--url", env.emulator_url]
@@ -83,6 +84,9 @@ def _ratios(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "operator_vs_official_client_rows_per_second": paired_ratios(
             runs("operator", "rows_per_second"), runs("official_client", "rows_per_second")
+        ),
+        "hook_dataframe_vs_official_client_rows_per_second": paired_ratios(
+            runs("hook_dataframe", "rows_per_second"), runs("official_client", "rows_per_second")
         ),
         "operator_vs_per_row_loop_rows_per_second": paired_ratios(
             runs("operator", "rows_per_second"), runs("per_row_loop", "rows_per_second")

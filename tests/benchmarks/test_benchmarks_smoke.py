@@ -29,10 +29,11 @@ EVERY_FIGURE = [
     ("machine", "airflow"),
     *[
         ("scoring", "clients", client, figure)
-        for client in ("operator", "official_client", "per_row_loop", "floor")
+        for client in ("operator", "hook_dataframe", "official_client", "per_row_loop", "floor")
         for figure in ("rows_per_second", "cpu_seconds_per_million_rows", "peak_rss_bytes")
     ],
     ("scoring", "ratios", "operator_vs_official_client_rows_per_second"),
+    ("scoring", "ratios", "hook_dataframe_vs_official_client_rows_per_second"),
     ("scoring", "ratios", "operator_vs_per_row_loop_rows_per_second"),
     ("scoring", "ratios", "operator_vs_floor_cpu_per_row"),
     ("memory", "peak_rss_bytes_small"),
