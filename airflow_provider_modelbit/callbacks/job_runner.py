@@ -111,7 +111,9 @@ class _Outstanding:
 
     A thread looks at the store every ``poll_interval`` seconds and, for each delivery found,
     reports the batch's outcome to the limiter (its latency runs from submission to the delivery's
-    arrival) and frees its place, so the submitting thread, waiting in the limiter, may go on.
+    arrival) and frees its place, so the submitting thread, waiting in the limiter, may go on. A
+    batch whose delivery is later than ``give_up_after`` frees its place as a timeout: a delivery
+    that never comes must not hold the submissions back for good (the trigger judges it later).
 
     :param limiter: the limiter the submissions wait in.
     :param store: where deliveries land.
@@ -119,6 +121,7 @@ class _Outstanding:
     :param outcome: what a delivery says about the deployment's load, by chunk.
     :param poll_interval: seconds between looks at the store.
     :param log: where a failed look is reported.
+    :param give_up_after: seconds after its submission that a batch stops holding its place.
     """
 
     def __init__(
@@ -129,8 +132,10 @@ class _Outstanding:
         outcome: Callable[[int], Outcome],
         poll_interval: float,
         log: Any,
+        give_up_after: float,
     ) -> None:
         self._log = log
+        self._give_up_after = give_up_after
         self.limiter = limiter
         self._store = store
         self._job_id = job_id
@@ -177,10 +182,20 @@ class _Outstanding:
         for chunk in sorted(self._store.delivered_chunks(self._job_id) & waiting):
             # Stamped by the receiver on arrival: the latency does not depend on how often we look.
             received = float(self._store.delivery_meta(self._job_id, chunk)["received_at"])
+            self._free(chunk, self._outcome(chunk), received)
+        now = time.time()
+        for chunk in waiting:
             with self._lock:
-                slot, sent = self._held.pop(chunk)
-            self.limiter.record(slot, self._outcome(chunk), seconds=max(0.0, received - sent))
-            self.limiter.release()
+                overdue = chunk in self._held and now - self._held[chunk][1] > self._give_up_after
+            if overdue:
+                self._free(chunk, Outcome.TIMED_OUT, now)
+
+    def _free(self, chunk: int, outcome: Outcome, ended: float) -> None:
+        """Report ``chunk``'s batch, which ended (wall clock) at ``ended``, and free its place."""
+        with self._lock:
+            slot, sent = self._held.pop(chunk)
+        self.limiter.record(slot, outcome, seconds=max(0.0, ended - sent))
+        self.limiter.release()
 
 
 class _Reading:
@@ -379,8 +394,9 @@ class JobRunner:
         target = describe_target(self.host.deployment, self.host.version, job.request.branch)
         limiter = self.host.hook.new_limiter(f"{target} (async submissions)")
         return _Outstanding(
-            limiter, self.store, job.job_id, self._delivery_outcome(job), self.poll_interval, self.host.log
-        )
+            limiter, self.store, job.job_id, self._delivery_outcome(job), self.poll_interval, self.host.log,
+            give_up_after=job.request.timeout_seconds + self.delivery_margin,
+        )  # fmt: skip
 
     def _delivery_outcome(self, job: CallbackJob) -> Callable[[int], Outcome]:
         def outcome(chunk: int) -> Outcome:
