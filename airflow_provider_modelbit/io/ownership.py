@@ -287,6 +287,12 @@ class OutputLease:
             self._write_raw(record)
             holder = self._read()
             return holder is not None and holder.token == self._token
+        except OSError:
+            # Some stores' clients report a refused conditional create as a plain OSError (s3fs
+            # raises S3's 412 Precondition Failed as EINVAL): it was refused when a record exists.
+            if self._read() is not None:
+                return False
+            raise
 
     def _read(self) -> OwnerRecord | None:
         """Read the owner record; ``None`` when there is none, an expired one when it is unreadable."""
