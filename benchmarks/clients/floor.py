@@ -6,14 +6,13 @@ Usage: ``python -m benchmarks.clients.floor INPUT OUTPUT --warm-up SMALL_INPUT -
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.clients.report import WARM_UP_HELP, measured, report
+from benchmarks.clients.report import client_arguments, measured, report
 
 
 def _round_trip(batch: pa.RecordBatch, first_id: int) -> list[list[object]]:
@@ -39,11 +38,8 @@ def score_without_http(input_path: Path, output_path: Path, batch_size: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser = client_arguments(__doc__)
     parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
     arguments = parser.parse_args()
     score_without_http(arguments.warm_up, arguments.output, arguments.batch_size)
     with measured() as measurement:

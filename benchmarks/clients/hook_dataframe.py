@@ -10,13 +10,12 @@ Usage: ``python -m benchmarks.clients.hook_dataframe INPUT OUTPUT --warm-up SMAL
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
-from benchmarks.clients.report import WARM_UP_HELP, measured, report
+from benchmarks.clients.report import client_arguments, measured, report
 
 
 def score_with_hook(hook: ModelbitHook, input_path: Path, output_path: Path) -> int:
@@ -30,11 +29,8 @@ def score_with_hook(hook: ModelbitHook, input_path: Path, output_path: Path) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser = client_arguments(__doc__)
     parser.add_argument("--conn-id", required=True)
-    parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
     arguments = parser.parse_args()
     hook = ModelbitHook(arguments.conn_id)
     score_with_hook(hook, arguments.warm_up, arguments.output)

@@ -16,7 +16,6 @@ start several clients at one moment).
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.clients.report import WARM_UP_HELP, measured, report
+from benchmarks.clients.report import client_arguments, measured, report
 
 WORKSPACE = "bench"
 REGION = "us-east-2.aws"
@@ -60,11 +59,8 @@ def score_with_official_client(input_path: Path, output_path: Path, deployment: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser = client_arguments(__doc__)
     parser.add_argument("--url", required=True, help="the local server's base URL")
-    parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
     parser.add_argument("--deployment", default="echo", help="the deployment of the measured run")
     parser.add_argument("--start-at", type=float, default=None, help="epoch seconds to start measuring at")
     arguments = parser.parse_args()

@@ -12,12 +12,11 @@ Usage: ``python -m benchmarks.clients.operator_batch INPUT OUTPUT --warm-up SMAL
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
-from benchmarks.clients.report import WARM_UP_HELP, measured, report
+from benchmarks.clients.report import client_arguments, measured, report
 
 
 def _remove_earlier_output(output_path: Path) -> None:
@@ -41,11 +40,8 @@ def score_with_operator(input_path: Path, output_path: Path, conn_id: str) -> in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser = client_arguments(__doc__)
     parser.add_argument("--conn-id", required=True)
-    parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
     arguments = parser.parse_args()
     _remove_earlier_output(arguments.output)
     score_with_operator(arguments.warm_up, arguments.output, arguments.conn_id)

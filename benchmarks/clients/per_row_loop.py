@@ -7,7 +7,6 @@ Usage: ``python -m benchmarks.clients.per_row_loop INPUT OUTPUT --warm-up SMALL_
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
 
-from benchmarks.clients.report import WARM_UP_HELP, measured, report
+from benchmarks.clients.report import client_arguments, measured, report
 
 _REQUEST_TIMEOUT_SECONDS = 30
 _WARM_UP_ROWS = 20
@@ -40,14 +39,11 @@ def score_row_by_row(input_path: Path, output_path: Path, url: str, rows: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser = client_arguments(__doc__)
     parser.add_argument(
         "--url", required=True, help="the deployment URL, e.g. http://127.0.0.1:8000/v1/echo/latest"
     )
     parser.add_argument("--rows", type=int, required=True)
-    parser.add_argument("--warm-up", type=Path, required=True, help=WARM_UP_HELP)
     arguments = parser.parse_args()
     score_row_by_row(arguments.warm_up, arguments.output, arguments.url, min(arguments.rows, _WARM_UP_ROWS))
     with measured() as measurement:

@@ -6,6 +6,7 @@ benchmark-only environment that holds the official client.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import sys
@@ -13,13 +14,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 REPORT_PREFIX = "BENCHMARK-REPORT "
-WARM_UP_HELP = (
+_WARM_UP_HELP = (
     "a small table processed once before the measured run, so one-time costs (lazy imports, "
     "connection set-up) are not counted against the table"
 )
+
+
+def client_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The arguments every measured client takes: the input table, the output, the warm-up table."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("input", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--warm-up", type=Path, required=True, help=_WARM_UP_HELP)
+    return parser
 
 
 def current_rss_bytes() -> int:
