@@ -5,17 +5,10 @@ Everything here is independent of Airflow's deferral machinery (that glue is
 means, and when the task fails. Whether a failed chunk is sent again is decided by
 :func:`retry_verdict`, as on the synchronous path; a delivery body is read by :func:`parse_answer`,
 as a synchronous answer is, so the same failure raises the same error in both modes.
-
-Submissions are paced by the hook's concurrency limiter, as a synchronous batch's requests are:
-an async batch holds one place of it from its submission until its delivery is in the store, so a
-table of many chunks keeps at most the limiter's level of batches at Modelbit instead of queueing
-them all at once. The worker therefore stays with the task while it submits, and defers once the
-last chunk is submitted.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +36,6 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitTimeout,
     ModelbitTransportError,
 )
-from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, Slot, load_outcome
 from airflow_provider_modelbit.hooks.responses import describe_target, parse_answer
 from airflow_provider_modelbit.hooks.retries import retry_verdict
 from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES
@@ -57,8 +49,6 @@ if TYPE_CHECKING:
 DELIVERY_MARGIN_SECONDS = 120
 #: Signed URLs stay valid this long past the deadline, so Modelbit's retries of a slow delivery land.
 TOKEN_GRACE_SECONDS = 3600
-#: Most seconds between looks at the store for deliveries that free a place for the next submission.
-SUBMISSION_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -105,99 +95,6 @@ class _Submission:
         return f"_Submission(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
 
 
-class _Outstanding:
-    """
-    Async batches submitted and not delivered yet, each holding one place of the limiter.
-
-    A thread looks at the store every ``poll_interval`` seconds and, for each delivery found,
-    reports the batch's outcome to the limiter (its latency runs from submission to the delivery's
-    arrival) and frees its place, so the submitting thread, waiting in the limiter, may go on. A
-    batch whose delivery is later than ``give_up_after`` frees its place as a timeout: a delivery
-    that never comes must not hold the submissions back for good (the trigger judges it later).
-
-    :param limiter: the limiter the submissions wait in.
-    :param store: where deliveries land.
-    :param job_id: the job the batches belong to.
-    :param outcome: what a delivery says about the deployment's load, by chunk.
-    :param poll_interval: seconds between looks at the store.
-    :param log: where a failed look is reported.
-    :param give_up_after: seconds after its submission that a batch stops holding its place.
-    """
-
-    def __init__(
-        self,
-        limiter: ConcurrencyLimiter,
-        store: CallbackStore,
-        job_id: str,
-        outcome: Callable[[int], Outcome],
-        poll_interval: float,
-        log: Any,
-        give_up_after: float,
-    ) -> None:
-        self._log = log
-        self._give_up_after = give_up_after
-        self.limiter = limiter
-        self._store = store
-        self._job_id = job_id
-        self._outcome = outcome
-        self._poll_interval = poll_interval
-        self._held: dict[int, tuple[Slot, float]] = {}
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="modelbit-deliveries", daemon=True)
-
-    def __enter__(self) -> _Outstanding:
-        self._watcher.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
-        self._watcher.join()
-        self.limiter.log_final()
-
-    def keeper(self, chunk: int) -> Callable[[Slot], None]:
-        """What receives the place of ``chunk``'s accepted submission."""
-
-        def keep(slot: Slot) -> None:
-            with self._lock:
-                self._held[chunk] = (slot, time.time())
-
-        return keep
-
-    def _watch(self) -> None:
-        while not self._done.wait(self._poll_interval):
-            try:
-                self.release_delivered()
-            except Exception as error:  # a store hiccup must not stop the pacing: look again later
-                self._log.warning(
-                    "Looking for deliveries of job %s failed (%r); looking again.", self._job_id, error
-                )
-
-    def release_delivered(self) -> None:
-        """Report and free the place of every held batch whose delivery is in the store."""
-        with self._lock:
-            waiting = set(self._held)
-        if not waiting:
-            return
-        for chunk in sorted(self._store.delivered_chunks(self._job_id) & waiting):
-            # Stamped by the receiver on arrival: the latency does not depend on how often we look.
-            received = float(self._store.delivery_meta(self._job_id, chunk)["received_at"])
-            self._free(chunk, self._outcome(chunk), received)
-        now = time.time()
-        for chunk in waiting:
-            with self._lock:
-                overdue = chunk in self._held and now - self._held[chunk][1] > self._give_up_after
-            if overdue:
-                self._free(chunk, Outcome.TIMED_OUT, now)
-
-    def _free(self, chunk: int, outcome: Outcome, ended: float) -> None:
-        """Report ``chunk``'s batch, which ended (wall clock) at ``ended``, and free its place."""
-        with self._lock:
-            slot, sent = self._held.pop(chunk)
-        self.limiter.record(slot, outcome, seconds=max(0.0, ended - sent))
-        self.limiter.release()
-
-
 class _Reading:
     """The chunk whose delivery the host is reading, so a failure can be pinned on it."""
 
@@ -212,24 +109,15 @@ class JobRunner:
     :param host: the operator (see :class:`~airflow_provider_modelbit.operators.deferrable.DeferrableHost`).
     :param delivery_margin: seconds past the inference time limit for a delivery to arrive.
     :param max_attempts: submissions of one chunk allowed over the job's life.
-    :param poll_interval: seconds between looks at the store while submitting (at most
-        :data:`SUBMISSION_POLL_SECONDS`): a delivery frees a place for the next submission.
     """
 
     def __init__(
-        self,
-        store: CallbackStore,
-        host: DeferrableHost,
-        *,
-        delivery_margin: float,
-        max_attempts: int,
-        poll_interval: float = SUBMISSION_POLL_SECONDS,
+        self, store: CallbackStore, host: DeferrableHost, *, delivery_margin: float, max_attempts: int
     ) -> None:
         self.store = store
         self.host = host
         self.delivery_margin = delivery_margin
         self.max_attempts = max_attempts
-        self.poll_interval = min(poll_interval, SUBMISSION_POLL_SECONDS)
 
     # ------------------------------------------------------------------ which job
 
@@ -360,12 +248,18 @@ class JobRunner:
     # ------------------------------------------------------------------ submission
 
     def submit(self, job: CallbackJob, due: set[int]) -> None:
-        """
-        Submit the ``due`` chunks (and any chunk the job does not know yet), streaming the payloads,
-        at the pace of the hook's concurrency limiter (see the module's docstring).
-        """
-        with self._outstanding(job) as outstanding:
-            submitted = self._submit_due(job, due, outstanding)
+        """Submit the ``due`` chunks (and any chunk the job does not know yet), streaming the payloads."""
+        submission: _Submission | None = None
+        submitted = 0
+        for chunk, payload in enumerate(self.host._callback_payloads()):
+            if chunk == len(job.chunks) and not job.sealed:
+                due.add(job.add_chunk(payload_hash(payload)))
+            if chunk in due:
+                submission = submission or self._open_submission(job)
+                self._submit_chunk(job, submission, chunk, payload)
+                submitted += 1
+            elif job.sealed and chunk >= max(due, default=-1):
+                break
         if not job.sealed:
             job.seal(len(job.chunks))
         if job.chunks:
@@ -375,36 +269,6 @@ class JobRunner:
                 "Submitted %d of %d chunk(s) of %s asynchronously as callback job %s.",
                 submitted, len(job.chunks), self.host.deployment, job.job_id,
             )  # fmt: skip
-
-    def _submit_due(self, job: CallbackJob, due: set[int], outstanding: _Outstanding) -> int:
-        submission: _Submission | None = None
-        submitted = 0
-        for chunk, payload in enumerate(self.host._callback_payloads()):
-            if chunk == len(job.chunks) and not job.sealed:
-                due.add(job.add_chunk(payload_hash(payload)))
-            if chunk in due:
-                submission = submission or self._open_submission(job)
-                self._submit_chunk(job, submission, chunk, payload, outstanding)
-                submitted += 1
-            elif job.sealed and chunk >= max(due, default=-1):
-                break
-        return submitted
-
-    def _outstanding(self, job: CallbackJob) -> _Outstanding:
-        target = describe_target(self.host.deployment, self.host.version, job.request.branch)
-        limiter = self.host.hook.new_limiter(f"{target} (async submissions)")
-        return _Outstanding(
-            limiter, self.store, job.job_id, self._delivery_outcome(job), self.poll_interval, self.host.log,
-            give_up_after=job.request.timeout_seconds + self.delivery_margin,
-        )  # fmt: skip
-
-    def _delivery_outcome(self, job: CallbackJob) -> Callable[[int], Outcome]:
-        def outcome(chunk: int) -> Outcome:
-            if self.store.delivery_kind(job.job_id, chunk) != "error":
-                return Outcome.ANSWERED
-            return load_outcome(self.delivery_error(job, chunk))
-
-        return outcome
 
     def _open_submission(self, job: CallbackJob) -> _Submission:
         """Check the callback settings and save the job before the first request (the receiver needs it)."""
@@ -421,9 +285,7 @@ class JobRunner:
         expires_at = int(job.deadline + TOKEN_GRACE_SECONDS)
         return _Submission(str(settings.callback_base_url), secret, job.request.timeout_seconds, expires_at)
 
-    def _submit_chunk(
-        self, job: CallbackJob, submission: _Submission, chunk: int, payload: Any, outstanding: _Outstanding
-    ) -> None:
+    def _submit_chunk(self, job: CallbackJob, submission: _Submission, chunk: int, payload: Any) -> None:
         url = callback_url(
             submission.base_url,
             job.request.conn_id,
@@ -447,8 +309,6 @@ class JobRunner:
                 timeout_seconds=submission.timeout_seconds,
                 response_format=self.host.response_format,
                 unique_ids=self.host.callback_unique_ids,
-                limiter=outstanding.limiter,
-                keep_slot=outstanding.keeper(chunk),
             )
         except ModelbitError as error:
             if not error.request_sent:

@@ -228,30 +228,20 @@ class ConcurrencyLimiter:
 
     # ------------------------------------------------------------------ feedback
 
-    def record(
-        self,
-        slot: Slot,
-        outcome: Outcome,
-        *,
-        retry_after: float | None = None,
-        seconds: float | None = None,
-    ) -> None:
+    def record(self, slot: Slot, outcome: Outcome, *, retry_after: float | None = None) -> None:
         """
         Adapt the limit to one request's outcome; after a quota's refusal, hold new requests back
         until its ``Retry-After``.
 
         Called before :meth:`release`, so the requests still in flight, this one included, are
         the level the server saw when it answered.
-
-        :param seconds: how long the request took, when its caller knows it better than the time
-            since :meth:`acquire` (an async batch's delivery, stamped when it arrived).
         """
         now = self._clock()
         with self._condition:
             if outcome is Outcome.RATE_LIMITED and retry_after is not None and retry_after > 0:
                 self._paused_until = max(self._paused_until, now + retry_after)
             if self.adaptive:
-                self._adapt(slot, outcome, now - slot.started if seconds is None else seconds)
+                self._adapt(slot, outcome, now - slot.started)
             self._maybe_log(now)
             self._condition.notify_all()
 

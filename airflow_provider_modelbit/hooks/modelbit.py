@@ -59,7 +59,7 @@ from airflow_provider_modelbit.hooks.batching import (
     rows_in_chunks,
     split_by_bytes,
 )
-from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, Slot, load_outcome
+from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, load_outcome
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
     SendFailed,
@@ -326,29 +326,10 @@ class ModelbitHook(ModelbitHookBase):
         chunk_bytes = batch_bytes or self.batch_bytes
         self._link_session  # noqa: B018 -- and the links session
         self._stopping.clear()
-        limiter = self.new_limiter(call.where, ceiling=ceiling, adaptive=adaptive_concurrency)
+        adaptive = self.adaptive_concurrency if adaptive_concurrency is None else adaptive_concurrency
+        limiter = ConcurrencyLimiter(ceiling, adaptive=adaptive, where=call.where, log=self.log)
+        self._limiter = limiter
         return self._ordered_results(call, chunks, limiter, response_format, chunk_bytes, unique_ids)
-
-    def new_limiter(
-        self, where: str, *, ceiling: int | None = None, adaptive: bool | None = None
-    ) -> ConcurrencyLimiter:
-        """
-        Start the concurrency limit of one batch: its synchronous requests, or its async submissions.
-
-        Both paths pace their requests by this one limiter, so a deferred table is sent at the pace
-        a synchronous one would be; :attr:`concurrency` reports the latest.
-
-        :param where: what the requests go to, for log lines.
-        :param ceiling: most requests in flight; ``None`` uses the hook's ``max_concurrency``.
-        :param adaptive: adapt the level up to ``ceiling``; ``None`` uses the hook's ``adaptive_concurrency``.
-        """
-        self._limiter = ConcurrencyLimiter(
-            self.max_concurrency if ceiling is None else ceiling,
-            adaptive=self.adaptive_concurrency if adaptive is None else adaptive,
-            where=where,
-            log=self.log,
-        )
-        return self._limiter
 
     def _ordered_results(
         self,
@@ -459,16 +440,12 @@ class ModelbitHook(ModelbitHookBase):
         read_timeout: float,
         submitted: bool = False,
         limiter: ConcurrencyLimiter | None = None,
-        keep_slot: Callable[[Slot], None] | None = None,
     ) -> Answer:
         """
         POST a body, re-sending where the retry rules allow; return the answer, its headers and size.
 
         With a ``limiter``, each attempt holds one of its slots and reports its outcome to it; the
-        waits between attempts hold none. With ``keep_slot`` as well, the answered attempt's slot
-        is handed to it instead: the work goes on after the answer (an async batch runs until its
-        delivery), and the caller reports and releases it when that work ends. A stop
-        (:meth:`stop`) ends the waits at once.
+        waits between attempts hold none. A stop (:meth:`stop`) ends the waits at once.
         """
         tries = self._tries(call, rows, submitted=submitted)
         while True:
@@ -476,19 +453,14 @@ class ModelbitHook(ModelbitHookBase):
                 raise _batch_stopped(call)
             tries.start()
             try:
-                return tries.answered(self._send_limited(call, body, read_timeout, limiter, keep_slot))
+                return tries.answered(self._send_limited(call, body, read_timeout, limiter))
             except SendFailed as failure:
                 if self._stopping.is_set():
                     raise _batch_stopped(call) from None
                 self._stopping.wait(tries.wait_after(failure))
 
     def _send_limited(
-        self,
-        call: InferenceCall,
-        body: bytes,
-        read_timeout: float,
-        limiter: ConcurrencyLimiter | None,
-        keep_slot: Callable[[Slot], None] | None = None,
+        self, call: InferenceCall, body: bytes, read_timeout: float, limiter: ConcurrencyLimiter | None
     ) -> Answer:
         """Send once, holding a slot of ``limiter`` (when given) and telling it how the request went."""
         if limiter is None:
@@ -501,16 +473,11 @@ class ModelbitHook(ModelbitHookBase):
             answer = self._send_once(call, body, read_timeout)
         except SendFailed as failure:
             limiter.record(slot, load_outcome(failure.error), retry_after=failure.retry_after)
-            limiter.release()
             raise
-        except BaseException:
+        else:
+            limiter.record(slot, Outcome.ANSWERED)
+        finally:
             limiter.release()
-            raise
-        if keep_slot is not None:
-            keep_slot(slot)
-            return answer
-        limiter.record(slot, Outcome.ANSWERED)
-        limiter.release()
         return answer
 
     def _send_once(self, call: InferenceCall, body: bytes, read_timeout: float) -> Answer:
@@ -566,17 +533,11 @@ class ModelbitHook(ModelbitHookBase):
         response_format: str | None = None,
         webhook_ignore_timeout: bool | None = None,
         unique_ids: bool = True,
-        limiter: ConcurrencyLimiter | None = None,
-        keep_slot: Callable[[Slot], None] | None = None,
     ) -> str | None:
         """
         Submit an inference to run asynchronously; Modelbit posts the answer to ``webhook_url``.
 
         A submission is never re-sent after it may have reached the server, so it cannot start twice.
-        With a ``limiter`` (see :meth:`new_limiter`) it waits for a place first, and a refusal
-        lowers the level and holds back the next submissions until its ``Retry-After``; the
-        accepted submission's place is handed to ``keep_slot``, to be released when its delivery
-        arrives (the batch runs until then).
 
         :param deployment: deployment name.
         :param data: a single input, batch rows, or a pandas DataFrame.
@@ -587,8 +548,6 @@ class ModelbitHook(ModelbitHookBase):
         :param response_format: ``None``, or ``"links"`` for a delivery carrying a download link.
         :param webhook_ignore_timeout: count a webhook attempt that times out as delivered.
         :param unique_ids: as for :meth:`request_link`.
-        :param limiter: paces the submissions of one batch; ``None`` sends at once.
-        :param keep_slot: receives the accepted submission's place (required with ``limiter``).
         :return: the batchId of the submission; ``None`` (logged) when the answer names none, as
             Modelbit documents no shape for it. The submission was accepted either way.
         """
@@ -604,15 +563,7 @@ class ModelbitHook(ModelbitHookBase):
             webhook_ignore_timeout,
             unique_ids,
         )
-        payload, headers, _ = self._send(
-            call,
-            body,
-            None,
-            read_timeout=SUBMIT_READ_TIMEOUT,
-            submitted=True,
-            limiter=limiter,
-            keep_slot=keep_slot,
-        )
+        payload, headers, _ = self._send(call, body, None, read_timeout=SUBMIT_READ_TIMEOUT, submitted=True)
         return self._accepted_batch_id(payload, headers, call)
 
     @contextmanager

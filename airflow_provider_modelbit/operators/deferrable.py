@@ -110,7 +110,6 @@ class ModelbitDeferrableMixin:
             cast("DeferrableHost", self),
             delivery_margin=self.callback_delivery_margin,
             max_attempts=self.max_chunk_attempts,
-            poll_interval=self.callback_poll_interval,
         )
 
     # ------------------------------------------------------------------ submission

@@ -123,20 +123,6 @@ class TestBackOff:
                 break
         assert limiter.limit == 4 and limiter.summary()["lowered"] == {"rising latency": 1}
 
-    def test_latency_given_by_the_caller_is_judged_instead_of_the_slots_time(self) -> None:
-        """An async batch's latency runs to its delivery: slow deliveries halve the level."""
-        limiter, clock = _limiter(ceiling=8)
-        assert _grow(limiter, clock)[-1] == 8
-        for _ in range(3):
-            slots = [limiter.acquire() for _ in range(limiter.limit)]
-            clock.now += 0.5
-            for slot in slots:
-                limiter.record(slot, Outcome.ANSWERED, seconds=2.0)
-                limiter.release()
-            if limiter.limit < 8:
-                break
-        assert limiter.limit == 4 and limiter.summary()["lowered"] == {"rising latency": 1}
-
     def test_other_failures_leave_the_limit_alone(self) -> None:
         limiter, clock = _limiter()
         _round_trip(limiter, clock, Outcome.OTHER)

@@ -8,8 +8,6 @@ with the callback receiver app listening on 127.0.0.1. Both operators take this 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,73 +276,6 @@ class TestDeferredBatch:
         assert pq.read_table(tmp_path / "out.parquet").column("result").to_pylist() == list(range(ROWS))
         results = sorted(batch["result"] for batch in flaky_server.client.batches())
         assert results == ["data"] * 7 + ["error"], "seven chunks once, the failed one twice"
-
-
-def most_outstanding(batches: list[dict[str, Any]]) -> int:
-    """Most async batches Modelbit held at once, each from its acceptance to the delivery that landed."""
-    steps = []
-    for batch in batches:
-        landed = [attempt["time"] for attempt in batch["attempts"] if 200 <= (attempt["status"] or 0) < 300]
-        steps += [(batch["created"], 1), (min(landed), -1)]
-    level = most = 0
-    for _, step in sorted(steps):  # at the same instant a delivery counts before an acceptance
-        level += step
-        most = max(most, level)
-    return most
-
-
-class TestDeferredPacing:
-    """
-    Submissions wait in the hook's concurrency limiter, as synchronous requests do: an async batch
-    holds its place from submission until its delivery is in the store.
-    """
-
-    def test_batches_at_modelbit_never_exceed_the_limit(
-        self, server: RunningEmulator, input_table: Path, tmp_path: Path
-    ) -> None:
-        """Ten chunks, ceiling 3, a deployment taking 0.2 s with 2 requests in flight: never a burst."""
-        server.client.configure(sort_results_by_id=True, max_inflight_requests=2)
-        server.client.set_faults(model_seconds=0.2, deployment="echo")
-        sync_file, deferred_file = tmp_path / "sync.parquet", tmp_path / "deferred.parquet"
-        options = {"batch_size": 2, "max_concurrency": 3}
-        sync = run_batch(False, **batch_kwargs(input_table, sync_file, **options))
-        assert sync.state == "success", sync.error
-
-        submitted_from = time.time()
-        deferred = run_batch(True, **batch_kwargs(input_table, deferred_file, **options))
-        assert deferred.state == "success", deferred.error
-        assert deferred_file.read_bytes() == sync_file.read_bytes()
-        batches = server.client.batches()
-        assert len(batches) == 10, "one async request per chunk of 2 rows"
-        assert 1 <= most_outstanding(batches) <= 3, "submissions wait for a place: no burst of 10"
-        assert set(server.client.runs("echo").values()) == {2}, "each row once per run (sync, then deferred)"
-        submissions = [r for r in server.client.requests() if r["time"] >= submitted_from]
-        assert [r["status"] for r in submissions] == [200] * 10, "async requests queue: none refused"
-
-    def test_a_refused_submission_lowers_the_limit_and_waits_for_retry_after(
-        self, server: RunningEmulator, input_table: Path, tmp_path: Path
-    ) -> None:
-        """429s on submissions: each refused chunk is sent again after Retry-After, every row scored once."""
-        server.client.configure(sort_results_by_id=True)
-        sync_file, deferred_file = tmp_path / "sync.parquet", tmp_path / "deferred.parquet"
-        options = {"batch_size": 4, "max_concurrency": 4}
-        sync = run_batch(False, **batch_kwargs(input_table, sync_file, **options))
-        assert sync.state == "success", sync.error
-
-        server.client.set_faults(rate_429=0.4, retry_after=1, seed=7, deployment="echo")
-        submitted_from = time.time()
-        deferred = run_batch(True, **batch_kwargs(input_table, deferred_file, **options))
-        assert deferred.state == "success", deferred.error
-        assert deferred_file.read_bytes() == sync_file.read_bytes()
-        refused = server.client.fault_counts().get("rate_429", 0)
-        assert refused >= 1, "the seed refuses some submissions"
-        assert len(server.client.batches()) == 5, "a refused submission never started a batch"
-        assert set(server.client.runs("echo").values()) == {2}, "each row once per run (sync, then deferred)"
-        submissions = [r for r in server.client.requests() if r["time"] >= submitted_from]
-        assert len(submissions) == 5 + refused
-        for before, after in itertools.pairwise(submissions):
-            if before["status"] == 429:
-                assert after["time"] - before["time"] >= 0.95, "Retry-After: 1 holds the next submission"
 
 
 class _TaskInstance:
