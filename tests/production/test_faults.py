@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -197,15 +198,21 @@ def saved_chunks(deployment: ProductionDeployment) -> set[int]:
     return {int(name[6:14]) for name in names if name.startswith("chunk-") and name.endswith(".arrow")}
 
 
+def start_scenario(
+    deployment: ProductionDeployment, input_key: str, rows: int, dag_id: str, **faults: Any
+) -> str:
+    """Put the scenario's input table, reset the local server with its faults, and start a run of its DAG."""
+    deployment.put_table(input_key, table_of(rows))
+    deployment.emulator.client.reset()
+    deployment.emulator.client.set_faults(**faults)
+    deployment.client.wait_for_dag(dag_id, timeout=180)
+    return deployment.client.trigger_dag_run(dag_id)
+
+
 @pytest.fixture(scope="module")
 def worker_kill(deployment: ProductionDeployment) -> WorkerKill:
     client, emulator = deployment.client, deployment.emulator.client
-    deployment.put_table(KILL_INPUT, table_of(KILL_ROWS))
-    emulator.reset()
-    emulator.set_faults(latency_seconds=KILL_LATENCY_SECONDS)
-
-    client.wait_for_dag(KILL_DAG, timeout=180)
-    run_id = client.trigger_dag_run(KILL_DAG)
+    run_id = start_scenario(deployment, KILL_INPUT, KILL_ROWS, KILL_DAG, latency_seconds=KILL_LATENCY_SECONDS)
 
     def scored() -> int:
         return len(emulator.runs("doubler"))
@@ -342,12 +349,9 @@ def trigger_hosts(deployment: ProductionDeployment) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def triggerer_kill(deployment: ProductionDeployment) -> TriggererKill:
     client, emulator = deployment.client, deployment.emulator.client
-    deployment.put_table(DEFER_INPUT, table_of(DEFER_ROWS))
-    emulator.reset()
-    emulator.set_faults(webhook_delay_seconds=DEFER_WEBHOOK_DELAY_SECONDS)
-
-    client.wait_for_dag(DEFER_DAG, timeout=180)
-    run_id = client.trigger_dag_run(DEFER_DAG)
+    run_id = start_scenario(
+        deployment, DEFER_INPUT, DEFER_ROWS, DEFER_DAG, webhook_delay_seconds=DEFER_WEBHOOK_DELAY_SECONDS
+    )
     placement: dict[str, str] = {}
 
     def all_running() -> bool:
