@@ -24,7 +24,7 @@ dag           python    parse into a ``DagBag`` with no connection defined (no i
                         (``customers.parquet|csv|jsonl``, ``partitions/part-00N.parquet``);
                         ``callbacks`` also runs the callback receiver and gives
                         ``modelbit_default`` the callback settings.
-script        python    run as a program (120 s limit); ``emulator`` starts a local server and
+script        python    run as a program (300 s limit); ``emulator`` starts a local server and
                         replaces ``http://127.0.0.1:8765`` by its address.
 pytest        python    save as a test module and run it with pytest; it must pass.
 deployments   python    load as a ``--deployments`` file: its names are served by the emulator.
@@ -76,7 +76,7 @@ NOT_SAMPLES = ("architecture.md",)
 OTHER_DOCUMENTS = (ROOT / "README.md",)
 SAMPLE_SERVER_URL = "http://127.0.0.1:8765"
 CALLBACK_SECRET = "docs-samples-callback-secret-0123"
-RUN_LIMIT_SECONDS = 120
+RUN_LIMIT_SECONDS = 300
 MARKER = re.compile(r"^\s*<!--\s*test:\s*(?P<spec>.*?)\s*-->\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<language>[\w+-]*)\s*$")
 KINDS = {
