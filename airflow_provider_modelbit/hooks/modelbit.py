@@ -62,12 +62,11 @@ from airflow_provider_modelbit.hooks.batching import (
 from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, load_outcome
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
+    LinkBody,
     SendFailed,
     check_link_status,
     connection_test_verdict,
     data_of,
-    expected_length,
-    incomplete_link,
     link_location,
     link_unreachable,
     parse_answer,
@@ -611,16 +610,13 @@ def _link_fetch_may_repeat(error: ModelbitError) -> bool:
 
 def _link_pieces(response: requests.Response, url: str) -> Iterator[bytes]:
     """Yield the link's body in pieces, checking it arrived whole."""
-    expected = expected_length(response.headers)
-    received = 0
+    body = LinkBody(url, response.headers)
     try:
         for piece in response.iter_content(LINK_PIECE_BYTES):
-            received += len(piece)
-            yield piece
+            yield body.count(piece)
     except (requests.RequestException, OSError) as exc:
-        raise incomplete_link(url, received, expected, type(exc).__name__) from None
-    if expected is not None and received < expected:
-        raise incomplete_link(url, received, expected, "body cut short")
+        raise body.broken(exc) from None
+    body.check_whole()
 
 
 def __getattr__(name: str) -> Any:

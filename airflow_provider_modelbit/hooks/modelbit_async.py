@@ -44,12 +44,11 @@ from airflow_provider_modelbit.hooks.batching import (
 )
 from airflow_provider_modelbit.hooks.responses import (
     InferenceCall,
+    LinkBody,
     SendFailed,
     check_link_status,
     data_of,
-    expected_length,
     httpx_failure,
-    incomplete_link,
     link_location,
     link_unreachable,
 )
@@ -278,14 +277,10 @@ class ModelbitAsyncHook(ModelbitHookBase):
 
 async def _read_link_body(response: httpx.Response, url: str) -> bytes:
     """Read a link's body, checking it arrived whole."""
-    expected = expected_length(response.headers)
-    pieces: list[bytes] = []
+    body = LinkBody(url, response.headers)
     try:
-        async for piece in response.aiter_bytes(LINK_PIECE_BYTES):
-            pieces.append(piece)
+        pieces = [body.count(piece) async for piece in response.aiter_bytes(LINK_PIECE_BYTES)]
     except httpx.HTTPError as exc:
-        raise incomplete_link(url, sum(map(len, pieces)), expected, type(exc).__name__) from None
-    received = sum(map(len, pieces))
-    if expected is not None and received < expected:
-        raise incomplete_link(url, received, expected, "body cut short")
+        raise body.broken(exc) from None
+    body.check_whole()
     return b"".join(pieces)

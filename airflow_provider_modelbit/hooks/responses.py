@@ -343,20 +343,45 @@ def check_link_status(status: int, location: str) -> None:
         raise ModelbitTransportError(f"The results link {location} answered HTTP {status}.", status=status)
 
 
-def expected_length(headers: Mapping[str, str]) -> int | None:
-    # A compressed body's Content-Length counts compressed bytes, so it cannot be checked here.
-    if headers.get("content-encoding") not in (None, "", "identity"):
-        return None
-    length = headers.get("content-length")
-    return int(length) if length and length.isdigit() else None
+class LinkBody:
+    """
+    A results link's body as it arrives: counts its bytes and tells whether it came whole.
 
+    The sync and the async hook read links with different HTTP clients; this is what they share,
+    so a cut-short body raises the same error in both.
 
-def incomplete_link(url: str, received: int, expected: int | None, why: str) -> ModelbitIncompleteBatch:
-    of_expected = f" of {expected:,}" if expected is not None else ""
-    return ModelbitIncompleteBatch(
-        f"The results link {link_location(url)} broke off after {received:,}{of_expected} bytes ({why}); "
-        "the results are incomplete. Run the inference again."
-    )
+    :param url: the link, for messages (shown without its signature).
+    :param headers: the link's answer headers.
+    """
+
+    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+        self.url = url
+        self.received = 0
+        # A compressed body's Content-Length counts compressed bytes, so it cannot be checked here.
+        length = headers.get("content-length")
+        identity = headers.get("content-encoding") in (None, "", "identity")
+        self.expected = int(length) if identity and length and length.isdigit() else None
+
+    def count(self, piece: bytes) -> bytes:
+        """Count a piece as it arrives and hand it on."""
+        self.received += len(piece)
+        return piece
+
+    def broken(self, exc: BaseException) -> ModelbitIncompleteBatch:
+        """The error for a stream that broke with ``exc``."""
+        return self._incomplete(type(exc).__name__)
+
+    def check_whole(self) -> None:
+        """Raise :class:`ModelbitIncompleteBatch` when fewer bytes arrived than announced."""
+        if self.expected is not None and self.received < self.expected:
+            raise self._incomplete("body cut short")
+
+    def _incomplete(self, why: str) -> ModelbitIncompleteBatch:
+        of_expected = f" of {self.expected:,}" if self.expected is not None else ""
+        return ModelbitIncompleteBatch(
+            f"The results link {link_location(self.url)} broke off after {self.received:,}{of_expected} "
+            f"bytes ({why}); the results are incomplete. Run the inference again."
+        )
 
 
 def connection_test_verdict(
