@@ -3,6 +3,10 @@ figures (``results/latest.json``), the table (``results/latest.md``) and the cha
 
 Usually started by ``bash scripts/run_benchmarks.sh``, which first creates the benchmark-only
 environment; directly: ``python -m benchmarks.run [--size full|tiny]``. See ``docs/benchmarks.md``.
+
+``--only scoring`` (repeatable: ``--only scoring --only memory``) measures only the workloads named;
+a partial run prints its table and writes ``results/partial.json`` and ``results/partial.md``, leaving
+the full run's ``latest.*`` and chart as they are.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,8 @@ from benchmarks.targets import check_targets
 RESULTS_DIR = REPOSITORY_ROOT / "benchmarks" / "results"
 LINKS_DEPLOYMENT_FILE = REPOSITORY_ROOT / "benchmarks" / "links_deployment.py"
 DEFAULT_BENCH_PYTHON = REPOSITORY_ROOT / ".venv-bench" / "bin" / "python"
+#: The workloads, in the order a full run measures them; the first four share one local server.
+SECTIONS = ("scoring", "memory", "links", "latency_bound", "triggers", "emulator_throughput")
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,6 +50,13 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         default=DEFAULT_BENCH_PYTHON,
         help="the environment with the official client",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        default=None,
+        help="measure only this workload (repeatable); writes partial.json/.md instead of latest.*",
     )
     return parser.parse_args(argv)
 
@@ -63,28 +76,35 @@ def _measure_section(results: dict[str, Any], name: str, measure: Callable[[], d
         results.setdefault("failed_sections", []).append(name)
 
 
-def measure_everything(size: BenchmarkSize, bench_python: Path, work_dir: Path) -> dict[str, Any]:
-    """Every workload at ``size``; the figures as stored in ``latest.json`` (targets not yet checked)."""
+def measure_everything(
+    size: BenchmarkSize, bench_python: Path, work_dir: Path, only: Collection[str] = SECTIONS
+) -> dict[str, Any]:
+    """The workloads named in ``only`` (every one by default) at ``size``; the figures as stored in
+    ``latest.json`` (targets not yet checked)."""
     results: dict[str, Any] = {
         "size": size.name,
         "repeats": size.repeats,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": describe_machine(),
     }
+
+    def section(name: str, message: str, measure: Callable[[], dict[str, Any]]) -> None:
+        if name in only:
+            _progress(message)
+            _measure_section(results, name, measure)
+
     with run_emulator(mode="process", deployments_file=str(LINKS_DEPLOYMENT_FILE)) as emulator:
         env = BenchmarkEnvironment(Path(sys.executable), bench_python, emulator.url, work_dir)
-        _progress(f"batch scoring, {size.scoring_rows:,} rows, {size.repeats} round(s) of 4 clients")
-        _measure_section(results, "scoring", lambda: measure_scoring(env, size))
-        _progress(f"peak memory at {size.memory_rows[0]:,} and {size.memory_rows[1]:,} rows")
-        _measure_section(results, "memory", lambda: measure_memory(env, size))
-        _progress(f"links, about {size.link_document_bytes / 1e6:,.1f} MB")
-        _measure_section(results, "links", lambda: measure_links(env, size))
-        _progress("latency-bound: in-flight cap, per-minute quota, four tasks sharing the cap")
-        _measure_section(results, "latency_bound", lambda: measure_latency_bound(env, size))
-    _progress("callback triggers waiting in one event loop")
-    _measure_section(results, "triggers", lambda: measure_triggers(env, size))
-    _progress("local server throughput")
-    _measure_section(results, "emulator_throughput", lambda: measure_emulator_throughput(size))
+        scoring = f"batch scoring, {size.scoring_rows:,} rows, {size.repeats} round(s) of 4 clients"
+        section("scoring", scoring, lambda: measure_scoring(env, size))
+        memory = f"peak memory at {size.memory_rows[0]:,} and {size.memory_rows[1]:,} rows"
+        section("memory", memory, lambda: measure_memory(env, size))
+        links = f"links, about {size.link_document_bytes / 1e6:,.1f} MB"
+        section("links", links, lambda: measure_links(env, size))
+        latency = "latency-bound: in-flight cap, per-minute quota, four tasks sharing the cap"
+        section("latency_bound", latency, lambda: measure_latency_bound(env, size))
+    section("triggers", "callback triggers waiting in one event loop", lambda: measure_triggers(env, size))
+    section("emulator_throughput", "local server throughput", lambda: measure_emulator_throughput(size))
     return results
 
 
@@ -99,16 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.repeats is not None:
         size = dataclasses.replace(size, repeats=arguments.repeats)
     results_dir: Path = arguments.results_dir
-    results = measure_everything(size, arguments.bench_python, results_dir / "tmp" / size.name)
+    only = arguments.only or SECTIONS
+    results = measure_everything(size, arguments.bench_python, results_dir / "tmp" / size.name, only)
     results["targets"] = check_targets(results)
     results_dir.mkdir(parents=True, exist_ok=True)
-    results_json = results_dir / "latest.json"
+    # A partial run has no figures for the chart's other panels, and must not replace the full run's.
+    stem = "partial" if arguments.only else "latest"
+    results_json = results_dir / f"{stem}.json"
     results_json.write_text(json.dumps(results, indent=2) + "\n")
-    _draw_chart(arguments.bench_python, results_json, results_dir / "latest.png")
+    if not arguments.only:
+        _draw_chart(arguments.bench_python, results_json, results_dir / "latest.png")
     table = render_table(results)
-    (results_dir / "latest.md").write_text(table)
+    (results_dir / f"{stem}.md").write_text(table)
     print(table)
-    _progress(f"figures in {results_json}, chart in {results_dir / 'latest.png'}")
+    _progress(
+        f"figures in {results_json}" + ("" if arguments.only else f", chart in {results_dir / 'latest.png'}")
+    )
     return 1 if results.get("failed_sections") else 0
 
 

@@ -7,10 +7,12 @@ batchId only in the header, a link server that records request headers) and reco
 
 from __future__ import annotations
 
+import http.client
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -68,5 +70,63 @@ def scripted_server() -> Iterator[ScriptedServer]:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield scripted
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@dataclass
+class ForwardingProxy:
+    """A plain HTTP forward proxy on 127.0.0.1: what ``HTTP_PROXY`` points at, recording each request."""
+
+    url: str
+    forwarded: list[str] = field(default_factory=list)
+
+
+def _proxy_handler_for(proxy: ForwardingProxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            # A client talking to a proxy names the whole URL in the request line.
+            target = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            proxy.forwarded.append(self.path)
+            headers = {
+                name: value for name, value in self.headers.items() if name.lower() != "proxy-connection"
+            }
+            upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=60)
+            try:
+                path = target.path + (f"?{target.query}" if target.query else "")
+                upstream.request(self.command, path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                content = answer.read()
+            finally:
+                upstream.close()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = _forward
+
+        def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def forwarding_proxy() -> Iterator[ForwardingProxy]:
+    """A forward HTTP proxy on a free 127.0.0.1 port."""
+    proxy = ForwardingProxy(url="")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler_for(proxy))
+    proxy.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield proxy
     httpd.shutdown()
     httpd.server_close()

@@ -8,7 +8,7 @@ how they send; what a call means, how it is validated and when it is re-sent liv
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,8 +88,13 @@ def validate_concurrency(max_concurrency: int) -> None:
         raise ModelbitInputError(f"max_concurrency={max_concurrency!r} is invalid: use a whole number >= 1.")
 
 
-def as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
-    """Return the batch rows of ``data`` (rows or a DataFrame), or ``None`` for a single input."""
+def as_rows(data: Any) -> Iterable[Sequence[Any]] | None:
+    """
+    Return the batch rows of ``data`` (rows or a DataFrame), or ``None`` for a single input.
+
+    A DataFrame's rows are built lazily, as they are read (see
+    :func:`~airflow_provider_modelbit.hooks.batching.dataframe_rows`).
+    """
     if is_dataframe(data):
         return dataframe_rows(data)
     if is_batch(data):
@@ -154,9 +159,10 @@ def encode_input(data: Any, call: InferenceCall, *, unique_ids: bool = True) -> 
     :param unique_ids: refuse batch rows with a repeated ID; ``False`` for rows of a DataFrame,
         whose index may repeat (a DataFrame ``data`` is always allowed to).
     """
-    rows = as_rows(data)
-    if rows is None:
+    lazy_rows = as_rows(data)
+    if lazy_rows is None:
         return encode_single(data, call), None
+    rows = list(lazy_rows)
     from_dataframe = is_dataframe(data) or not unique_ids
     check_repeated_ids(rows, from_dataframe=from_dataframe, deployment=call.deployment)
     return encode_chunk(rows, unique_ids=False).data, len(rows)
@@ -168,13 +174,13 @@ class PreparedInference:
     An inference ready to send: a single input's request body, or batch rows to score in chunks.
 
     :param call: the target and options, validated.
-    :param rows: the batch rows; ``None`` for a single input.
+    :param rows: the batch rows, a DataFrame's built lazily; ``None`` for a single input.
     :param body: the request body of a single input (empty for batch rows).
     :param unique_ids: the rows' IDs were checked unique (a DataFrame's index may repeat).
     """
 
     call: InferenceCall
-    rows: Sequence[Sequence[Any]] | None
+    rows: Iterable[Sequence[Any]] | None
     body: bytes = b""
     unique_ids: bool = True
 

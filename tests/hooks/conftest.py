@@ -14,7 +14,7 @@ import pytest
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 from airflow_provider_modelbit.hooks.modelbit_async import ModelbitAsyncHook
 from airflow_provider_modelbit.hooks.retries import RetryPolicy
-from tests.scripted_http import scripted_server  # noqa: F401  (a fixture of these tests)
+from tests.scripted_http import forwarding_proxy, scripted_server  # noqa: F401  (fixtures of these tests)
 
 FAST_RETRIES = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=2.0, max_total_wait=10.0)
 

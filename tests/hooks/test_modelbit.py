@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -261,6 +262,37 @@ class TestGetInference:
         hook_for(emulator.url).get_inference("doubler", 1, timeout_seconds=7)
         bodies = [orjson.loads(request["body"]) for request in emulator.client.requests()]
         assert [body.get("timeout_seconds") for body in bodies] == [42, 7]
+
+
+class TestProxies:
+    """The workspace session reads proxies from the environment once, when built, and uses them."""
+
+    @pytest.fixture
+    def proxy_environment(self, monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+        def configure(**variables: str) -> None:
+            for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+                monkeypatch.delenv(name, raising=False)
+                monkeypatch.delenv(name.upper(), raising=False)
+            for name, value in variables.items():
+                monkeypatch.setenv(name, value)
+
+        return configure
+
+    def test_a_proxy_in_the_environment_carries_every_request(
+        self, emulator, hook_for, forwarding_proxy, proxy_environment
+    ) -> None:
+        proxy_environment(http_proxy=forwarding_proxy.url)
+        hook = hook_for(emulator.url, batch_size=100)
+        frame = pd.DataFrame({"x": range(250)})
+        assert hook.get_inference("echo", frame) == [[n, {"x": n}] for n in range(250)]
+        assert len(forwarding_proxy.forwarded) == len(emulator.client.requests()) == 3
+
+    def test_no_proxy_keeps_the_workspace_host_direct(
+        self, emulator, hook_for, forwarding_proxy, proxy_environment
+    ) -> None:
+        proxy_environment(http_proxy=forwarding_proxy.url, no_proxy="127.0.0.1,localhost")
+        assert hook_for(emulator.url).get_inference("doubler", [[1, 2], [2, 3]]) == [[1, 4], [2, 6]]
+        assert forwarding_proxy.forwarded == []
 
 
 class TestLinks:
