@@ -8,7 +8,7 @@ how they send; what a call means, how it is validated and when it is re-sent liv
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +32,6 @@ from airflow_provider_modelbit.exceptions import (
 )
 from airflow_provider_modelbit.hooks import metrics
 from airflow_provider_modelbit.hooks.batching import (
-    dataframe_rows,
     encode_chunk,
     is_batch,
     is_dataframe,
@@ -57,6 +56,7 @@ from airflow_provider_modelbit.hooks.settings import (
 )
 from airflow_provider_modelbit.hooks.urls import deployment_url
 from airflow_provider_modelbit.io.encoding import describe_unencodable, encode_json, request_body
+from airflow_provider_modelbit.io.frame_rows import FrameRows
 from airflow_provider_modelbit.io.links import read_link_value
 from airflow_provider_modelbit.io.row_ids import check_repeated_ids
 
@@ -88,15 +88,15 @@ def validate_concurrency(max_concurrency: int) -> None:
         raise ModelbitInputError(f"max_concurrency={max_concurrency!r} is invalid: use a whole number >= 1.")
 
 
-def as_rows(data: Any) -> Iterable[Sequence[Any]] | None:
+def as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
     """
     Return the batch rows of ``data`` (rows or a DataFrame), or ``None`` for a single input.
 
-    A DataFrame's rows are built lazily, as they are read (see
-    :func:`~airflow_provider_modelbit.hooks.batching.dataframe_rows`).
+    A DataFrame's rows are built only as they are read (see
+    :class:`~airflow_provider_modelbit.io.frame_rows.FrameRows`).
     """
     if is_dataframe(data):
-        return dataframe_rows(data)
+        return FrameRows(data)
     if is_batch(data):
         return list(data)
     return None
@@ -159,10 +159,9 @@ def encode_input(data: Any, call: InferenceCall, *, unique_ids: bool = True) -> 
     :param unique_ids: refuse batch rows with a repeated ID; ``False`` for rows of a DataFrame,
         whose index may repeat (a DataFrame ``data`` is always allowed to).
     """
-    lazy_rows = as_rows(data)
-    if lazy_rows is None:
+    rows = as_rows(data)
+    if rows is None:
         return encode_single(data, call), None
-    rows = list(lazy_rows)
     from_dataframe = is_dataframe(data) or not unique_ids
     check_repeated_ids(rows, from_dataframe=from_dataframe, deployment=call.deployment)
     return encode_chunk(rows, unique_ids=False).data, len(rows)
@@ -174,13 +173,13 @@ class PreparedInference:
     An inference ready to send: a single input's request body, or batch rows to score in chunks.
 
     :param call: the target and options, validated.
-    :param rows: the batch rows, a DataFrame's built lazily; ``None`` for a single input.
+    :param rows: the batch rows (a DataFrame's built as they are read); ``None`` for a single input.
     :param body: the request body of a single input (empty for batch rows).
     :param unique_ids: the rows' IDs were checked unique (a DataFrame's index may repeat).
     """
 
     call: InferenceCall
-    rows: Iterable[Sequence[Any]] | None
+    rows: Sequence[Sequence[Any]] | None
     body: bytes = b""
     unique_ids: bool = True
 

@@ -19,7 +19,8 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
-from airflow_provider_modelbit.io.encoding import column_key, encode_row, encode_rows, join_rows
+from airflow_provider_modelbit.io.encoding import encode_row, encode_rows, join_rows
+from airflow_provider_modelbit.io.frame_rows import FrameRows
 from airflow_provider_modelbit.io.row_ids import (
     RowIdKey,
     check_repeated_ids,
@@ -31,8 +32,6 @@ from airflow_provider_modelbit.io.row_ids import (
 )
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from airflow_provider_modelbit.hooks.responses import InferenceCall
 
 # b'{"data":[' ... b'],"timeout_seconds":900,"response_format":"links"}' with room to spare.
@@ -40,11 +39,6 @@ ENVELOPE_BYTES = 128
 _ROW_TYPES = {list, tuple}
 # IDs of these exact types are sent as themselves and come back equal; anything else is keyed by its JSON.
 _PLAIN_ID_TYPES = {int, str}
-
-# Rows of a DataFrame converted at a time: about one request's worth, so conversion keeps pace with sending.
-DATAFRAME_BLOCK_ROWS = 1_000
-# numpy kinds whose ``tolist`` gives exactly what iterating gives: booleans, integers, floats.
-_TOLIST_KINDS = frozenset("biuf")
 
 _frozen_blocks = 0
 _frozen_blocks_lock = threading.Lock()
@@ -111,46 +105,6 @@ def is_dataframe(value: Any) -> bool:
     return frame_type is not None and isinstance(value, frame_type)
 
 
-def dataframe_rows(frame: pd.DataFrame) -> Iterator[list[Any]]:
-    """
-    Turn a DataFrame into batch rows ``[index, {column: value}]``, as Modelbit's client sends it, lazily.
-
-    Rows are built one block at a time, as they are sent, so converting the frame overlaps with the
-    requests in flight and only a block of row dicts exists at once. Each block is read column by
-    column (see :func:`_column_values`): the values are those iterating the frame gives, the same
-    Python objects, at a fraction of the cost of ``itertuples``.
-    """
-    columns = [column_key(column) for column in frame.columns]
-    for start in range(0, len(frame), DATAFRAME_BLOCK_ROWS):
-        block = frame.iloc[start : start + DATAFRAME_BLOCK_ROWS]
-        index = _column_values(block.index)
-        if not columns:
-            yield from ([row_id, {}] for row_id in index)
-            continue
-        values = zip(
-            *(_column_values(block.iloc[:, position]) for position in range(len(columns))), strict=True
-        )
-        yield from (
-            [row_id, dict(zip(columns, row, strict=True))] for row_id, row in zip(index, values, strict=True)
-        )
-
-
-def _column_values(values: pd.Series | pd.Index) -> list[Any]:
-    """
-    A column's (or an index's) values as iterating it gives them.
-
-    Iterating a column of a plain numpy number or boolean type converts each value with
-    ``ndarray.item``, which ``tolist`` does in one C call with the same result; every other column
-    (nullable, datetime, categorical, object, Arrow-backed) is iterated as pandas iterates it.
-    """
-    import numpy as np  # already imported with pandas
-
-    # Nullable dtypes have a kind too ("Int64" is "i") but iterate as numpy scalars and NA.
-    if isinstance(values.dtype, np.dtype) and values.dtype.kind in _TOLIST_KINDS:
-        return values.tolist()
-    return list(values)
-
-
 def input_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
     """
     Return an operator's ``data`` as batch rows ``[[id, *args], ...]``, or ``None`` for a single input.
@@ -164,7 +118,7 @@ def input_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
     :raises ModelbitInputError: a row is not a non-empty list, or an ID is unusable or repeated.
     """
     if is_dataframe(data):
-        rows = list(dataframe_rows(data))
+        rows = list(FrameRows(data))
     elif isinstance(data, list | tuple) and (not data or isinstance(data[0], list | tuple)):
         rows = [list(row) if isinstance(row, list | tuple) else row for row in data]
     else:
@@ -174,8 +128,12 @@ def input_rows(data: Any, *, deployment: str) -> list[list[Any]] | None:
     return rows
 
 
-def rows_in_chunks(rows: Iterable[Sequence[Any]], batch_size: int) -> Iterator[list[Sequence[Any]]]:
-    """Cut rows into lists of at most ``batch_size``, lazily."""
+def rows_in_chunks(rows: Iterable[Sequence[Any]], batch_size: int) -> Iterator[Sequence[Sequence[Any]]]:
+    """Cut rows into chunks of at most ``batch_size``, lazily; a DataFrame's rows into unbuilt slices."""
+    if isinstance(rows, FrameRows):
+        for start in range(0, len(rows), batch_size):
+            yield rows[start : start + batch_size]
+        return
     iterator = iter(rows)
     while chunk := list(islice(iterator, batch_size)):
         yield chunk
@@ -189,19 +147,24 @@ def encode_chunk(rows: Sequence[Sequence[Any]], *, unique_ids: bool = True) -> E
 
     The whole chunk is encoded in one call, and the checks use set and list operations that
     run in C, because this is the hot path of a large batch; rows are only walked one by one to
-    name the first bad one.
+    name the first bad one. A DataFrame's rows are encoded from its columns where they can be
+    (see :class:`~airflow_provider_modelbit.io.frame_rows.FrameRows`).
 
     :raises ModelbitInputError: a row is not a non-empty list, an ID repeats, or a value cannot be sent.
     """
-    rows = rows if isinstance(rows, list) else list(rows)
-    if not set(map(type, rows)) <= _ROW_TYPES or not all(rows):
-        for position, row in enumerate(rows):
-            row_id_of(row, position)
-    ids = list(map(itemgetter(0), rows))
+    if isinstance(rows, FrameRows):
+        ids = rows.ids()
+    else:
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not set(map(type, rows)) <= _ROW_TYPES or not all(rows):
+            for position, row in enumerate(rows):
+                row_id_of(row, position)
+        ids = list(map(itemgetter(0), rows))
     keys = ids if set(map(type, ids)) <= _PLAIN_ID_TYPES else [row_id_key(row_id) for row_id in ids]
     if unique_ids and len(set(keys)) != len(keys):
         refuse_duplicate_ids(rows)
-    return EncodedChunk(ids=ids, keys=keys, data=encode_rows(rows), rows=rows)
+    data = rows.encode() if isinstance(rows, FrameRows) else encode_rows(rows)
+    return EncodedChunk(ids=ids, keys=keys, data=data, rows=rows)
 
 
 def split_by_bytes(chunk: EncodedChunk, batch_bytes: int) -> list[EncodedChunk]:

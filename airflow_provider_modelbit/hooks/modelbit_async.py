@@ -8,7 +8,7 @@ through :mod:`~airflow_provider_modelbit.hooks.base`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -156,7 +156,7 @@ class ModelbitAsyncHook(ModelbitHookBase):
         self,
         client: httpx.AsyncClient,
         call: InferenceCall,
-        rows: Iterable[Sequence[Any]],
+        rows: Sequence[Sequence[Any]],
         response_format: str | None,
         unique_ids: bool,
     ) -> list[list[Any]]:

@@ -81,7 +81,7 @@ def row_id_of(row: Any, position: int, deployment: str | None = None) -> Any:
 
 
 def check_repeated_ids(
-    rows: Iterable[Sequence[Any]], *, from_dataframe: bool, deployment: str | None = None
+    rows: Sequence[Sequence[Any]], *, from_dataframe: bool, deployment: str | None = None
 ) -> bool:
     """
     Apply the one rule on repeated IDs to a whole input; return whether its IDs are unique.
@@ -92,7 +92,7 @@ def check_repeated_ids(
     (see :func:`input_positions`). Batch rows ``[[id, *args], ...]`` are IDs the user chose to
     match results by, so a repeat there is refused before any request.
 
-    :param from_dataframe: the rows are a DataFrame's, their IDs its index (lazy rows are not read).
+    :param from_dataframe: the rows are a DataFrame's, their IDs its index.
     :raises ModelbitInputError: batch rows whose IDs repeat, naming the first repeat.
     """
     if from_dataframe:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -13,9 +11,7 @@ import pytest
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.hooks.batching import (
-    DATAFRAME_BLOCK_ROWS,
     ENVELOPE_BYTES,
-    dataframe_rows,
     encode_chunk,
     input_rows,
     is_batch,
@@ -24,7 +20,7 @@ from airflow_provider_modelbit.hooks.batching import (
     rows_in_chunks,
     split_by_bytes,
 )
-from airflow_provider_modelbit.io.encoding import column_key, encode_row, encode_rows, join_rows
+from airflow_provider_modelbit.io.encoding import encode_row, join_rows
 from tests.inference_calls import call_to
 
 
@@ -35,84 +31,6 @@ class TestIsBatch:
     )
     def test_batch_is_a_list_whose_first_element_is_a_list(self, data: object, batch: bool) -> None:
         assert is_batch(data) is batch
-
-
-def _rows_by_itertuples(frame: pd.DataFrame) -> list[list[Any]]:
-    """The rows as iterating the frame gives them: what Modelbit's client sends, and the reference."""
-    columns = [column_key(column) for column in frame.columns]
-    tuples = frame.itertuples(index=False, name=None)
-    return [
-        [index, dict(zip(columns, values, strict=True))]
-        for index, values in zip(frame.index, tuples, strict=True)
-    ]
-
-
-def _frame_of_every_dtype() -> pd.DataFrame:
-    rows = 5
-    return pd.DataFrame(
-        {
-            "int": np.arange(rows) - 2,
-            "uint8": np.arange(rows, dtype="uint8"),
-            "float32": np.arange(rows, dtype="float32") / 3,
-            "float": [np.nan, 1.5, np.inf, -0.0, 1e300],
-            "bool": [True, False, True, False, True],
-            "Int64": pd.array([1, None, 3, 4, 5], dtype="Int64"),
-            "Float64": pd.array([1.5, None, 3, 4, 5], dtype="Float64"),
-            "boolean": pd.array([True, None, False, True, True], dtype="boolean"),
-            "timestamp": pd.date_range("2024-01-01 03:04:05", periods=rows),
-            "tz-aware": pd.date_range("2024-01-01", periods=rows, tz="Europe/Paris"),
-            "duration": pd.to_timedelta(np.arange(rows), unit="s"),
-            "period": pd.period_range("2024-01", periods=rows, freq="M"),
-            "str": ["a", None, "c", 'd "quoted"', "é"],
-            "category": pd.Categorical(list("xxyyx")),
-            "object": [{"a": 1}, [1, 2], None, "x", 3],
-            7: np.arange(rows),
-        },
-        index=pd.Index([3, 1, 4, 1, 5]),
-    )
-
-
-class TestDataframeRows:
-    def test_rows_are_index_and_column_object(self) -> None:
-        frame = pd.DataFrame({"age": [31, 45], "plan": ["pro", "free"]}, index=[10, 11])
-        assert list(dataframe_rows(frame)) == [
-            [10, {"age": 31, "plan": "pro"}],
-            [11, {"age": 45, "plan": "free"}],
-        ]
-
-    @pytest.mark.parametrize(
-        "index",
-        [
-            pytest.param(None, id="range index"),
-            pytest.param(pd.Index(["a", "b", "c", "d", "e"]), id="string index"),
-            pytest.param(pd.date_range("2024-01-01", periods=5), id="datetime index"),
-            pytest.param(pd.Index([0.5, 1.5, 2.5, 3.5, 4.5]), id="float index"),
-        ],
-    )
-    def test_values_are_those_iterating_the_frame_gives_for_every_dtype(self, index: pd.Index | None) -> None:
-        """Same values of the same types as ``itertuples``, so the same JSON bytes and the same IDs back."""
-        frame = _frame_of_every_dtype()
-        if index is not None:
-            frame.index = index
-        expected = _rows_by_itertuples(frame)
-        rows = list(dataframe_rows(frame))
-        assert repr(rows) == repr(expected)  # NaN is not equal to itself; its repr is
-        for row, reference in zip(rows, expected, strict=True):
-            assert type(row[0]) is type(reference[0])
-            assert [type(value) for value in row[1].values()] == [type(v) for v in reference[1].values()]
-        assert encode_rows(rows) == encode_rows(expected)
-
-    def test_rows_are_built_lazily_block_by_block(self) -> None:
-        """Converting the frame overlaps with sending: only a block's rows exist before they are read."""
-        frame = pd.DataFrame({"a": np.arange(3 * DATAFRAME_BLOCK_ROWS + 1)})
-        rows = dataframe_rows(frame)
-        assert isinstance(rows, Iterator)
-        first = list(islice(rows, DATAFRAME_BLOCK_ROWS))
-        assert first[-1] == [DATAFRAME_BLOCK_ROWS - 1, {"a": DATAFRAME_BLOCK_ROWS - 1}]
-        assert [row[0] for row in rows] == list(range(DATAFRAME_BLOCK_ROWS, 3 * DATAFRAME_BLOCK_ROWS + 1))
-
-    def test_a_frame_without_columns_sends_an_empty_object_per_row(self) -> None:
-        assert list(dataframe_rows(pd.DataFrame(index=[4, 2]))) == [[4, {}], [2, {}]]
 
 
 class TestInputRows:
