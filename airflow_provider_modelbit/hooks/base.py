@@ -55,8 +55,8 @@ from airflow_provider_modelbit.hooks.settings import (
     ModelbitSettings,
 )
 from airflow_provider_modelbit.hooks.urls import deployment_url
+from airflow_provider_modelbit.io.column_rows import FrameRows
 from airflow_provider_modelbit.io.encoding import describe_unencodable, encode_json, request_body
-from airflow_provider_modelbit.io.frame_rows import FrameRows
 from airflow_provider_modelbit.io.links import read_link_value
 from airflow_provider_modelbit.io.row_ids import check_repeated_ids
 
@@ -93,7 +93,7 @@ def as_rows(data: Any) -> Sequence[Sequence[Any]] | None:
     Return the batch rows of ``data`` (rows or a DataFrame), or ``None`` for a single input.
 
     A DataFrame's rows are built only as they are read (see
-    :class:`~airflow_provider_modelbit.io.frame_rows.FrameRows`).
+    :class:`~airflow_provider_modelbit.io.column_rows.FrameRows`).
     """
     if is_dataframe(data):
         return FrameRows(data)

@@ -19,8 +19,8 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
+from airflow_provider_modelbit.io.column_rows import ColumnRows, FrameRows
 from airflow_provider_modelbit.io.encoding import encode_row, encode_rows, join_rows
-from airflow_provider_modelbit.io.frame_rows import FrameRows
 from airflow_provider_modelbit.io.row_ids import (
     RowIdKey,
     check_repeated_ids,
@@ -147,13 +147,13 @@ def encode_chunk(rows: Sequence[Sequence[Any]], *, unique_ids: bool = True) -> E
 
     The whole chunk is encoded in one call, and the checks use set and list operations that
     run in C, because this is the hot path of a large batch; rows are only walked one by one to
-    name the first bad one. A DataFrame's rows are encoded from its columns where they can be
-    (see :class:`~airflow_provider_modelbit.io.frame_rows.FrameRows`).
+    name the first bad one. Rows held as columns (a DataFrame's, an input table's) are encoded from
+    their columns (see :mod:`~airflow_provider_modelbit.io.column_rows`).
 
     :raises ModelbitInputError: a row is not a non-empty list, an ID repeats, or a value cannot be sent.
     """
-    if isinstance(rows, FrameRows):
-        ids = rows.ids()
+    if isinstance(rows, ColumnRows | FrameRows):
+        ids = rows.ids
     else:
         rows = rows if isinstance(rows, list) else list(rows)
         if not set(map(type, rows)) <= _ROW_TYPES or not all(rows):
@@ -163,7 +163,7 @@ def encode_chunk(rows: Sequence[Sequence[Any]], *, unique_ids: bool = True) -> E
     keys = ids if set(map(type, ids)) <= _PLAIN_ID_TYPES else [row_id_key(row_id) for row_id in ids]
     if unique_ids and len(set(keys)) != len(keys):
         refuse_duplicate_ids(rows)
-    data = rows.encode() if isinstance(rows, FrameRows) else encode_rows(rows)
+    data = rows.encode() if isinstance(rows, ColumnRows | FrameRows) else encode_rows(rows)
     return EncodedChunk(ids=ids, keys=keys, data=data, rows=rows)
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError
+from airflow_provider_modelbit.io.column_rows import ColumnRows
 from airflow_provider_modelbit.io.tables import TableSource
 
 ARGUMENT_STYLES = ("object", "positional")
@@ -224,23 +225,27 @@ def chunk_ids(chunk: InputChunk, id_column: str | None) -> pa.Array:
 
 def batch_rows(
     chunk: InputChunk, *, columns: Sequence[str], id_column: str | None, argument_style: str
-) -> list[list[Any]]:
+) -> ColumnRows:
     """
     Turn a chunk into batch rows.
 
     ``object`` sends each row as one argument ``{column: value}`` (how Modelbit's client sends a
     DataFrame); ``positional`` sends the column values as separate arguments, in ``columns`` order.
-    Values are converted a column at a time and zipped into rows, the cheapest way to a Python
-    object per row.
+    Values are converted a column at a time and kept as columns: the rows are encoded from them
+    (see :class:`~airflow_provider_modelbit.io.column_rows.ColumnRows`), without a Python object per row.
     """
     ids = _python_ids(chunk, id_column)
     values = [column_values(chunk.table, name) for name in columns]
-    if argument_style == "positional":
-        return list(map(list, zip(ids, *values, strict=True)))
-    names = list(columns)
-    # Columns of one table have equal lengths, so only the IDs need a strict zip.
-    rows = zip(*values, strict=False)
-    return [[row_id, dict(zip(names, row, strict=False))] for row_id, row in zip(ids, rows, strict=True)]
+    plain = [_is_plain(chunk.table.schema.field(name)) for name in columns]
+    return ColumnRows(ids, values, list(columns) if argument_style == "object" else None, plain)
+
+
+def _is_plain(field: pa.Field) -> bool:
+    """Whether the column's values are all numbers, booleans or ``None`` (nulls)."""
+    data_type = field.type
+    if _period_frequency(field) is not None:
+        return False
+    return pa.types.is_integer(data_type) or pa.types.is_floating(data_type) or pa.types.is_boolean(data_type)
 
 
 def _python_ids(chunk: InputChunk, id_column: str | None) -> list[Any]:

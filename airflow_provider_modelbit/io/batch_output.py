@@ -11,7 +11,7 @@ lazily, and each answer, which comes back in request order, is saved as it arriv
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_modelbit.hooks.batching import ChunkResult
 
-BatchRows = list[list[Any]]
+BatchRows = Sequence[list[Any]]
 
 
 class Progress(Protocol):

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+    from airflow_provider_modelbit.io.column_rows import ColumnRows
 
 
 class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
@@ -302,7 +303,8 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
 
     def _callback_payloads(self) -> Iterator[list[list[Any]]]:
         """The batch rows of every chunk, one async request each, read lazily from the input."""
-        return (self._chunk_rows(chunk) for chunk in self._iter_chunks())
+        # As lists: a payload is hashed and sent as the JSON of its rows (callbacks/job.py).
+        return (list(self._chunk_rows(chunk)) for chunk in self._iter_chunks())
 
     def _collect_callback_results(
         self, context: Context, deliveries: Iterator[CallbackDelivery]
@@ -376,7 +378,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             wait_seconds=self.output_wait_seconds,
         )
 
-    def _chunk_rows(self, chunk: InputChunk) -> list[list[Any]]:
+    def _chunk_rows(self, chunk: InputChunk) -> ColumnRows:
         """Return a chunk as the batch rows ``[[id, *args], ...]`` of one request."""
         return batch_rows(
             chunk, columns=self._model_columns, id_column=self.id_column, argument_style=self.argument_style

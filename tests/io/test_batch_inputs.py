@@ -117,11 +117,11 @@ class TestBatchRows:
 
     def test_object_style_sends_one_object_per_row(self) -> None:
         rows = batch_rows(self.CHUNK, columns=["age", "plan"], id_column="key", argument_style="object")
-        assert rows == [["a", {"age": 31, "plan": "pro"}], ["b", {"age": 45, "plan": None}]]
+        assert list(rows) == [["a", {"age": 31, "plan": "pro"}], ["b", {"age": 45, "plan": None}]]
 
     def test_positional_style_sends_arguments_in_column_order(self) -> None:
         rows = batch_rows(self.CHUNK, columns=["plan", "age"], id_column="key", argument_style="positional")
-        assert rows == [["a", "pro", 31], ["b", None, 45]]
+        assert list(rows) == [["a", "pro", 31], ["b", None, 45]]
 
     def test_without_id_column_the_row_position_is_the_id(self) -> None:
         rows = batch_rows(self.CHUNK, columns=["age"], id_column=None, argument_style="positional")
@@ -135,9 +135,54 @@ class TestBatchRows:
         chunk = InputChunk(
             0, 0, pa.table({"when": [datetime.date(2026, 1, 2)], "price": [decimal.Decimal("1.50")]})
         )
-        assert batch_rows(chunk, columns=["when", "price"], id_column=None, argument_style="positional") == [
-            [0, datetime.date(2026, 1, 2), decimal.Decimal("1.50")]
-        ]
+        rows = batch_rows(chunk, columns=["when", "price"], id_column=None, argument_style="positional")
+        assert list(rows) == [[0, datetime.date(2026, 1, 2), decimal.Decimal("1.50")]]
+
+
+class TestBatchRowsEncoding:
+    """A chunk's rows are encoded from its columns: the bytes of its rows, for every column type."""
+
+    TABLE = pa.table(
+        {
+            "int64": pa.array([1, None, -(2**63), 2**63 - 1], type=pa.int64()),
+            "uint64": pa.array([0, 2**64 - 1, None, 7], type=pa.uint64()),
+            "int8": pa.array([1, 2, None, -3], type=pa.int8()),
+            "float64": pa.array([0.1, None, float("nan"), float("inf")], type=pa.float64()),
+            "float32": pa.array([0.1, 1e30, None, -0.0], type=pa.float32()),
+            "bool": pa.array([True, None, False, True]),
+            "string": pa.array(["a,b", None, 'say "hi"', "é"]),
+            "dictionary": pa.array(["x", "y", None, "x"]).dictionary_encode(),
+            "date": pa.array([datetime.date(2026, 1, 2), None, datetime.date(1970, 1, 1), None]),
+            "decimal": pa.array([decimal.Decimal("1.50"), None, decimal.Decimal("-2"), None]),
+            "list": pa.array([[1.5, None], None, [], [2.0]]),
+            "struct": pa.array([{"a": 1, "b": "x,y"}, None, {"a": None, "b": "z"}, {"a": 2, "b": None}]),
+            "key": pa.array(["k1", "k,2", 'k"3', "k4"]),
+            "number": pa.array([40, 10, 30, 20]),
+        }
+    )
+    COLUMNS = [name for name in TABLE.column_names if name not in ("key", "number")]
+
+    @pytest.mark.parametrize("argument_style", ["object", "positional"])
+    @pytest.mark.parametrize("id_column", [None, "key", "number"])
+    @pytest.mark.parametrize(
+        "columns", [COLUMNS, ["int64", "float64", "bool"], []], ids=["every type", "plain", "none"]
+    )
+    def test_the_bytes_are_those_of_the_rows(
+        self, argument_style: str, id_column: str | None, columns: list[str]
+    ) -> None:
+        chunk = InputChunk(0, 5, self.TABLE)
+        rows = batch_rows(chunk, columns=columns, id_column=id_column, argument_style=argument_style)
+        assert rows.encode() == encode_rows(list(rows))
+        assert rows[1:3].encode() == encode_rows(list(rows)[1:3])
+
+    def test_a_value_that_cannot_be_sent_is_named_with_its_row(self) -> None:
+        table = pa.table({"x": [1.0, 2.0], "big": pa.array([1, 2**64 - 1], type=pa.uint64())})
+        rows = batch_rows(
+            InputChunk(0, 0, table), columns=["x", "big"], id_column=None, argument_style="object"
+        )
+        rows.ids[1] = 2**70  # an ID no JSON reader keeps exactly: refused, naming the row
+        with pytest.raises(ModelbitInputError, match=r"Row with ID 1180591620717411303424 .*the ID"):
+            rows.encode()
 
 
 class TestDurationsAndPeriods:
@@ -159,7 +204,8 @@ class TestDurationsAndPeriods:
         rows = batch_rows(
             InputChunk(0, 0, table), columns=self.FRAME_COLUMNS, id_column=None, argument_style="object"
         )
-        return encode_rows(rows)
+        assert rows.encode() == encode_rows(list(rows))
+        return rows.encode()
 
     def test_parquet_durations_and_periods_encode_as_a_dataframe_does(self, tmp_path: Path) -> None:
         frame = self._frame()

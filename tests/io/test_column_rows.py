@@ -1,4 +1,4 @@
-"""A DataFrame as batch rows, built when read and encoded from its columns (io/frame_rows.py)."""
+"""Batch rows held as columns, built when read and encoded from the columns (io/column_rows.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from airflow_provider_modelbit.io.column_rows import BLOCK_ROWS, FrameRows
 from airflow_provider_modelbit.io.encoding import column_key, encode_rows
-from airflow_provider_modelbit.io.frame_rows import BLOCK_ROWS, FrameRows
 
 
 def _rows_by_itertuples(frame: pd.DataFrame) -> list[list[Any]]:
@@ -80,7 +80,7 @@ class TestRows:
         for row, reference in zip(rows, expected, strict=True):
             assert type(row[0]) is type(reference[0])
             assert [type(value) for value in row[1].values()] == [type(v) for v in reference[1].values()]
-        assert FrameRows(frame).ids() == [row[0] for row in expected]
+        assert FrameRows(frame).ids == [row[0] for row in expected]
 
     def test_slices_and_positions_are_the_rows_of_the_frame_slice(self) -> None:
         frame = pd.DataFrame({"a": np.arange(3 * BLOCK_ROWS + 1)}, index=np.arange(3 * BLOCK_ROWS + 1) * 2)

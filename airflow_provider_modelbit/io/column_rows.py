@@ -1,0 +1,185 @@
+"""Batch rows held as columns, encoded to JSON from the columns without a Python object per row.
+
+A batch of ``[id, {column: value}]`` rows (or ``[id, *values]``) built one dict per row and then
+encoded spent more CPU in Python than everything else a large batch does. Both batch paths hold
+their rows as columns instead: :class:`FrameRows` is a DataFrame (the hook's ``get_inference``),
+:class:`ColumnRows` the column lists of an input chunk (the batch operator). Rows are only built
+when read (to split a request by bytes, or to name a row that cannot be sent); encoding gives the
+bytes :func:`~airflow_provider_modelbit.io.encoding.encode_rows` gives for the rows, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+from airflow_provider_modelbit.io.encoding import column_key, encode_json, encode_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Rows of a frame converted at a time when its rows are read one by one.
+BLOCK_ROWS = 1_000
+# numpy kinds (booleans, integers, floats) whose ``tolist`` gives exactly what iterating gives.
+_PLAIN_KINDS = frozenset("biuf")
+
+
+class ColumnRows(Sequence[list[Any]]):
+    """
+    Batch rows as columns: ``[id, {key: value, ...}]``, or ``[id, *values]`` without keys.
+
+    :param ids: the row IDs.
+    :param columns: each column's values, as long as ``ids``.
+    :param keys: each column's JSON key; ``None`` sends the values as positional arguments.
+    :param plain: which columns hold only numbers, booleans and ``None`` (see :func:`_json_values`).
+    """
+
+    def __init__(
+        self, ids: list[Any], columns: list[list[Any]], keys: list[str] | None, plain: list[bool]
+    ) -> None:
+        self.ids = ids
+        self._columns = columns
+        self._keys = keys
+        self._plain = plain
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, item: int) -> list[Any]: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> ColumnRows: ...
+
+    def __getitem__(self, item: int | slice) -> list[Any] | ColumnRows:
+        if isinstance(item, slice):
+            columns = [column[item] for column in self._columns]
+            return ColumnRows(self.ids[item], columns, self._keys, self._plain)
+        return self._row(self.ids[item], [column[item] for column in self._columns])
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        values = zip(*self._columns, strict=True) if self._columns else ((),) * len(self.ids)
+        return (self._row(row_id, row) for row_id, row in zip(self.ids, values, strict=True))
+
+    def _row(self, row_id: Any, values: Sequence[Any]) -> list[Any]:
+        if self._keys is None:
+            return [row_id, *values]
+        return [row_id, dict(zip(self._keys, values, strict=True))]
+
+    def encode(self) -> bytes:
+        """
+        The rows as one JSON array, the bytes :func:`~.encoding.encode_rows` gives for them.
+
+        One orjson call per plain column, one per value of the others, and one ``bytes`` format
+        per row (``[id,{"key":value,...}]``): no row is built. Rows that cannot be sent, and a key
+        that repeats (a row dict keeps one, with the last value), go the rows' way, which also
+        names the row and value that cannot be sent.
+
+        :raises ModelbitInputError: a value cannot be sent as JSON.
+        """
+        if not self.ids or (self._keys is not None and len(set(self._keys)) != len(self._keys)):
+            return encode_rows(list(self))
+        try:
+            ids = _json_values(self.ids, plain=False)
+            columns = [
+                _json_values(column, plain) for column, plain in zip(self._columns, self._plain, strict=True)
+            ]
+        except TypeError:
+            return encode_rows(list(self))
+        template = self._row_template()
+        return b"[" + b",".join([template % row for row in zip(ids, *columns, strict=True)]) + b"]"
+
+    def _row_template(self) -> bytes:
+        """``[%s,{"a":%s,"b":%s}]`` or ``[%s,%s,%s]``: a row's JSON with a ``%s`` for each value."""
+        if self._keys is None:
+            return b"[" + b",".join([b"%s"] * (len(self._columns) + 1)) + b"]"
+        members = b",".join(encode_json(key).replace(b"%", b"%%") + b":%s" for key in self._keys)
+        return b"[%s,{" + members + b"}]"
+
+
+def _json_values(values: list[Any], plain: bool) -> list[bytes]:
+    """
+    Each value's JSON, as it is written inside a row.
+
+    A plain column's values (numbers, booleans, ``None``) have JSON without a comma inside, so
+    one call encodes the column and it splits at the commas; any other value is encoded alone.
+    A list of plain values as ints is checked cheaply here too, since IDs are usually integers.
+
+    :raises TypeError: a value cannot be sent as JSON.
+    """
+    if plain or set(map(type, values)) <= _PLAIN_PYTHON_TYPES:
+        return encode_json(values)[1:-1].split(b",")
+    return [encode_json(value) for value in values]
+
+
+_PLAIN_PYTHON_TYPES = {int, float, bool, type(None)}
+
+
+class FrameRows(Sequence[list[Any]]):
+    """
+    The batch rows of a DataFrame, ``[index, {column: value}]``, as Modelbit's client sends it.
+
+    Nothing is converted until read: slicing gives the rows of a slice of the frame, so a chunk of
+    a large frame costs nothing until it is encoded (in the hook's worker threads, overlapping
+    with the requests in flight). The values are those iterating the frame gives
+    (``itertuples``), the same Python objects of the same types, so the JSON and the IDs returned
+    are those of Modelbit's own client.
+
+    :param frame: the DataFrame; its index holds the row IDs.
+    """
+
+    def __init__(self, frame: pd.DataFrame, *, keys: list[str] | None = None) -> None:
+        self._frame = frame
+        self._keys = [column_key(column) for column in frame.columns] if keys is None else keys
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    @overload
+    def __getitem__(self, item: int) -> list[Any]: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> FrameRows: ...
+
+    def __getitem__(self, item: int | slice) -> list[Any] | FrameRows:
+        if isinstance(item, slice):
+            return FrameRows(self._frame.iloc[item], keys=self._keys)
+        position = range(len(self))[item]  # IndexError as a list gives it
+        return next(iter(self[position : position + 1]))
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for start in range(0, len(self._frame), BLOCK_ROWS):
+            yield from self[start : start + BLOCK_ROWS].as_columns()
+
+    @property
+    def ids(self) -> list[Any]:
+        """The row IDs, the frame's index, as iterating it gives them."""
+        return column_values(self._frame.index)
+
+    def encode(self) -> bytes:
+        """The rows as one JSON array (see :meth:`ColumnRows.encode`)."""
+        return self.as_columns().encode()
+
+    def as_columns(self) -> ColumnRows:
+        """The rows as column lists, converted now."""
+        frame = self._frame
+        columns = [column_values(frame.iloc[:, position]) for position in range(len(self._keys))]
+        return ColumnRows(self.ids, columns, self._keys, [_is_plain(dtype) for dtype in frame.dtypes])
+
+
+def column_values(values: pd.Series | pd.Index) -> list[Any]:
+    """
+    A column's (or an index's) values as iterating it gives them.
+
+    Iterating a column of a plain numpy number or boolean type converts each value with
+    ``ndarray.item``, which ``tolist`` does in one C call with the same result; every other column
+    (nullable, datetime, categorical, object, Arrow-backed) is iterated as pandas iterates it.
+    """
+    return values.tolist() if _is_plain(values.dtype) else list(values)
+
+
+def _is_plain(dtype: Any) -> bool:
+    import numpy as np  # already imported with pandas
+
+    # Nullable dtypes have a kind too ("Int64" is "i") but iterate as numpy scalars and NA.
+    return isinstance(dtype, np.dtype) and dtype.kind in _PLAIN_KINDS
