@@ -155,3 +155,28 @@ class TestSummaries:
     def test_ratios_refuse_unpaired_runs(self):
         with pytest.raises(ValueError, match="pair"):
             paired_ratios([1.0], [1.0, 2.0])
+
+
+class TestOnly:
+    """``--only`` measures the named workloads alone, beside (never over) the full run's results."""
+
+    @pytest.mark.timeout(300)
+    def test_only_the_named_workload_is_measured_into_partial_results(self, tmp_path: Path):
+        from benchmarks.run import main
+
+        status = main(["--size", "tiny", "--only", "emulator_throughput", "--results-dir", str(tmp_path)])
+        results = json.loads((tmp_path / "partial.json").read_text())
+        assert status == 0
+        assert results["emulator_throughput"]["rows_per_second"]["median"] > 0
+        assert not {"scoring", "memory", "links", "latency_bound", "triggers"} & results.keys()
+        verdicts = {target["name"]: target["verdict"] for target in results["targets"]}
+        assert verdicts["hook DataFrame path: rows/s vs the official client"] == "NOT MEASURED"
+        assert (tmp_path / "partial.md").exists()
+        assert not (tmp_path / "latest.json").exists() and not (tmp_path / "latest.png").exists()
+
+    def test_an_unknown_workload_is_refused(self, capsys: pytest.CaptureFixture[str]):
+        from benchmarks.run import parse_arguments
+
+        with pytest.raises(SystemExit):
+            parse_arguments(["--only", "scorng"])
+        assert "invalid choice: 'scorng'" in capsys.readouterr().err
