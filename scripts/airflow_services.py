@@ -244,21 +244,38 @@ class AirflowServices:
         The default SIGKILL gives the service no chance to clean up: what a crash or an evicted pod
         does to it. :meth:`start_service` starts it again.
         """
-        service = next((service for service in self._running if service.name == name), None)
-        if service is None:
-            running = ", ".join(service.name for service in self._running) or "none"
-            raise AirflowServicesError(f"Airflow {name} is not running (running: {running}).")
+        service = self._running_service(name)
         signal_group(service.pgid, signum)
         service.process.wait(timeout=max(self.stop_timeout, 30.0))
         self._supervisor().forget(service)
         self._running.remove(service)
 
+    def stop_service(self, name: str) -> None:
+        """
+        Stop one running service, every process of it, as :meth:`stop` stops them all.
+
+        SIGTERM goes to its whole process group (the api-server's worker processes too) and SIGKILL
+        to what is left after ``stop_timeout``; it returns once no process of the group is left: what
+        a rolling deploy or a drained node does to it. :meth:`start_service` starts it again with the
+        same settings, the api-server on the same port.
+        """
+        service = self._running_service(name)
+        self._supervisor().stop(service, grace=self.stop_timeout)
+        self._running.remove(service)
+
     def start_service(self, name: str) -> None:
-        """Start one service that :meth:`kill_service` stopped, and wait until every service is healthy."""
+        """Start a service :meth:`kill_service` or :meth:`stop_service` stopped; wait until all are up."""
         if any(service.name == name for service in self._running):
             raise AirflowServicesError(f"Airflow {name} is already running.")
         self._running.append(self._launch(name))
         self._wait_until_healthy()
+
+    def _running_service(self, name: str) -> ProcessGroup:
+        service = next((service for service in self._running if service.name == name), None)
+        if service is None:
+            running = ", ".join(service.name for service in self._running) or "none"
+            raise AirflowServicesError(f"Airflow {name} is not running (running: {running}).")
+        return service
 
     def run_cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run ``airflow <args>`` against this run's home and database; raise with its output on failure."""

@@ -108,9 +108,12 @@ class TestStartUpFailures:
             services.start()
         assert not (tmp_path / "home").exists()
 
-    def test_killing_a_service_that_is_not_running_names_the_running_ones(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("action", ["kill_service", "stop_service"])
+    def test_killing_or_stopping_a_service_that_is_not_running_names_the_running_ones(
+        self, tmp_path: Path, action: str
+    ) -> None:
         with pytest.raises(AirflowServicesError, match=r"Airflow triggerer is not running \(running: none\)"):
-            AirflowServices(dags_folder=tmp_path).kill_service("triggerer")
+            getattr(AirflowServices(dags_folder=tmp_path), action)("triggerer")
 
 
 class TestCommandLine:
