@@ -1,6 +1,8 @@
 """
 A scripted HTTP server on 127.0.0.1, for answers the local Modelbit server never gives.
 
+Also a forward proxy, and :func:`accepts_connections`, the probe of whether anything listens.
+
 It answers canned responses in turn (an HTML gateway page, ``Retry-After`` as an HTTP date, a
 batchId only in the header, a link server that records request headers) and records each request.
 """
@@ -8,6 +10,7 @@ batchId only in the header, a link server that records request headers) and reco
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
+
+
+def accepts_connections(url: str, timeout: float = 5) -> bool:
+    """Whether anything accepts a TCP connection at ``url``'s host and port."""
+    address = urlsplit(url)
+    try:
+        socket.create_connection((address.hostname, address.port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

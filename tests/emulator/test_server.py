@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from airflow_provider_modelbit.emulator import run_emulator
-
-
-def port_is_open(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        socket.create_connection((parts.hostname, parts.port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+from tests.scripted_http import accepts_connections
 
 
 class TestRunEmulator:
@@ -38,7 +28,7 @@ class TestRunEmulator:
             assert answer.json() == {"data": -3}
             assert server.client.health() == {"status": "ok"}
             url = server.url
-        assert not port_is_open(url)
+        assert not accepts_connections(url, timeout=1)
 
     def test_initial_faults_apply_and_survive_reset(self) -> None:
         with (

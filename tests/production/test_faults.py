@@ -20,14 +20,12 @@ Run with ``.venv/bin/python -m pytest -m production tests/production -q -s`` aft
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pytest
@@ -42,6 +40,7 @@ from tests.production.conftest import (
     service_processes,
     wait_until,
 )
+from tests.scripted_http import accepts_connections
 
 pytestmark = [pytest.mark.services, pytest.mark.production, pytest.mark.timeout(1200)]
 
@@ -564,16 +563,6 @@ class Outage:
 
 def delivered(batches: list[dict[str, Any]]) -> int:
     return sum(batch["state"] == "delivered" for batch in batches)
-
-
-def accepts_connections(url: str) -> bool:
-    """Whether anything accepts a TCP connection at ``url``'s host and port."""
-    address = urlsplit(url)
-    try:
-        socket.create_connection((address.hostname, address.port), timeout=5).close()
-    except OSError:
-        return False
-    return True
 
 
 def finished_at(instances: list[dict[str, Any]]) -> float:
