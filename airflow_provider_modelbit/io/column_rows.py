@@ -70,8 +70,10 @@ class ColumnRows(Sequence[list[Any]]):
         """
         The rows as one JSON array, the bytes :func:`~.encoding.encode_rows` gives for them.
 
-        One orjson call per plain column, one per value of the others, and one ``bytes`` format
-        per row (``[id,{"key":value,...}]``): no row is built. Rows that cannot be sent, and a key
+        One orjson call per plain column and one per value of the others; the array is then one
+        ``bytes.join`` of those values interleaved with the constant pieces between them
+        (``[``, ``,{"key":``, ``}],``), laid in place a column at a time by slice assignment: no
+        row is built, and nothing runs in Python once per row. Rows that cannot be sent, and a key
         that repeats (a row dict keeps one, with the last value), go the rows' way, which also
         names the row and value that cannot be sent.
 
@@ -86,15 +88,40 @@ class ColumnRows(Sequence[list[Any]]):
             ]
         except TypeError:
             return encode_rows(list(self))
-        template = self._row_template()
-        return b"[" + b",".join([template % row for row in zip(ids, *columns, strict=True)]) + b"]"
+        return _interleaved([ids, *columns], self._row_pieces())
 
-    def _row_template(self) -> bytes:
-        """``[%s,{"a":%s,"b":%s}]`` or ``[%s,%s,%s]``: a row's JSON with a ``%s`` for each value."""
+    def _row_pieces(self) -> list[bytes]:
+        """
+        The constant pieces of a row's JSON around its values, the last one with the comma after the row.
+
+        ``[`` id ``,{"a":`` a ``,"b":`` b ``}],`` for object rows, ``[`` id ``,`` a ``,`` b ``],``
+        for positional ones: one piece before each value, and one after the last.
+        """
         if self._keys is None:
-            return b"[" + b",".join([b"%s"] * (len(self._columns) + 1)) + b"]"
-        members = b",".join(encode_json(key).replace(b"%", b"%%") + b":%s" for key in self._keys)
-        return b"[%s,{" + members + b"}]"
+            return [b"[", *[b","] * len(self._columns), b"],"]
+        members = [b"," + encode_json(key) + b":" for key in self._keys]
+        if members:
+            members[0] = b",{" + members[0][1:]
+            return [b"[", *members, b"}],"]
+        return [b"[", b",{}],"]
+
+
+def _interleaved(values: list[list[bytes]], pieces: list[bytes]) -> bytes:
+    """
+    ``pieces[0] values[0][r] pieces[1] values[1][r] ... pieces[-1]`` for every row ``r``, as one JSON array.
+
+    :param values: each column's JSON values (IDs first), all as long.
+    :param pieces: one more than there are columns; the last ends with the comma between rows.
+    """
+    rows = len(values[0])
+    stride = 2 * len(values) + 1
+    flat: list[bytes] = [b""] * (rows * stride)
+    for position, piece in enumerate(pieces):
+        flat[2 * position :: stride] = [piece] * rows
+    for position, column in enumerate(values):
+        flat[2 * position + 1 :: stride] = column
+    # The last row's trailing comma becomes the array's closing bracket.
+    return b"[" + b"".join(flat)[:-1] + b"]"
 
 
 def _json_values(values: list[Any], plain: bool) -> list[bytes]:

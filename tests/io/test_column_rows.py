@@ -121,6 +121,11 @@ class TestEncode:
         frame = pd.DataFrame([[1, 2, 3], [4, 5, 6]], columns=["a", "b", "a"])
         assert FrameRows(frame).encode() == b'[[0,{"a":3,"b":2}],[1,{"a":6,"b":5}]]'
 
+    @pytest.mark.parametrize("rows", [1, 2, 7])
+    def test_names_with_quotes_and_format_characters_encode_as_the_rows(self, rows: int) -> None:
+        frame = pd.DataFrame({"100%": np.arange(rows), 'say "%s"': [f"v,{n}" for n in range(rows)]})
+        assert FrameRows(frame).encode() == encode_rows(_rows_by_itertuples(frame))
+
     def test_a_slice_encodes_its_own_rows(self) -> None:
         frame = pd.DataFrame({"x": np.linspace(0, 1, 50), "y": np.arange(50)}, index=np.arange(50) + 100)
         part = FrameRows(frame)[10:20]
