@@ -34,7 +34,7 @@ DEFAULT_MAX_CONCURRENCY = 16
 DEFAULT_ADAPTIVE_CONCURRENCY = True
 #: Requests in flight an adaptive batch starts with, before any answer.
 DEFAULT_INITIAL_CONCURRENCY = 2
-#: Answers slower than this multiple of the fastest one count as congestion.
+#: A round trip of answers, each slower than this multiple of the fastest one, counts as congestion.
 DEFAULT_LATENCY_TOLERANCE = 2.0
 #: Latency that counts as congestion also exceeds the fastest answer's multiple by this much, so the
 #: jitter of a busy worker does not pass for a queue on a deployment that answers in milliseconds.

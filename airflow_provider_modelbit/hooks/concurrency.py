@@ -11,13 +11,16 @@ capacity (and as Netflix's concurrency-limits does for services):
   says how much was too much: the refused request started with ``level`` requests in flight, so
   the cap is below that level (requests that finished meanwhile only make it lower). The limit
   goes to just under the lowest refused level, however many requests of one burst were refused;
-- any other refusal (429 for a quota, 503), a timeout or latency rising above
-  ``latency_tolerance`` times the fastest answer carries no such measure and halves the limit,
-  once per round trip however many requests report the same congestion;
-- either way the level that was too much is remembered: the limit climbs back quickly to just
-  below it and probes beyond it one step at a time, waiting twice as long before each new probe
-  that was refused, so a steady cap costs a refusal every many requests rather than every round
-  trip;
+- any other refusal (429 for a quota, 503) or a timeout carries no such measure and halves the
+  limit, once per round trip however many requests report the same congestion;
+- rising latency halves it too, once every answer of a whole round trip came back slower than
+  ``latency_tolerance`` times the fastest answer: a few slow answers among fast ones are the
+  model's jitter, not a queue;
+- only a cap's refusal measures a level, so only it is remembered: after a halving the limit
+  grows again at its usual rate, one per answer, up to the remembered level or the ceiling. Near
+  a remembered level the limit climbs back quickly to just below it and probes beyond it one
+  step at a time, waiting twice as long before each new probe that was refused, so a steady cap
+  costs a refusal every many requests rather than every round trip;
 - ``Retry-After`` is always honoured by the refused request, which waits that long before it is
   sent again. A refusal for a quota (a per-minute rate limit, or any refusal that does not name
   the workspace's concurrency caps) also holds back every new request until then, since requests
@@ -49,7 +52,6 @@ from airflow_provider_modelbit.defaults import (
 )
 from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitRateLimited, ModelbitTimeout
 
-_LATENCY_SMOOTHING = 0.2
 # Statuses by which a server says it has no room now: too many requests, or none served at the moment.
 _NO_ROOM_STATUSES = {429, 503}
 # How Modelbit's refusals by the workspace's in-flight caps begin ("... request count/size limit reached").
@@ -164,8 +166,7 @@ class ConcurrencyLimiter:
         self._probe_round_trips = FIRST_PROBE_ROUND_TRIPS
         self._credit = 0.0
         self._fastest: float | None = None
-        self._smoothed: float | None = None
-        self._answers = 0
+        self._slow_in_a_row = 0  # answers since the last decrease, each slower than the tolerance
         self._decisions = _Decisions()
         self._last_log = clock()
 
@@ -247,27 +248,34 @@ class ConcurrencyLimiter:
 
     def _adapt(self, slot: Slot, outcome: Outcome, seconds: float) -> None:
         if outcome is Outcome.ANSWERED:
-            if self._latency_rising(seconds):
-                self._lower(slot, "rising latency")
+            if self._latency_rising(slot, seconds):
+                self._halve(slot, "rising latency")
             else:
                 self._raise(slot)
         elif outcome is Outcome.REFUSED:
             self._fit_under_cap(slot)
         elif outcome is Outcome.RATE_LIMITED:
-            self._lower(slot, "refusals")
+            self._halve(slot, "refusals")
         elif outcome is Outcome.TIMED_OUT:
-            self._lower(slot, "timeouts")
+            self._halve(slot, "timeouts")
 
-    def _latency_rising(self, seconds: float) -> bool:
-        """Tell whether recent answers are much slower than the fastest, a sign requests queue."""
-        self._answers += 1
+    def _latency_rising(self, slot: Slot, seconds: float) -> bool:
+        """
+        Tell whether a whole round trip of answers came back much slower than the fastest, a sign
+        requests queue.
+
+        One answer, or a burst of them, slower than the rest is the model's or the network's
+        jitter: only a rise that lasts as many answers in a row as the limit allows in flight,
+        every one sent since the last decrease, counts.
+        """
         self._fastest = seconds if self._fastest is None else min(self._fastest, seconds)
-        if self._smoothed is None:
-            self._smoothed = seconds
-        self._smoothed += _LATENCY_SMOOTHING * (seconds - self._smoothed)
-        # A few answers first: the very first ones include connection set-up.
-        rising = self._smoothed > self.latency_tolerance * self._fastest + LATENCY_SLACK_SECONDS
-        return self._answers > 2 * self.limit and rising
+        if slot.epoch != self._epoch:
+            return False  # sent before the last decrease: its wait was already answered
+        if seconds <= self.latency_tolerance * self._fastest + LATENCY_SLACK_SECONDS:
+            self._slow_in_a_row = 0
+            return False
+        self._slow_in_a_row += 1
+        return self._slow_in_a_row >= self.limit
 
     def _raise(self, slot: Slot) -> None:
         """Grow by one per answer below the known trouble level, then probe one step per wait."""
@@ -285,34 +293,34 @@ class ConcurrencyLimiter:
             self._set_limit(self._limit + 1)
 
     def _fit_under_cap(self, slot: Slot) -> None:
-        """Go just under the level at which an in-flight cap refused a request."""
+        """Go just under the level at which an in-flight cap refused a request, and remember that level."""
         below = max(1, slot.level - 1)
         if below >= self.limit:
             return  # a request of a burst already answered by a lower refused level
-        if slot.epoch != self._epoch:
-            # A lower request of a burst already answered: the same decision, made more precise.
-            self._limit = float(below)
-            self._too_much = slot.level
-            return
-        self._back_off(slot.level, below, "refusals")
+        if slot.epoch == self._epoch:
+            self._start_decrease("refusals")
+            if self._too_much is not None and slot.level >= self._too_much:
+                # A probe past the known level was refused again: wait twice as long before the next.
+                self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
+        # else: a lower request of a burst already answered, the same decision made more precise.
+        self._too_much = slot.level
+        self._limit = float(below)
 
-    def _lower(self, slot: Slot, reason: str) -> None:
-        """Halve the limit, once per round trip of requests."""
+    def _halve(self, slot: Slot, reason: str) -> None:
+        """
+        Halve the limit, once per round trip of requests; no level is remembered, since neither a
+        quota, an unavailable service, a timeout nor a slow answer says which level was too much.
+        """
         if slot.epoch != self._epoch:
             return  # started before the last decrease: that congestion was already answered
-        self._back_off(self._in_flight, self.limit // 2, reason)
+        self._start_decrease(reason)
+        self._limit = float(max(1, self.limit // 2))
 
-    def _back_off(self, too_much: int, limit: int, reason: str) -> None:
-        """Set the limit to ``limit`` and remember ``too_much`` as the level that brought congestion."""
+    def _start_decrease(self, reason: str) -> None:
+        """Open a new epoch: answers to requests sent before it no longer move the limit."""
         self._epoch += 1
-        too_much = max(too_much, 1)
-        if self._too_much is not None and too_much >= self._too_much:
-            # A probe past the known level failed again: wait twice as long before the next one.
-            self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
-        self._too_much = too_much
         self._credit = 0.0
-        self._smoothed = self._fastest
-        self._limit = float(max(1, limit))
+        self._slow_in_a_row = 0
         self._decisions.lower(reason)
 
     def _set_limit(self, value: float) -> None:

@@ -26,7 +26,8 @@ class FakeClock:
 
 def _limiter(ceiling: int = 16, **options) -> tuple[ConcurrencyLimiter, FakeClock]:
     clock = FakeClock()
-    return ConcurrencyLimiter(ceiling, initial=2, clock=clock, **options), clock
+    options.setdefault("initial", 2)
+    return ConcurrencyLimiter(ceiling, clock=clock, **options), clock
 
 
 def _round_trip(
@@ -122,6 +123,51 @@ class TestBackOff:
             if limiter.limit < 8:
                 break
         assert limiter.limit == 4 and limiter.summary()["lowered"] == {"rising latency": 1}
+
+    def test_a_burst_of_slow_answers_leaves_the_limit_alone(self) -> None:
+        """A few slow answers among fast ones in every round trip are jitter, not a queue."""
+        limiter, clock = _limiter(ceiling=8)
+        assert _grow(limiter, clock)[-1] == 8
+        for _ in range(10):
+            slots = [limiter.acquire() for _ in range(limiter.limit)]
+            started = clock.now
+            for position, slot in enumerate(slots):  # five answers in 0.5 s, then three in 2 s
+                clock.now = started + (0.5 if position < 5 else 2.0)
+                limiter.record(slot, Outcome.ANSWERED)
+                limiter.release()
+        assert limiter.limit == 8 and limiter.summary()["lowered"] == {}
+
+    def test_a_rise_counts_once_it_lasts_a_round_trip_of_answers(self) -> None:
+        limiter, clock = _limiter(ceiling=8)
+        assert _grow(limiter, clock)[-1] == 8
+        slots = [limiter.acquire() for _ in range(8)]
+        clock.now += 2.0
+        for slot in slots[:7]:  # seven slow answers in a row: one short of a round trip
+            limiter.record(slot, Outcome.ANSWERED)
+            limiter.release()
+        assert limiter.limit == 8
+        limiter.record(slots[7], Outcome.ANSWERED)
+        limiter.release()
+        assert limiter.limit == 4 and limiter.summary()["lowered"] == {"rising latency": 1}
+
+    def test_a_decrease_for_latency_remembers_no_level(self) -> None:
+        """After a halving for latency the limit climbs back as fast as a new batch's would."""
+        limiter, clock = _limiter()
+        assert _grow(limiter, clock)[-1] == 16
+        _round_trip(limiter, clock, seconds=2.0)
+        assert limiter.limit == 8
+        fresh, fresh_clock = _limiter(initial=8)  # a new batch started where the halving left it
+        assert _grow(limiter, clock, 3) == _grow(fresh, fresh_clock, 3)
+        assert limiter.limit == 16
+
+    def test_quotas_and_timeouts_remember_no_level(self) -> None:
+        """Only a cap's refusal measures a level: after a quota's or a timeout's halving, growth is usual."""
+        for outcome in (Outcome.RATE_LIMITED, Outcome.TIMED_OUT):
+            limiter, clock = _limiter()
+            _grow(limiter, clock)
+            _round_trip(limiter, clock, outcome)
+            assert limiter.limit == 8
+            assert _grow(limiter, clock, 3)[-1] == 16
 
     def test_other_failures_leave_the_limit_alone(self) -> None:
         limiter, clock = _limiter()
