@@ -46,6 +46,9 @@ MAX_PROBE_ROUND_TRIPS = 32
 #: Seconds between two log lines about the concurrency limit's decisions.
 CONCURRENCY_LOG_INTERVAL_SECONDS = 10.0
 
+#: Time past the inference limit for a webhook delivery to arrive (Modelbit retries deliveries for ~31 s).
+DELIVERY_MARGIN_SECONDS = 120
+
 #: How long a callback job, its deliveries or its tombstone stay in the store after their last write.
 DEFAULT_CALLBACK_RETENTION_SECONDS = 7 * 24 * 3600
 
@@ -62,6 +65,7 @@ __all__ = [
     "DEFAULT_INITIAL_CONCURRENCY",
     "DEFAULT_LATENCY_TOLERANCE",
     "DEFAULT_MAX_CONCURRENCY",
+    "DELIVERY_MARGIN_SECONDS",
     "FIRST_PROBE_ROUND_TRIPS",
     "LATENCY_SLACK_SECONDS",
     "LATEST",

@@ -25,17 +25,17 @@ from airflow_provider_modelbit.callbacks.job import (
     save_job,
     task_job_prefix,
 )
-from airflow_provider_modelbit.callbacks.signing import callback_url, check_secret
+from airflow_provider_modelbit.callbacks.submission import ChunkSubmission, callback_target
 from airflow_provider_modelbit.defaults import LINKS
 from airflow_provider_modelbit.exceptions import (
     ModelbitCallbackError,
-    ModelbitConnectionError,
     ModelbitError,
     ModelbitIncompleteBatch,
     ModelbitLinkExpired,
     ModelbitTimeout,
     ModelbitTransportError,
 )
+from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter
 from airflow_provider_modelbit.hooks.responses import describe_target, parse_answer
 from airflow_provider_modelbit.hooks.retries import retry_verdict
 from airflow_provider_modelbit.triggers.callback import TRIGGER_EVENT_STATUSES
@@ -44,11 +44,6 @@ from airflow_provider_modelbit.version_compat import AirflowTaskTimeout
 if TYPE_CHECKING:
     from airflow_provider_modelbit.callbacks.store import CallbackStore
     from airflow_provider_modelbit.operators.deferrable import DeferrableHost
-
-#: Time past the inference limit for the webhook to arrive (Modelbit retries deliveries for ~31 s).
-DELIVERY_MARGIN_SECONDS = 120
-#: Signed URLs stay valid this long past the deadline, so Modelbit's retries of a slow delivery land.
-TOKEN_GRACE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -80,19 +75,6 @@ def validate_callback_event(event: dict[str, Any] | None) -> dict[str, Any]:
         if key not in event:
             raise ModelbitCallbackError(f"The callback trigger event lacks {key!r}: {event!r}.")
     return event
-
-
-@dataclass(frozen=True)
-class _Submission:
-    """What every async request of one submission round shares; held in memory only (it has the secret)."""
-
-    base_url: str
-    secret: str
-    timeout_seconds: int
-    expires_at: int
-
-    def __repr__(self) -> str:
-        return f"_Submission(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
 
 
 class _Reading:
@@ -247,17 +229,29 @@ class JobRunner:
 
     # ------------------------------------------------------------------ submission
 
-    def submit(self, job: CallbackJob, due: set[int]) -> None:
-        """Submit the ``due`` chunks (and any chunk the job does not know yet), streaming the payloads."""
-        submission: _Submission | None = None
-        submitted = 0
+    def submit(self, job: CallbackJob, due: set[int]) -> int:
+        """
+        Submit the first wave of the ``due`` chunks (and of any chunk the job does not know yet);
+        stage the rest for the trigger to submit, paced; return how many were staged.
+
+        The first wave (the concurrency limit's starting level) goes from the worker, so a bad key,
+        an unknown deployment or a refused request fails the task before it defers. Every staged
+        chunk is encoded here too, so a bad row fails here as well.
+        """
+        submission: ChunkSubmission | None = None
+        wave = self.first_wave()
+        submitted = staged = 0
         for chunk, payload in enumerate(self.host._callback_payloads()):
             if chunk == len(job.chunks) and not job.sealed:
                 due.add(job.add_chunk(payload_hash(payload)))
             if chunk in due:
                 submission = submission or self._open_submission(job)
-                self._submit_chunk(job, submission, chunk, payload)
-                submitted += 1
+                if submitted < wave:
+                    self._submit_chunk(submission, chunk, payload)
+                    submitted += 1
+                else:
+                    self.store.stage_request(job.job_id, chunk, self._encode(job, payload))
+                    staged += 1
             elif job.sealed and chunk >= max(due, default=-1):
                 break
         if not job.sealed:
@@ -266,39 +260,41 @@ class JobRunner:
             save_job(self.store, job)
         if submitted:
             self.host.log.info(
-                "Submitted %d of %d chunk(s) of %s asynchronously as callback job %s.",
-                submitted, len(job.chunks), self.host.deployment, job.job_id,
+                "Submitted %d of %d chunk(s) of %s asynchronously as callback job %s; %d left to the "
+                "trigger to submit, paced.",
+                submitted, len(job.chunks), self.host.deployment, job.job_id, staged,
             )  # fmt: skip
+        return staged
 
-    def _open_submission(self, job: CallbackJob) -> _Submission:
+    def first_wave(self) -> int:
+        """Chunks the worker submits itself, where the concurrency limit starts."""
+        hook = self.host.hook
+        return ConcurrencyLimiter(hook.max_concurrency, adaptive=hook.adaptive_concurrency).limit
+
+    def _open_submission(self, job: CallbackJob) -> ChunkSubmission:
         """Check the callback settings and save the job before the first request (the receiver needs it)."""
-        settings = self.host.hook.settings
-        if not settings.callback_base_url:
-            raise ModelbitConnectionError(
-                f"Connection {job.request.conn_id!r} has no 'callback_base_url': set it to the public "
-                "https URL of the callback receiver (e.g. https://airflow.example.com/modelbit), or run "
-                "the task with deferrable=False."
-            )
-        secret = check_secret(settings.callback_secret, job.request.conn_id)
-        job.extend_deadline(time.time() + job.request.timeout_seconds + self.delivery_margin)
-        save_job(self.store, job)
-        expires_at = int(job.deadline + TOKEN_GRACE_SECONDS)
-        return _Submission(str(settings.callback_base_url), secret, job.request.timeout_seconds, expires_at)
+        target = callback_target(self.host.hook.settings, job, self.delivery_margin)
+        submission = ChunkSubmission(self.store, job, target, self.host.log)
+        submission.open()
+        return submission
 
-    def _submit_chunk(self, job: CallbackJob, submission: _Submission, chunk: int, payload: Any) -> None:
-        url = callback_url(
-            submission.base_url,
-            job.request.conn_id,
-            job.job_id,
-            chunk,
-            submission.secret,
-            submission.expires_at,
+    def _encode(self, job: CallbackJob, payload: Any) -> bytes:
+        hook, request = self.host.hook, job.request
+        return hook.encode_submission_data(
+            hook.settings,
+            request.deployment,
+            payload,
+            version=self.host.version,
+            branch=self.host.branch,
+            timeout_seconds=request.timeout_seconds,
+            response_format=request.response_format,
+            unique_ids=self.host.callback_unique_ids,
         )
-        now = time.time()
-        job.mark_sent(chunk, now)
-        # Every chunk gets its full time from its own submission, not from the first one's.
-        job.extend_deadline(now + submission.timeout_seconds + self.delivery_margin)
-        save_job(self.store, job)  # a retry must know this request may have gone out
+
+    def _submit_chunk(self, submission: ChunkSubmission, chunk: int, payload: Any) -> None:
+        url = submission.begin(chunk)
+        if url is None:
+            return
         try:
             batch_id = self.host.hook.submit_async(
                 self.host.deployment,
@@ -306,22 +302,15 @@ class JobRunner:
                 webhook_url=url,
                 version=self.host.version,
                 branch=self.host.branch,
-                timeout_seconds=submission.timeout_seconds,
+                timeout_seconds=submission.target.timeout_seconds,
                 response_format=self.host.response_format,
                 unique_ids=self.host.callback_unique_ids,
             )
         except ModelbitError as error:
-            if not error.request_sent:
-                job.mark_not_sent(chunk)  # refused before it could run: sending it again is safe
-                save_job(self.store, job)
+            if submission.failed(chunk, error):
                 raise
-            # Modelbit may have accepted it: its delivery is awaited like the others.
-            self.host.log.warning(
-                "Chunk %d of job %s: %s Awaiting its delivery.", chunk, job.job_id, error.message
-            )
             return
-        job.accept(chunk, batch_id)
-        save_job(self.store, job)
+        submission.accepted(chunk, batch_id)
 
     # ------------------------------------------------------------------ deliveries
 

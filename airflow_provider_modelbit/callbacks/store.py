@@ -149,6 +149,8 @@ class CallbackStore:
         <location>/<job_id>/chunk-<n>.json        the delivered body, byte for byte
         <location>/<job_id>/chunk-<n>.meta.json   {"batch_id", "received_at", "size", "kind"}
         <location>/<job_id>/manifest.json         what the operator submitted
+        <location>/<job_id>/request-<n>.json      a chunk's encoded data, left to the trigger to send
+        <location>/<job_id>/sent-<n>-<a>.json     the claim on sending attempt <a> of chunk <n>
         <location>/_retired/<job_id>.json         a retired job's tombstone (:class:`Tombstone`)
 
     A delivery counts only once its meta file exists; both files are written to a temporary
@@ -341,6 +343,60 @@ class CallbackStore:
                 if attempt == 2:
                     raise
 
+    def stage_request(self, job_id: str, chunk: int, encoded_data: bytes) -> None:
+        """Keep a chunk's encoded data for the trigger to submit (it goes with its job)."""
+        self._write_atomic(self._request_path(job_id, chunk), [encoded_data])
+
+    def staged_request(self, job_id: str, chunk: int) -> bytes | None:
+        """Return a chunk's staged data, or ``None`` when none was staged."""
+        try:
+            with self._fs.open(self._request_path(job_id, chunk), "rb") as staged:
+                return staged.read()
+        except FileNotFoundError:
+            return None
+
+    def claim_submission(self, job_id: str, chunk: int, attempt: int) -> bool:
+        """
+        Claim the sending of ``attempt`` of ``chunk``; ``False`` when someone already claimed it.
+
+        A create-only write, so two triggerers briefly running the same trigger (a handover)
+        never both send one chunk: the loser awaits the winner's delivery instead. A retired job
+        claims nothing (its folder is not made again).
+        """
+        if self.is_retired(job_id):
+            return False
+        claimed = self._create_claim(self._claim_path(job_id, chunk, attempt))
+        if claimed and self.is_retired(job_id):
+            self._remove_job_dir(job_id)  # retired meanwhile: leave nothing behind
+            return False
+        return claimed
+
+    def _create_claim(self, path: str) -> bool:
+        self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        record = json.dumps({"claimed_at": time.time()}).encode()
+        try:
+            with self._fs.open(path, "xb") as claim:
+                claim.write(record)
+            return True
+        except FileExistsError:
+            return False
+        except (ValueError, NotImplementedError):
+            # A store without conditional creates: check, then write (best effort).
+            self._fs.invalidate_cache(path.rsplit("/", 1)[0])
+            if self._fs.exists(path):
+                return False
+            self._write_atomic(path, [record])
+            return True
+        except OSError:
+            # s3fs reports a refused conditional create (412) as a plain OSError.
+            if self._fs.exists(path):
+                return False
+            raise
+
+    def release_submission(self, job_id: str, chunk: int, attempt: int) -> None:
+        """Give a claim back: its request was refused before it could run, so it may be sent again."""
+        self._remove_quietly(self._claim_path(job_id, chunk, attempt))
+
     def write_manifest(self, job_id: str, manifest: dict[str, Any]) -> None:
         """Atomically replace the job's manifest (a JSON object)."""
         self._write_atomic(self._manifest_path(job_id), [json.dumps(manifest, sort_keys=True).encode()])
@@ -385,6 +441,12 @@ class CallbackStore:
 
     def _meta_path(self, job_id: str, chunk: int) -> str:
         return f"{self._job_dir(job_id)}/chunk-{validate_chunk(chunk)}.meta.json"
+
+    def _request_path(self, job_id: str, chunk: int) -> str:
+        return f"{self._job_dir(job_id)}/request-{validate_chunk(chunk)}.json"
+
+    def _claim_path(self, job_id: str, chunk: int, attempt: int) -> str:
+        return f"{self._job_dir(job_id)}/sent-{validate_chunk(chunk)}-{int(attempt)}.json"
 
     def _tombstone_path(self, job_id: str) -> str:
         return f"{self._root}/{_RETIRED_DIR}/{validate_job_id(job_id)}.json"

@@ -415,26 +415,64 @@ class ModelbitHookBase(BaseHook):
         unique_ids: bool = True,
     ) -> tuple[InferenceCall, bytes]:
         """Validate an async submission and build its body."""
+        call = self._submission_call(settings, deployment, version, branch, timeout_seconds, response_format)
+        encoded, _ = encode_input(data, call, unique_ids=unique_ids)
+        return call, _submission_body(call, encoded, webhook_url, response_format, webhook_ignore_timeout)
+
+    def _encoded_submission(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        encoded_data: bytes,
+        webhook_url: str,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        response_format: str | None,
+    ) -> tuple[InferenceCall, bytes]:
+        """Validate an async submission whose data was encoded earlier and build its body."""
+        call = self._submission_call(settings, deployment, version, branch, timeout_seconds, response_format)
+        return call, _submission_body(call, encoded_data, webhook_url, response_format, None)
+
+    def encode_submission_data(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        data: Any,
+        *,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        response_format: str | None,
+        unique_ids: bool = True,
+    ) -> bytes:
+        """
+        Check an async submission's options and data; return the data's JSON as it will be sent.
+
+        The deferred path encodes the chunks it leaves to the trigger with it, in the worker, so a
+        bad row or option fails the task before it defers; the trigger sends the bytes later
+        (:meth:`ModelbitAsyncHook.asubmit_encoded
+        <airflow_provider_modelbit.hooks.modelbit_async.ModelbitAsyncHook.asubmit_encoded>`).
+        """
+        call = self._submission_call(settings, deployment, version, branch, timeout_seconds, response_format)
+        return encode_input(data, call, unique_ids=unique_ids)[0]
+
+    def _submission_call(
+        self,
+        settings: ModelbitSettings,
+        deployment: str,
+        version: str | int,
+        branch: str | None,
+        timeout_seconds: int | None,
+        response_format: str | None,
+    ) -> InferenceCall:
         validate_options(
             timeout_seconds, response_format, limit=ASYNC_TIMEOUT_LIMIT, call_name="async inference"
         )
-        if not isinstance(webhook_url, str) or urlsplit(webhook_url).scheme not in ("http", "https"):
-            raise ModelbitInputError(
-                f"webhook_url must be an http(s) URL, got a {type(webhook_url).__name__}."
-            )
         # A submission is never declared idempotent: re-sending it could start the model twice.
-        call = self._new_call(
+        return self._new_call(
             settings, deployment, version, branch, timeout_seconds, False, limit=ASYNC_TIMEOUT_LIMIT
         )
-        encoded, _ = encode_input(data, call, unique_ids=unique_ids)
-        body = request_body(
-            encoded,
-            timeout_seconds=call.timeout_seconds,
-            response_format=response_format,
-            response_webhook=webhook_url,
-            response_webhook_ignore_timeout=webhook_ignore_timeout,
-        )
-        return call, body
 
     def _accepted_batch_id(
         self, payload: Mapping[str, Any], headers: Mapping[str, str], call: InferenceCall
@@ -456,4 +494,22 @@ def missing_connection_message(conn_id: str) -> str:
         f"Connection {conn_id!r} is not defined: create a Modelbit connection with that id in "
         f"Admin > Connections, or set {env_name}, e.g. "
         f"{env_name}='modelbit://:YOUR_KEY@acme.us-east-2.aws.modelbit.com'."
+    )
+
+
+def _submission_body(
+    call: InferenceCall,
+    encoded_data: bytes,
+    webhook_url: str,
+    response_format: str | None,
+    webhook_ignore_timeout: bool | None,
+) -> bytes:
+    if not isinstance(webhook_url, str) or urlsplit(webhook_url).scheme not in ("http", "https"):
+        raise ModelbitInputError(f"webhook_url must be an http(s) URL, got a {type(webhook_url).__name__}.")
+    return request_body(
+        encoded_data,
+        timeout_seconds=call.timeout_seconds,
+        response_format=response_format,
+        response_webhook=webhook_url,
+        response_webhook_ignore_timeout=webhook_ignore_timeout,
     )

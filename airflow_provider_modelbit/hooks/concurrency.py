@@ -213,6 +213,19 @@ class ConcurrencyLimiter:
             self._in_flight += 1
             return Slot(self._in_flight, self._epoch, self._clock())
 
+    def try_acquire(self) -> Slot | None:
+        """
+        Admit a request now if the limit and ``Retry-After`` allow and nobody waits; never blocks.
+
+        For an event loop (the callback trigger paces async submissions with it), where waiting
+        on :meth:`acquire` would block every other trigger of the loop.
+        """
+        with self._condition:
+            if self._queue or self._paused_until > self._clock() or self._in_flight >= self.limit:
+                return None
+            self._in_flight += 1
+            return Slot(self._in_flight, self._epoch, self._clock())
+
     def _wait_before_start(self, turn: object) -> float:
         """0 when ``turn`` may start now, else a bound on how long to wait before looking again."""
         pause = self._paused_until - self._clock()

@@ -1,14 +1,18 @@
 """Call Modelbit from an event loop: :class:`ModelbitAsyncHook` (httpx).
 
-The async variant of :class:`~airflow_provider_modelbit.hooks.modelbit.ModelbitHook`, for custom
-triggers and async operators; it shares validation, retries and answer mapping with the sync hook
-through :mod:`~airflow_provider_modelbit.hooks.base`.
+The async variant of :class:`~airflow_provider_modelbit.hooks.modelbit.ModelbitHook`; it shares
+validation, retries and answer mapping with the sync hook through
+:mod:`~airflow_provider_modelbit.hooks.base`. Its user in this package is
+:class:`~airflow_provider_modelbit.triggers.callback.ModelbitCallbackTrigger`, which submits the
+chunks a deferred batch left to it from the triggerer (:meth:`ModelbitAsyncHook.asubmit_encoded`),
+paced by the same adaptive limit as the sync batch path; custom triggers and async operators may
+use the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -200,8 +204,13 @@ class ModelbitAsyncHook(ModelbitHookBase):
         read_timeout: float,
         *,
         submitted: bool = False,
+        observe: Callable[[SendFailed], None] | None = None,
     ) -> Answer:
-        """POST a body, re-sending where the retry rules allow (see ``ModelbitHook._send``)."""
+        """
+        POST a body, re-sending where the retry rules allow (see ``ModelbitHook._send``).
+
+        :param observe: told of every failed try before the retry decision (a pacer counts refusals).
+        """
         tries = self._tries(call, rows, submitted=submitted)
         timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
         while True:
@@ -209,6 +218,8 @@ class ModelbitAsyncHook(ModelbitHookBase):
             try:
                 return tries.answered(await self._asend_once(client, call, body, timeout))
             except SendFailed as failure:
+                if observe is not None:
+                    observe(failure)
                 await asyncio.sleep(tries.wait_after(failure))
 
     async def _asend_once(
@@ -254,6 +265,35 @@ class ModelbitAsyncHook(ModelbitHookBase):
         async with self._client(settings) as client:
             payload, headers, _ = await self._asend(
                 client, call, body, None, SUBMIT_READ_TIMEOUT, submitted=True
+            )
+        return self._accepted_batch_id(payload, headers, call)
+
+    async def asubmit_encoded(
+        self,
+        deployment: str,
+        encoded_data: bytes,
+        *,
+        webhook_url: str,
+        version: str | int = LATEST,
+        branch: str | None = None,
+        timeout_seconds: int | None = None,
+        response_format: str | None = None,
+        observe: Callable[[SendFailed], None] | None = None,
+    ) -> str | None:
+        """
+        Submit data encoded earlier by :meth:`encode_submission_data` and return its batchId.
+
+        As :meth:`asubmit_async` otherwise: never re-sent once it may have reached the server.
+
+        :param observe: told of every failed try (e.g. a refusal the retry policy waits out).
+        """
+        settings = await self.aget_settings()
+        call, body = self._encoded_submission(
+            settings, deployment, encoded_data, webhook_url, version, branch, timeout_seconds, response_format
+        )
+        async with self._client(settings) as client:
+            payload, headers, _ = await self._asend(
+                client, call, body, None, SUBMIT_READ_TIMEOUT, submitted=True, observe=observe
             )
         return self._accepted_batch_id(payload, headers, call)
 

@@ -401,7 +401,7 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
             "chunks": chunks,
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows / seconds, 1) if seconds > 0 else None,
-            "concurrency": self.hook.concurrency,
+            "concurrency": self.deferred_concurrency or self.hook.concurrency,
         }
         return self.written
 

@@ -1,11 +1,14 @@
 """Async-callback execution shared by the Modelbit operators: Airflow glue over a :class:`CallbackJob`.
 
 ``execute_deferrable`` finds the job of this task instance (reused only when its fingerprint
-matches, otherwise retired), submits what is due with signed webhook URLs, and defers to
-:class:`ModelbitCallbackTrigger`. ``execute_complete`` records the deliveries, resubmits what the
-retry policy allows, and hands the deliveries, in chunk order, to the host's
-``_collect_callback_results``. What the job is and how its chunks move lives in ``callbacks/job.py``;
-which failures are sent again in ``hooks/retries.py``; what an answer means in ``hooks/responses.py``.
+matches, otherwise retired), submits the first wave of what is due with signed webhook URLs,
+stages the rest in the callback store, and defers once to :class:`ModelbitCallbackTrigger`, which
+submits the staged chunks paced by the adaptive concurrency limit and waits for them all.
+``execute_complete`` records the deliveries, resubmits what the retry policy allows, and hands
+the deliveries, in chunk order, to the host's ``_collect_callback_results``. What the job is and
+how its chunks move lives in ``callbacks/job.py``; how one chunk is submitted in
+``callbacks/submission.py``; which failures are sent again in ``hooks/retries.py``; what an
+answer means in ``hooks/responses.py``.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from airflow_provider_modelbit.callbacks.job import IN_FLIGHT, CallbackJob, ChunkState, JobRequest
+from airflow_provider_modelbit.callbacks.job import IN_FLIGHT, CallbackJob, ChunkState, JobRequest, save_job
 from airflow_provider_modelbit.callbacks.job_runner import (
-    DELIVERY_MARGIN_SECONDS,
     CallbackDelivery,
     JobRunner,
     validate_callback_event,
 )
 from airflow_provider_modelbit.callbacks.store import CallbackStore
-from airflow_provider_modelbit.defaults import DEFAULT_ASYNC_TIMEOUT_SECONDS
+from airflow_provider_modelbit.defaults import DEFAULT_ASYNC_TIMEOUT_SECONDS, DELIVERY_MARGIN_SECONDS
+from airflow_provider_modelbit.exceptions import ModelbitCallbackError
 from airflow_provider_modelbit.hooks import metrics
 from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
 
@@ -103,6 +106,8 @@ class ModelbitDeferrableMixin:
         self.max_chunk_attempts = max_chunk_attempts
         self.callback_store_location = callback_store_location
         self._callback_job_id: str | None = None
+        #: The trigger's concurrency limit at its end, when it submitted staged chunks.
+        self.deferred_concurrency: dict[str, Any] | None = None
 
     def _runner(self, store: CallbackStore) -> JobRunner:
         return JobRunner(
@@ -148,18 +153,34 @@ class ModelbitDeferrableMixin:
 
     def _defer_until(self, context: Context, runner: JobRunner, job: CallbackJob) -> Any:
         context["ti"].xcom_push(key=XCOM_BATCH_IDS_KEY, value=[chunk.batch_id for chunk in job.chunks])
-        waiting = job.in_state(*IN_FLIGHT)
+        staged = job.in_state(ChunkState.PENDING)
+        hook = cast("DeferrableHost", self).hook
         trigger = ModelbitCallbackTrigger(
             job_id=job.job_id,
-            chunks=waiting,
+            chunks=job.in_state(ChunkState.PENDING, *IN_FLIGHT),
             store_location=runner.store.location,
             deadline=job.wait_until(),
             poll_interval=self.callback_poll_interval,
             conn_id=job.request.conn_id,
             deferred_by_try=_try_number(context["ti"]),
+            max_concurrency=hook.max_concurrency if staged else None,
+            adaptive=hook.adaptive_concurrency,
+            delivery_margin=self.callback_delivery_margin,
         )
-        backstop = timedelta(seconds=max(job.wait_until() - time.time(), 0) + DEFER_BACKSTOP_SECONDS)
-        cast("DeferrableHost", self).defer(trigger=trigger, method_name="execute_complete", timeout=backstop)
+        cast("DeferrableHost", self).defer(
+            trigger=trigger, method_name="execute_complete", timeout=self._backstop(job, len(staged))
+        )
+
+    def _backstop(self, job: CallbackJob, staged: int) -> timedelta:
+        """
+        The framework's deferral timeout: past the trigger's own deadline, which grows with each
+        staged chunk it submits (at worst one after another, each taking its full time).
+        """
+        per_chunk = job.request.timeout_seconds + self.callback_delivery_margin
+        wait = max(job.wait_until() - time.time(), 0) + staged * per_chunk
+        if job.not_after is not None:
+            wait = min(wait, max(job.not_after - time.time(), 0))
+        return timedelta(seconds=wait + DEFER_BACKSTOP_SECONDS)
 
     # ------------------------------------------------------------------ resumption
 
@@ -178,6 +199,11 @@ class ModelbitDeferrableMixin:
         runner = self._runner(CallbackStore(event["store_location"]))
         job = runner.load(event["job_id"])
         self._callback_job_id = job.job_id
+        self.deferred_concurrency = event.get("concurrency") or self.deferred_concurrency
+        if event.get("submission_error"):
+            runner.record_deliveries(job)
+            save_job(runner.store, job)  # the retry reuses the job and reads what was delivered
+            raise ModelbitCallbackError(str(event["submission_error"]))
         metrics.deferred_wait(job.request.deployment, time.time() - (job.first_submitted_at or time.time()))
         return self._settle_and_continue(context, runner, job, lost=event["status"] == "timeout")
 

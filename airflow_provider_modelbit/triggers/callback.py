@@ -16,17 +16,23 @@ import weakref
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_modelbit.callbacks.signing import validate_chunk, validate_job_id
 from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.defaults import DELIVERY_MARGIN_SECONDS
+
+if TYPE_CHECKING:
+    from airflow_provider_modelbit.callbacks.pacer import PacingResult
 
 log = logging.getLogger(__name__)
 
 TRIGGER_EVENT_STATUSES: frozenset[str] = frozenset({"success", "error", "timeout"})
 DEFAULT_POLL_INTERVAL = 2.0
+#: Longest pause between the pacer's looks at the store while it submits (slots free as deliveries land).
+PACING_SCAN_SECONDS = 0.5
 #: Longest pause between looks at a store that keeps failing (the backoff doubles up to this).
 MAX_STORE_BACKOFF_SECONDS = 60.0
 #: Why the triggerer cancelled a trigger whose task a user marked failed or success, or cleared.
@@ -234,6 +240,14 @@ class ModelbitCallbackTrigger(BaseTrigger):
     :param deferred_by_try: the try of the task instance that deferred, echoed in the event as
         ``deferred_by_try`` so the operator can tell a resume of that try from a later try that
         Airflow resumed at the same point.
+    :param max_concurrency: set when the worker left staged chunks to submit: the most chunks
+        outstanding at once (the adaptive limit's ceiling). The trigger then submits every
+        pending chunk of the job's ledger itself (see :mod:`~airflow_provider_modelbit.callbacks.pacer`),
+        reading the connection in the triggerer, and waits for every chunk of the job; the event
+        adds ``concurrency`` (the limit's final state) and, when a submission failed for good,
+        ``submission_error``.
+    :param adaptive: adapt the limit (``False`` keeps ``max_concurrency``).
+    :param delivery_margin: seconds past the inference time limit for a delivery to arrive.
     """
 
     def __init__(
@@ -246,6 +260,9 @@ class ModelbitCallbackTrigger(BaseTrigger):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         conn_id: str | None = None,
         deferred_by_try: int | None = None,
+        max_concurrency: int | None = None,
+        adaptive: bool = True,
+        delivery_margin: float = DELIVERY_MARGIN_SECONDS,
     ) -> None:
         super().__init__()
         self.job_id = validate_job_id(job_id)
@@ -261,6 +278,11 @@ class ModelbitCallbackTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.conn_id = conn_id
         self.deferred_by_try = deferred_by_try
+        self.max_concurrency = None if max_concurrency is None else int(max_concurrency)
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}.")
+        self.adaptive = bool(adaptive)
+        self.delivery_margin = float(delivery_margin)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the identifier-only kwargs the triggerer rebuilds the trigger from."""
@@ -274,26 +296,60 @@ class ModelbitCallbackTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "conn_id": self.conn_id,
                 "deferred_by_try": self.deferred_by_try,
+                "max_concurrency": self.max_concurrency,
+                "adaptive": self.adaptive,
+                "delivery_margin": self.delivery_margin,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Wait through the loop's shared watcher and yield exactly one event."""
-        deadline_text = datetime.fromtimestamp(self.deadline, tz=timezone.utc).isoformat()
+        """Submit what the worker staged (paced), wait through the loop's shared watcher, yield one event."""
+        chunks, deadline = self.chunks, self.deadline
+        extra: dict[str, Any] = {"deferred_by_try": self.deferred_by_try}
+        if self.max_concurrency is not None:
+            pacing = await self._submit_staged()
+            if pacing.retired:
+                outcome = _event("error", self.job_id, self.store_location, self.chunks, [], "")
+                extra["submission_error"] = f"Job {self.job_id} was retired while its chunks were submitted."
+                yield TriggerEvent({**outcome, **extra, "message": extra["submission_error"]})
+                return
+            chunks, deadline = pacing.awaited or self.chunks, pacing.deadline
+            extra["concurrency"] = pacing.concurrency
+            if pacing.failure is not None:
+                extra["submission_error"] = pacing.failure
+        outcome = await self._wait(chunks, deadline)
+        if "submission_error" in extra:
+            outcome = {**outcome, "status": "error", "message": extra["submission_error"]}
+        self.log.info("%s", outcome["message"])
+        yield TriggerEvent({**outcome, **extra})
+
+    async def _submit_staged(self) -> PacingResult:
+        from airflow_provider_modelbit.callbacks.pacer import SubmissionPacer
+
+        pacer = SubmissionPacer(
+            self.store_location,
+            self.job_id,
+            ceiling=cast("int", self.max_concurrency),
+            adaptive=self.adaptive,
+            delivery_margin=self.delivery_margin,
+            scan_interval=min(self.poll_interval, PACING_SCAN_SECONDS),
+            log=self.log,
+        )
+        return await pacer.run()
+
+    async def _wait(self, chunks: Iterable[int], deadline: float) -> dict[str, Any]:
+        expected = sorted(chunks)
+        deadline_text = datetime.fromtimestamp(deadline, tz=timezone.utc).isoformat()
         self.log.info(
             "Waiting for %d Modelbit deliveries of job %s in %s until %s",
-            len(self.chunks), self.job_id, self.store_location, deadline_text,
+            len(expected), self.job_id, self.store_location, deadline_text,
         )  # fmt: skip
         watcher = DeliveryWatcher.for_running_loop()
-        watch = watcher.watch(
-            self.store_location, self.job_id, self.chunks, self.deadline, self.poll_interval
-        )
+        watch = watcher.watch(self.store_location, self.job_id, expected, deadline, self.poll_interval)
         try:
-            outcome = await watch.outcome
+            return await watch.outcome
         finally:
             watcher.unwatch(watch)
-        self.log.info("%s", outcome["message"])
-        yield TriggerEvent({**outcome, "deferred_by_try": self.deferred_by_try})
 
     async def on_kill(self) -> None:
         """

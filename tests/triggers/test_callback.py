@@ -72,6 +72,9 @@ class TestSerialization:
             "poll_interval",
             "conn_id",
             "deferred_by_try",
+            "max_concurrency",
+            "adaptive",
+            "delivery_margin",
         }
         assert kwargs["deadline"] > time.time()
 

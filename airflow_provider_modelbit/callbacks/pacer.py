@@ -1,0 +1,282 @@
+"""Submit a callback job's staged chunks from the triggerer, paced by the adaptive concurrency limit.
+
+Modelbit queues async requests rather than refusing them, so a deferred batch submitted in one
+burst would queue hundreds of requests at the deployment. :class:`SubmissionPacer` keeps the
+chunks outstanding (sent, not yet delivered) at most at a :class:`ConcurrencyLimiter`'s limit, the
+same rule as the sync batch path: the limit grows while delivery latency (submission to the
+store's ``received_at``) stays flat and halves when it rises or a submission is refused, and a
+``Retry-After`` holds new submissions back. Each submission follows
+:class:`~airflow_provider_modelbit.callbacks.submission.ChunkSubmission`, as in the worker; the
+ledger is read and written in worker threads, one change at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from airflow_provider_modelbit.callbacks.job import IN_FLIGHT, CallbackJob, ChunkState, load_job
+from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.callbacks.submission import ChunkSubmission, callback_target
+from airflow_provider_modelbit.defaults import CONCURRENCY_LOG_INTERVAL_SECONDS
+from airflow_provider_modelbit.exceptions import ModelbitError
+from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, Slot, load_outcome
+from airflow_provider_modelbit.hooks.responses import SendFailed, describe_target
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class PacingResult:
+    """
+    How the pacing ended.
+
+    :param awaited: chunks sent (now or before) whose deliveries the trigger must wait for.
+    :param deadline: when the wait ends, from the job's ledger.
+    :param failure: why submitting stopped early (a submission refused for good), else ``None``.
+    :param retired: the job was retired meanwhile (the task was killed or cleared).
+    :param concurrency: the limiter's final state, for the task's summary.
+    """
+
+    awaited: list[int] = field(default_factory=list)
+    deadline: float = 0.0
+    failure: str | None = None
+    retired: bool = False
+    concurrency: dict[str, Any] | None = None
+
+
+class SubmissionPacer:
+    """
+    Submit every staged (pending) chunk of a job, keeping outstanding ones within the adaptive limit.
+
+    :param store_location: the callback store.
+    :param job_id: the job.
+    :param ceiling: ``max_concurrency``: the most chunks ever outstanding.
+    :param adaptive: adapt the limit; ``False`` keeps ``ceiling``.
+    :param delivery_margin: seconds past the inference time limit for a delivery to arrive.
+    :param scan_interval: seconds between looks at the store for deliveries.
+    :param log: where progress is logged.
+    """
+
+    def __init__(
+        self,
+        store_location: str,
+        job_id: str,
+        *,
+        ceiling: int,
+        adaptive: bool,
+        delivery_margin: float,
+        scan_interval: float = 0.5,
+        log: Any = log,
+    ) -> None:
+        self.store = CallbackStore(store_location)
+        self.job_id = job_id
+        self.ceiling = ceiling
+        self.adaptive = adaptive
+        self.delivery_margin = delivery_margin
+        self.scan_interval = scan_interval
+        self.log = log
+        self._ledger_lock = asyncio.Lock()
+        #: Chunks sent and not yet seen delivered: their slot (``None`` when the limit had no room
+        #: for a chunk sent before this trigger started) and when this trigger sent them.
+        self._outstanding: dict[int, tuple[Slot | None, float | None]] = {}
+        self._failure: str | None = None
+        self._submitted = 0
+        self._last_log = 0.0
+
+    async def _ledger(self, action: Callable[..., _T], *args: Any) -> _T:
+        """Run a ledger read or change in a worker thread, one at a time (they share the job)."""
+        async with self._ledger_lock:
+            work = asyncio.ensure_future(asyncio.to_thread(action, *args))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # Stopped meanwhile: let the change finish before the next one may start.
+                await asyncio.wait([work])
+                raise
+
+    async def run(self) -> PacingResult:
+        """Submit until nothing is staged, the job is retired, a submission fails for good or time is up."""
+        job = await self._ledger(load_job, self.store, self.job_id)
+        if job is None:
+            return PacingResult(retired=True)
+        from airflow_provider_modelbit.hooks.modelbit_async import ModelbitAsyncHook
+
+        hook = ModelbitAsyncHook(job.request.conn_id, max_concurrency=self.ceiling)
+        target = callback_target(await hook.aget_settings(), job, self.delivery_margin)
+        submission = ChunkSubmission(self.store, job, target, self.log)
+        limiter = ConcurrencyLimiter(
+            self.ceiling, adaptive=self.adaptive, where=f"job {job.job_id}", log=self.log
+        )
+        self._adopt_in_flight(job, limiter)
+        pending = deque(job.in_state(ChunkState.PENDING))
+        total = len(pending)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            retired = await self._pace(job, hook, submission, limiter, pending, tasks, total)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        self._log_progress(job, limiter, total, force=True)
+        limiter.log_final()
+        return PacingResult(
+            awaited=job.in_state(*IN_FLIGHT, ChunkState.DELIVERED, ChunkState.ERRORED),
+            deadline=job.wait_until(),
+            failure=self._failure,
+            retired=retired,
+            concurrency=limiter.summary(),
+        )
+
+    def _adopt_in_flight(self, job: CallbackJob, limiter: ConcurrencyLimiter) -> None:
+        """Count the chunks already sent (the worker's first wave, or before a restart) as outstanding."""
+        for chunk in job.in_state(*IN_FLIGHT):
+            # Their submission time is not known here, so their deliveries free a place but say
+            # nothing about latency; those beyond the limit hold new submissions back until delivered.
+            self._outstanding[chunk] = (limiter.try_acquire(), None)
+
+    def _room(self, limiter: ConcurrencyLimiter) -> Slot | None:
+        """A slot for the next submission, once every outstanding chunk holds one and the limit allows."""
+        if any(slot is None for slot, _ in self._outstanding.values()):
+            return None
+        return limiter.try_acquire()
+
+    async def _pace(
+        self,
+        job: CallbackJob,
+        hook: Any,
+        submission: ChunkSubmission,
+        limiter: ConcurrencyLimiter,
+        pending: deque[int],
+        tasks: set[asyncio.Task[None]],
+        total: int,
+    ) -> bool:
+        """The pacing loop; return whether the job was retired meanwhile."""
+        while (pending and self._failure is None) or tasks:
+            retired, delivered = await asyncio.to_thread(self._look, list(self._outstanding))
+            if retired:
+                return True
+            self._free_slots(limiter, delivered)
+            if time.time() >= job.wait_until():
+                return False
+            while pending and self._failure is None and (slot := self._room(limiter)) is not None:
+                chunk = pending.popleft()
+                task = asyncio.create_task(self._submit(job, hook, submission, limiter, chunk, slot))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            self._log_progress(job, limiter, total)
+            if not pending and not tasks:
+                break
+            await asyncio.sleep(self.scan_interval)
+        return False
+
+    def _look(self, outstanding: list[int]) -> tuple[bool, dict[int, float]]:
+        """Whether the job is retired, and when each newly delivered outstanding chunk arrived."""
+        if self.store.is_retired(self.job_id):
+            return True, {}
+        delivered = self.store.delivered_chunks(self.job_id)
+        return False, {
+            chunk: float(self.store.delivery_meta(self.job_id, chunk)["received_at"])
+            for chunk in outstanding
+            if chunk in delivered
+        }
+
+    def _free_slots(self, limiter: ConcurrencyLimiter, delivered: dict[int, float]) -> None:
+        """Tell the limiter how long each delivered chunk took and free its place."""
+        for chunk, received_at in delivered.items():
+            entry = self._outstanding.pop(chunk, None)
+            if entry is None:
+                continue
+            slot, sent_at = entry
+            if slot is None:
+                continue
+            if sent_at is not None:
+                # The limiter times a request from its slot's start to now; a delivery is noticed up
+                # to a scan later, so the slot is dated back to measure submission -> received_at.
+                latency = max(0.0, received_at - sent_at)
+                started = time.monotonic() - latency
+                limiter.record(dataclasses.replace(slot, started=started), Outcome.ANSWERED)
+            limiter.release()
+
+    async def _submit(
+        self,
+        job: CallbackJob,
+        hook: Any,
+        submission: ChunkSubmission,
+        limiter: ConcurrencyLimiter,
+        chunk: int,
+        slot: Slot,
+    ) -> None:
+        """Submit one staged chunk under ``slot``; the slot is freed when its delivery lands."""
+        data = await asyncio.to_thread(self.store.staged_request, job.job_id, chunk)
+        if data is None:
+            self._outstanding.pop(chunk, None)
+            limiter.release()
+            self._record_failure(job, chunk, "its staged request data is missing from the store.")
+            return
+        try:
+            url = await self._ledger(submission.begin, chunk)
+        except asyncio.CancelledError:
+            # Stopped (the triggerer shuts down) after the attempt was counted but before its
+            # request went out: give the attempt back, so the trigger that takes over sends it.
+            await asyncio.shield(self._ledger(submission.withdraw, chunk))
+            raise
+        self._outstanding[chunk] = (slot, time.time())
+        if url is None:
+            return  # another triggerer sent this attempt: its delivery is awaited, under this slot
+
+        def observe(failure: SendFailed) -> None:
+            limiter.record(slot, load_outcome(failure.error), retry_after=failure.retry_after)
+
+        request = job.request
+        try:
+            batch_id = await hook.asubmit_encoded(
+                request.deployment,
+                data,
+                webhook_url=url,
+                version=request.version,
+                branch=request.branch,
+                timeout_seconds=request.timeout_seconds,
+                response_format=request.response_format,
+                observe=observe,
+            )
+        except ModelbitError as error:
+            if await self._ledger(submission.failed, chunk, error):
+                self._outstanding.pop(chunk, None)
+                limiter.release()
+                self._record_failure(job, chunk, error.message)
+            return
+        self._submitted += 1
+        await self._ledger(submission.accepted, chunk, batch_id)
+
+    def _record_failure(self, job: CallbackJob, chunk: int, reason: str) -> None:
+        if self._failure is not None:
+            return
+        request = job.request
+        where = describe_target(request.deployment, request.version, request.branch)
+        self._failure = (
+            f"{where}: job {job.job_id}: chunk {chunk} could not be submitted from the triggerer: {reason} "
+            "No further chunk was submitted; the task's retry reuses the job and sends what is left."
+        )
+        self.log.error("%s", self._failure)
+
+    def _log_progress(
+        self, job: CallbackJob, limiter: ConcurrencyLimiter, total: int, *, force: bool = False
+    ) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_log < CONCURRENCY_LOG_INTERVAL_SECONDS:
+            return
+        self._last_log = now
+        self.log.info(
+            "Submitted %d of %d staged chunk(s) of job %s; %d outstanding allowed (%d outstanding).",
+            self._submitted, total, job.job_id, limiter.limit, len(self._outstanding),
+        )  # fmt: skip

@@ -1,0 +1,233 @@
+"""ModelbitCallbackTrigger submitting a job's staged chunks, paced, against the local Modelbit server.
+
+The job is staged as the worker stages it (ledger saved, each chunk's encoded data in the store),
+the receiver stores the real webhook deliveries, and the server's recorded async batches say when
+each chunk was submitted and delivered: never more outstanding than the limit, every row run once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_modelbit.callbacks.job import (
+    CallbackJob,
+    ChunkState,
+    JobRequest,
+    load_job,
+    payload_hash,
+    save_job,
+)
+from airflow_provider_modelbit.callbacks.receiver import StaticSecretSource, create_callback_app
+from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.emulator import RunningEmulator
+from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
+from tests.asgi_thread import serve_in_thread
+
+SECRET = "pacing-test-secret-0123"
+CONN_ID = "modelbit_default"
+DEPLOYMENT = "doubler"
+ROWS_PER_CHUNK = 2
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CallbackStore:
+    return CallbackStore(str(tmp_path / "callbacks"))
+
+
+@pytest.fixture
+def server(
+    modelbit_emulator_session: RunningEmulator, modelbit_connection: Callable[..., str], store: CallbackStore
+) -> Iterator[RunningEmulator]:
+    """The local server delivering to a receiver on 127.0.0.1; each request holds the model 0.2 s."""
+    app = create_callback_app(store=store, secrets=StaticSecretSource({CONN_ID: SECRET}))
+    client = modelbit_emulator_session.client
+    with serve_in_thread(app) as receiver_url:
+        client.reset()
+        client.configure(allow_http_webhooks=True, webhook_time_scale=0.01)
+        client.set_faults(model_seconds=0.2, deployment=DEPLOYMENT)
+        extra = {"callback_base_url": receiver_url, "callback_secret": SECRET}
+        modelbit_connection(host=modelbit_emulator_session.url, extra=extra)
+        yield modelbit_emulator_session
+        client.reset()
+
+
+def stage_job(store: CallbackStore, server: RunningEmulator, chunks: int) -> CallbackJob:
+    """Stage a job of ``chunks`` pending chunks, as the worker leaves them to the trigger."""
+    hook = ModelbitHook(CONN_ID)
+    request = JobRequest(CONN_ID, server.url, DEPLOYMENT, "latest", None, None, 60)
+    job = CallbackJob(f"mb-pacing-{uuid.uuid4().hex[:12]}", request)
+    for chunk in range(chunks):
+        rows = [[chunk * ROWS_PER_CHUNK + i, i] for i in range(ROWS_PER_CHUNK)]
+        job.add_chunk(payload_hash(rows))
+        encoded = hook.encode_submission_data(
+            hook.settings, DEPLOYMENT, rows, version="latest", branch=None, timeout_seconds=60,
+            response_format=None,
+        )  # fmt: skip
+        store.stage_request(job.job_id, chunk, encoded)
+    job.seal(chunks)
+    job.extend_deadline(time.time() + 120)
+    save_job(store, job)
+    return job
+
+
+def pacing_trigger(store: CallbackStore, job: CallbackJob, ceiling: int) -> ModelbitCallbackTrigger:
+    return ModelbitCallbackTrigger(
+        job_id=job.job_id,
+        chunks=range(len(job.chunks)),
+        store_location=store.location,
+        deadline=job.wait_until(),
+        poll_interval=0.1,
+        conn_id=CONN_ID,
+        deferred_by_try=1,
+        max_concurrency=ceiling,
+        adaptive=True,
+        delivery_margin=30,
+    )
+
+
+async def first_event(trigger: ModelbitCallbackTrigger, limit: float = 120) -> dict[str, Any]:
+    async def collect() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(collect(), timeout=limit)
+
+
+def most_outstanding(batches: list[dict[str, Any]]) -> int:
+    """The most batches submitted and not yet delivered at any moment, from the server's record."""
+    moments = []
+    for batch in batches:
+        delivered = min(attempt["time"] for attempt in batch["attempts"])
+        moments += [(batch["created"], 1), (delivered, -1)]
+    level = highest = 0
+    for _, change in sorted(moments, key=lambda moment: (moment[0], moment[1])):
+        level += change
+        highest = max(highest, level)
+    return highest
+
+
+def assert_every_row_ran_once(server: RunningEmulator, chunks: int) -> None:
+    runs = server.client.runs(DEPLOYMENT)
+    assert runs == {str(row): 1 for row in range(chunks * ROWS_PER_CHUNK)}
+
+
+class TestPacedSubmission:
+    def test_staged_chunks_are_submitted_within_the_limit_and_each_row_runs_once(
+        self, server: RunningEmulator, store: CallbackStore
+    ) -> None:
+        job = stage_job(store, server, chunks=12)
+        event = asyncio.run(first_event(pacing_trigger(store, job, ceiling=3)))
+        assert event["status"] == "success", event
+        assert event["chunks"] == list(range(12))
+        batches = server.client.batches()
+        assert len(batches) == 12, "each chunk submitted once"
+        assert most_outstanding(batches) <= 3
+        assert_every_row_ran_once(server, 12)
+        assert event["concurrency"]["ceiling"] == 3 and 1 <= event["concurrency"]["final"] <= 3
+        ledger = load_job(store, job.job_id)
+        assert ledger is not None and ledger.in_state(ChunkState.PENDING) == []
+        assert all(record.attempts == 1 for record in ledger.chunks)
+
+    def test_a_trigger_rebuilt_mid_submission_sends_nothing_twice(
+        self, server: RunningEmulator, store: CallbackStore
+    ) -> None:
+        """
+        The triggerer stops mid-submission (the trigger is cancelled, as on shutdown); the trigger
+        rebuilt from its kwargs awaits what was sent and submits only what was not.
+        """
+        job = stage_job(store, server, chunks=10)
+        trigger = pacing_trigger(store, job, ceiling=2)
+
+        def accepted_and_none_in_doubt() -> bool:
+            # Stopping while a request is on the wire leaves it in doubt (awaited until the deadline,
+            # then resent by the task's retry policy); this test stops between requests.
+            ledger = load_job(store, job.job_id)
+            assert ledger is not None
+            return len(ledger.in_state(ChunkState.ACCEPTED)) >= 3 and not ledger.in_state(ChunkState.SENT)
+
+        async def stop_after_some_submissions() -> None:
+            running = asyncio.create_task(first_event(trigger))
+            while not accepted_and_none_in_doubt():
+                assert not running.done(), "the trigger finished before it was stopped"
+                await asyncio.sleep(0.02)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+        asyncio.run(stop_after_some_submissions())
+        sent_before = len(server.client.batches())
+        assert sent_before < 10
+        _, kwargs = trigger.serialize()
+        event = asyncio.run(first_event(ModelbitCallbackTrigger(**kwargs)))
+        assert event["status"] == "success", event
+        assert len(server.client.batches()) == 10, "nothing sent twice"
+        assert_every_row_ran_once(server, 10)
+
+    def test_two_trigger_instances_at_once_send_nothing_twice(
+        self, server: RunningEmulator, store: CallbackStore
+    ) -> None:
+        """A handover runs one trigger on two triggerers for a while: each chunk is claimed by one."""
+        job = stage_job(store, server, chunks=8)
+
+        async def both() -> list[dict[str, Any]]:
+            return await asyncio.gather(
+                first_event(pacing_trigger(store, job, ceiling=3)),
+                first_event(pacing_trigger(store, job, ceiling=3)),
+            )
+
+        events = asyncio.run(both())
+        assert [event["status"] for event in events] == ["success", "success"], events
+        assert len(server.client.batches()) == 8
+        assert_every_row_ran_once(server, 8)
+
+    def test_a_refusal_at_submission_halves_the_limit_and_the_row_still_runs_once(
+        self, server: RunningEmulator, store: CallbackStore
+    ) -> None:
+        faults = {"model_seconds": 0.2, "rate_429": 0.3, "retry_after": 1, "seed": 3}
+        server.client.set_faults(**faults, deployment=DEPLOYMENT)
+        job = stage_job(store, server, chunks=8)
+        event = asyncio.run(first_event(pacing_trigger(store, job, ceiling=4)))
+        assert event["status"] == "success", event
+        assert server.client.fault_counts().get("rate_429", 0) >= 1
+        assert event["concurrency"]["lowered"].get("refusals", 0) >= 1
+        assert len(server.client.batches()) == 8
+        assert_every_row_ran_once(server, 8)
+
+    def test_a_chunk_that_cannot_be_submitted_stops_the_submissions_with_an_error_event(
+        self, server: RunningEmulator, store: CallbackStore
+    ) -> None:
+        job = stage_job(store, server, chunks=6)
+        Path(store.location, job.job_id, "request-3.json").unlink()
+        event = asyncio.run(first_event(pacing_trigger(store, job, ceiling=2)))
+        assert event["status"] == "error"
+        assert "chunk 3" in event["submission_error"] and SECRET not in event["submission_error"]
+        ledger = load_job(store, job.job_id)
+        assert ledger is not None and 3 in ledger.in_state(ChunkState.PENDING)
+        assert len(server.client.batches()) < 6
+
+    def test_a_retired_job_stops_the_submissions_at_once(
+        self, server: RunningEmulator, store: CallbackStore
+    ) -> None:
+        job = stage_job(store, server, chunks=10)
+
+        async def retire_after_the_first_submission() -> dict[str, Any]:
+            running = asyncio.create_task(first_event(pacing_trigger(store, job, ceiling=2)))
+            while not server.client.batches():
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(store.retire_job, job.job_id, "test")
+            return await running
+
+        event = asyncio.run(retire_after_the_first_submission())
+        assert event["status"] == "error" and "retired" in event["submission_error"]
+        sent = len(server.client.batches())
+        assert sent < 10
+        assert not Path(store.location, job.job_id).exists()
