@@ -125,8 +125,10 @@ class ChunkSubmission:
 
     def withdraw(self, chunk: int) -> None:
         """Give back an attempt this process claimed but never sent (it stopped in between)."""
-        if chunk in self._claimed:
-            self._claimed.discard(chunk)
+        if chunk not in self._claimed:
+            return
+        self._claimed.discard(chunk)
+        if not self.store.is_retired(self.job.job_id):  # a retired job's folder is never made again
             self._give_back(chunk)
 
     def _give_back(self, chunk: int) -> None:

@@ -119,6 +119,32 @@ class TestManifest:
         assert store.read_manifest("job-1") == {"batch_ids": {"0": "b"}}
 
 
+class TestStagedRequestsAndClaims:
+    """What the trigger submits for the worker, and the create-only claim that keeps it to one sender."""
+
+    def test_a_staged_request_is_kept_with_its_job_and_goes_with_it(self, store: CallbackStore) -> None:
+        store.write_manifest("job-1", {"chunks": 3})
+        store.stage_request("job-1", 2, b"[[1, 2]]")
+        assert store.staged_request("job-1", 2) == b"[[1, 2]]"
+        assert store.staged_request("job-1", 1) is None
+        assert store.delivered_chunks("job-1") == set(), "a staged request is not a delivery"
+        store.retire_job("job-1")
+        assert store.staged_request("job-1", 2) is None
+
+    def test_an_attempt_is_claimed_once_until_given_back(self, store: CallbackStore) -> None:
+        store.write_manifest("job-1", {"chunks": 1})
+        assert store.claim_submission("job-1", 0, 1) is True
+        assert store.claim_submission("job-1", 0, 1) is False, "a second sender loses"
+        assert store.claim_submission("job-1", 0, 2) is True, "the next attempt is its own claim"
+        store.release_submission("job-1", 0, 1)
+        assert store.claim_submission("job-1", 0, 1) is True
+
+    def test_a_retired_job_claims_nothing_and_is_not_made_again(self, store: CallbackStore) -> None:
+        store.retire_job("job-1", "test")
+        assert store.claim_submission("job-1", 0, 1) is False
+        assert store.read_manifest("job-1") is None and store.delivered_chunks("job-1") == set()
+
+
 class TestLocation:
     @pytest.mark.parametrize("job_id", ["../escape", "a/b"])
     def test_job_ids_cannot_escape_the_store(self, store: CallbackStore, job_id: str) -> None:

@@ -233,6 +233,27 @@ class TestRetryAfter:
             limiter.acquire(stopping)
 
 
+class TestTryAcquire:
+    """The non-blocking admission an event loop uses (the callback trigger's pacer)."""
+
+    def test_admits_up_to_the_limit_and_never_waits(self) -> None:
+        limiter, _ = _limiter(ceiling=4)
+        slots = [limiter.try_acquire() for _ in range(3)]
+        assert [slot is not None for slot in slots] == [True, True, False]
+        limiter.release()
+        assert limiter.try_acquire() is not None
+
+    def test_admits_nothing_before_a_quotas_retry_after(self) -> None:
+        limiter, clock = _limiter()
+        slot = limiter.try_acquire()
+        assert slot is not None
+        limiter.record(slot, Outcome.RATE_LIMITED, retry_after=3.0)
+        limiter.release()
+        assert limiter.try_acquire() is None
+        clock.now += 3.0
+        assert limiter.try_acquire() is not None
+
+
 @pytest.mark.parametrize(
     ("error", "outcome"),
     [
