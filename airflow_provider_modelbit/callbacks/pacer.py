@@ -170,7 +170,7 @@ class SubmissionPacer:
                 return False
             while pending and self._failure is None and (slot := self._room(limiter)) is not None:
                 chunk = pending.popleft()
-                task = asyncio.create_task(self._submit(job, hook, submission, limiter, chunk, slot))
+                task = asyncio.create_task(self._submit_or_stop(job, hook, submission, limiter, chunk, slot))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             self._log_progress(job, limiter, total)
@@ -181,6 +181,17 @@ class SubmissionPacer:
 
     def _look(self, outstanding: list[int]) -> tuple[bool, dict[int, float]]:
         """Whether the job is retired, and when each newly delivered outstanding chunk arrived."""
+        try:
+            return self._read_store(outstanding)
+        except Exception as error:
+            # A storage hiccup is not a verdict on the job: look again next time, until the deadline.
+            self.log.warning(
+                "Could not read callback store %s for job %s: %s: %s",
+                self.store.location, self.job_id, type(error).__name__, error,
+            )  # fmt: skip
+            return False, {}
+
+    def _read_store(self, outstanding: list[int]) -> tuple[bool, dict[int, float]]:
         if self.store.is_retired(self.job_id):
             return True, {}
         delivered = self.store.delivered_chunks(self.job_id)
@@ -206,6 +217,23 @@ class SubmissionPacer:
                 started = time.monotonic() - latency
                 limiter.record(dataclasses.replace(slot, started=started), Outcome.ANSWERED)
             limiter.release()
+
+    async def _submit_or_stop(
+        self,
+        job: CallbackJob,
+        hook: Any,
+        submission: ChunkSubmission,
+        limiter: ConcurrencyLimiter,
+        chunk: int,
+        slot: Slot,
+    ) -> None:
+        """Submit one chunk; anything unexpected (the store failing) stops further submissions."""
+        try:
+            await self._submit(job, hook, submission, limiter, chunk, slot)
+        except Exception as error:
+            if chunk not in self._outstanding:
+                limiter.release()
+            self._record_failure(job, chunk, f"{type(error).__name__}: {error}")
 
     async def _submit(
         self,
