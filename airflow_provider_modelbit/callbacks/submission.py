@@ -84,7 +84,7 @@ class ChunkSubmission:
     def open(self) -> None:
         """Save the job with a deadline before the first request (the receiver keeps only saved jobs')."""
         self.job.extend_deadline(time.time() + self.target.timeout_seconds + self.target.delivery_margin)
-        save_job(self.store, self.job)
+        self._save()
 
     def begin(self, chunk: int) -> str | None:
         """
@@ -96,7 +96,7 @@ class ChunkSubmission:
         # Every chunk gets its full time from its own submission, not from the first one's.
         job.extend_deadline(now + self.target.timeout_seconds + self.target.delivery_margin)
         claimed = self.store.claim_submission(job.job_id, chunk, job.chunks[chunk].attempts)
-        save_job(self.store, job)  # a retry must know this request may have gone out
+        self._save()  # a retry must know this request may have gone out
         if claimed:
             self._claimed.add(chunk)
         else:
@@ -110,7 +110,7 @@ class ChunkSubmission:
     def accepted(self, chunk: int, batch_id: str | None) -> None:
         self._claimed.discard(chunk)
         self.job.accept(chunk, batch_id)
-        save_job(self.store, self.job)
+        self._save()
 
     def failed(self, chunk: int, error: ModelbitError) -> bool:
         """Record a failed submission; return ``True`` when it was refused before it could run."""
@@ -135,4 +135,12 @@ class ChunkSubmission:
         job = self.job
         self.store.release_submission(job.job_id, chunk, job.chunks[chunk].attempts)
         job.mark_not_sent(chunk)
-        save_job(self.store, job)
+        self._save()
+
+    def _save(self) -> None:
+        """Save the job; a job retired meanwhile (the task was killed or cleared) is not made again."""
+        save_job(self.store, self.job)
+        if self.store.is_retired(self.job.job_id):
+            # retire_job writes its tombstone before it deletes the folder, so either its deletion
+            # saw this manifest or this check sees the tombstone, as for a delivery being stored.
+            self.store.remove_job(self.job.job_id)
