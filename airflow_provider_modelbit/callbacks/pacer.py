@@ -278,9 +278,13 @@ class SubmissionPacer:
                 observe=observe,
             )
         except ModelbitError as error:
-            if await self._ledger(submission.failed, chunk, error):
-                self._outstanding.pop(chunk, None)
-                limiter.release()
+            refused = await self._ledger(submission.failed, chunk, error)
+            # Either way its place is freed: refused, it holds none; with its answer lost, it may
+            # never have reached Modelbit and its delivery may never come, so it must not hold a
+            # place until the deadline (its delivery is still awaited, outside the limit).
+            self._outstanding.pop(chunk, None)
+            limiter.release()
+            if refused:
                 self._record_failure(job, chunk, error.message)
             return
         self._submitted += 1
