@@ -195,6 +195,10 @@ def deferred_scoring_dag(input_path: Path, output_path: Path) -> DAG:
             retry_delay=timedelta(seconds=0),
             callback_poll_interval=0.5,
             callback_delivery_margin=10,
+            # A fixed level: the adaptive limit's answer to 15% refused submissions (a level of 1)
+            # is tested in tests/triggers/test_pacing.py; here it would only hold every delivery
+            # for the reorder fault's window, one chunk at a time.
+            adaptive_concurrency=False,
         )
     return dag
 
