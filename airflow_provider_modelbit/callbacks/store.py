@@ -15,9 +15,11 @@ from datetime import datetime
 from typing import IO, Any, Literal
 
 from fsspec import AbstractFileSystem, filesystem
+from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_modelbit.callbacks.signing import validate_chunk, validate_job_id
 from airflow_provider_modelbit.defaults import DEFAULT_CALLBACK_RETENTION_SECONDS
+from airflow_provider_modelbit.io.atomic import create_exclusively
 
 DeliveryKind = Literal["data", "link", "error"]
 DELIVERY_KINDS: frozenset[str] = frozenset({"data", "link", "error"})
@@ -374,24 +376,7 @@ class CallbackStore:
     def _create_claim(self, path: str) -> bool:
         self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         record = json.dumps({"claimed_at": time.time()}).encode()
-        try:
-            with self._fs.open(path, "xb") as claim:
-                claim.write(record)
-            return True
-        except FileExistsError:
-            return False
-        except (ValueError, NotImplementedError):
-            # A store without conditional creates: check, then write (best effort).
-            self._fs.invalidate_cache(path.rsplit("/", 1)[0])
-            if self._fs.exists(path):
-                return False
-            self._write_atomic(path, [record])
-            return True
-        except OSError:
-            # s3fs reports a refused conditional create (412) as a plain OSError.
-            if self._fs.exists(path):
-                return False
-            raise
+        return create_exclusively(self._fs, path, record, local=isinstance(self._fs, LocalFileSystem))
 
     def release_submission(self, job_id: str, chunk: int, attempt: int) -> None:
         """Give a claim back: its request was refused before it could run, so it may be sent again."""

@@ -13,9 +13,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from airflow.sdk import ObjectStoragePath
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +107,59 @@ def _remove_quietly(path: ObjectStoragePath) -> None:
         if path.exists():
             path.unlink()
             log.debug("Removed incomplete file %s", path)
+
+
+def create_exclusively(fs: AbstractFileSystem, path: str, record: bytes, *, local: bool) -> bool:
+    """
+    Write ``record`` at ``path`` only if nothing is there; tell whether this call created it.
+
+    Local disk uses a hard link, which fails if the name exists and never shows a partial record;
+    object stores use fsspec's exclusive ``"xb"`` mode where the store supports it. A store without
+    conditional creates gets a check, then a write: best effort, so a caller that must be sure
+    reads its record back.
+
+    :param fs: the filesystem holding ``path``.
+    :param path: where the record goes, in ``fs``'s terms; its folder must exist.
+    :param record: the whole content.
+    :param local: ``path`` is on local disk.
+    """
+    if local:
+        return _link_exclusively(path, record)
+    try:
+        with fs.open(path, "xb") as stream:
+            stream.write(record)
+        return True
+    except FileExistsError:
+        return False
+    except (ValueError, NotImplementedError):
+        if _exists_now(fs, path):
+            return False
+        with fs.open(path, "wb") as stream:
+            stream.write(record)
+        return True
+    except OSError:
+        # Some stores' clients report a refused conditional create as a plain OSError (s3fs
+        # raises S3's 412 Precondition Failed as EINVAL): it was refused when a record exists.
+        if _exists_now(fs, path):
+            return False
+        raise
+
+
+def _exists_now(fs: AbstractFileSystem, path: str) -> bool:
+    fs.invalidate_cache(path.rsplit("/", 1)[0])  # a listing cached before the other writer's create
+    return bool(fs.exists(path))
+
+
+def _link_exclusively(path: str, record: bytes) -> bool:
+    """Write ``record`` to ``path`` only if ``path`` does not exist, whole or not at all."""
+    temporary = f"{path}.{uuid.uuid4().hex}"
+    with open(temporary, "wb") as stream:
+        stream.write(record)
+    try:
+        # link() fails when the name exists, and the record behind it is already complete.
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelbit.exceptions import ModelbitOutputBusy
+from airflow_provider_modelbit.io.atomic import create_exclusively
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -271,28 +272,14 @@ class OutputLease:
     def _create_exclusively(self) -> bool:
         """Create the owner record only if none exists; tell whether this call created it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        record = self._record().to_json()
-        if self.path.protocol in _LOCAL_PROTOCOLS:
-            return _link_exclusively(self.path.path, record)
-        try:
-            with self.path.fs.open(self.path.path, "xb") as stream:
-                stream.write(record)
-            return True
-        except FileExistsError:
+        local = self.path.protocol in _LOCAL_PROTOCOLS
+        if not create_exclusively(self.path.fs, self.path.path, self._record().to_json(), local=local):
             return False
-        except (ValueError, NotImplementedError):
-            # The store has no conditional create: check, write, and read back (best effort).
-            if self.path.exists():
-                return False
-            self._write_raw(record)
-            holder = self._read()
-            return holder is not None and holder.token == self._token
-        except OSError:
-            # Some stores' clients report a refused conditional create as a plain OSError (s3fs
-            # raises S3's 412 Precondition Failed as EINVAL): it was refused when a record exists.
-            if self._read() is not None:
-                return False
-            raise
+        if local:
+            return True
+        # A store without conditional creates only checked before writing: read the record back.
+        holder = self._read()
+        return holder is not None and holder.token == self._token
 
     def _read(self) -> OwnerRecord | None:
         """Read the owner record; ``None`` when there is none, an expired one when it is unreadable."""
@@ -319,18 +306,3 @@ class OutputLease:
 
 #: Stands for an owner record that cannot be read: expired, so a writer may take over.
 _UNREADABLE = OwnerRecord(TaskIdentity(), token="", host="", pid=0, lease_until=0)
-
-
-def _link_exclusively(path: str, record: bytes) -> bool:
-    """Write ``record`` to ``path`` only if ``path`` does not exist, whole or not at all."""
-    temporary = f"{path}.{uuid.uuid4().hex}"
-    with open(temporary, "wb") as stream:
-        stream.write(record)
-    try:
-        # link() fails when the name exists, and the record behind it is already complete.
-        os.link(temporary, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(temporary)
