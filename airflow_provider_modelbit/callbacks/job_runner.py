@@ -100,6 +100,8 @@ class JobRunner:
         self.host = host
         self.delivery_margin = delivery_margin
         self.max_attempts = max_attempts
+        #: Chunks this runner staged for the trigger: still pending, but already handed over.
+        self._staged: set[int] = set()
 
     # ------------------------------------------------------------------ which job
 
@@ -236,8 +238,10 @@ class JobRunner:
 
         The first wave (the concurrency limit's starting level) goes from the worker, so a bad key,
         an unknown deployment or a refused request fails the task before it defers. Every staged
-        chunk is encoded here too, so a bad row fails here as well.
+        chunk is encoded here too, so a bad row fails here as well. A chunk this runner staged
+        already is not sent or staged again.
         """
+        due = due - self._staged
         submission: ChunkSubmission | None = None
         wave = self.first_wave()
         submitted = staged = 0
@@ -251,6 +255,7 @@ class JobRunner:
                     submitted += 1
                 else:
                     self.store.stage_request(job.job_id, chunk, self._encode(job, payload))
+                    self._staged.add(chunk)
                     staged += 1
             elif job.sealed and chunk >= max(due, default=-1):
                 break

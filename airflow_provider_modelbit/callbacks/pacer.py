@@ -57,7 +57,8 @@ class SubmissionPacer:
     """
     Submit every staged (pending) chunk of a job, keeping outstanding ones within the adaptive limit.
 
-    :param store_location: the callback store.
+    :param store: the callback store (made in a worker thread: an object store's filesystem may
+        not be set up from inside an event loop).
     :param job_id: the job.
     :param ceiling: ``max_concurrency``: the most chunks ever outstanding.
     :param adaptive: adapt the limit; ``False`` keeps ``ceiling``.
@@ -68,7 +69,7 @@ class SubmissionPacer:
 
     def __init__(
         self,
-        store_location: str,
+        store: CallbackStore,
         job_id: str,
         *,
         ceiling: int,
@@ -77,7 +78,7 @@ class SubmissionPacer:
         scan_interval: float = 0.5,
         log: Any = log,
     ) -> None:
-        self.store = CallbackStore(store_location)
+        self.store = store
         self.job_id = job_id
         self.ceiling = ceiling
         self.adaptive = adaptive

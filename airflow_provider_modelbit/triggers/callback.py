@@ -326,8 +326,10 @@ class ModelbitCallbackTrigger(BaseTrigger):
     async def _submit_staged(self) -> PacingResult:
         from airflow_provider_modelbit.callbacks.pacer import SubmissionPacer
 
+        # Made in a worker thread: Airflow's S3 filesystem runs its own event loop while it is set up.
+        store = await asyncio.to_thread(CallbackStore, self.store_location)
         pacer = SubmissionPacer(
-            self.store_location,
+            store,
             self.job_id,
             ceiling=cast("int", self.max_concurrency),
             adaptive=self.adaptive,
