@@ -43,6 +43,10 @@ DATABASE_USER = "airflow"
 POSTGRES_ACCOUNT = ("nobody", "nogroup")
 #: Seconds a store gets to accept connections; generous, for a busy machine.
 READY_TIMEOUT_SECONDS = 120.0
+# A store's ports are picked free and bound by the store a moment later; on a busy machine another
+# process can take one in between, and the store exits. It is started again on other ports.
+PORT_ATTEMPTS = 3
+_PORT_TAKEN = "address already in use"
 #: Environment variable naming the process to :func:`harness.hostname.service_hostname`.
 HOSTNAME_VARIABLE = "MODELBIT_SERVICE_HOSTNAME"
 SCRIPTS_FOLDER = Path(__file__).resolve().parents[1]
@@ -189,15 +193,17 @@ class ProductionStack:
         data = self.folder / "postgres"
         if not data.exists():
             self._initialise_postgres(data)
-        self.postgres_port = self.postgres_port or free_port()
-        # No Unix socket (its default folder is the system's), no fsync: the cluster is thrown away.
-        settings = [f"listen_addresses={LOOPBACK}", "unix_socket_directories=", "fsync=off"]
-        settings.append("max_connections=200")
-        command = [postgres_binary("postgres"), "-D", str(data), "-p", str(self.postgres_port)]
-        command = unprivileged([*command, *(part for setting in settings for part in ("-c", setting))])
-        group = self.supervisor.start("PostgreSQL", command, _stores_environment(), self._log("postgres"))
-        self._groups["postgres"] = group
-        wait_until(self._postgres_accepts, group)
+        chosen = self.postgres_port
+
+        def command() -> list[str]:
+            self.postgres_port = chosen or free_port()
+            # No Unix socket (its default folder is the system's), no fsync: the cluster is thrown away.
+            settings = [f"listen_addresses={LOOPBACK}", "unix_socket_directories=", "fsync=off"]
+            settings.append("max_connections=200")
+            command = [postgres_binary("postgres"), "-D", str(data), "-p", str(self.postgres_port)]
+            return unprivileged([*command, *(part for setting in settings for part in ("-c", setting))])
+
+        self._start_store("PostgreSQL", "postgres", command, self._postgres_accepts, new_ports=not chosen)
         self._create_database()
 
     def _initialise_postgres(self, data: Path) -> None:
@@ -234,14 +240,16 @@ class ProductionStack:
             connection.close()
 
     def start_redis(self) -> None:
-        self.redis_port = self.redis_port or free_port()
+        chosen = self.redis_port
         folder = self.folder / "redis"
         folder.mkdir(parents=True, exist_ok=True)
-        command = [required_binary("redis-server"), "--bind", LOOPBACK, "--port", str(self.redis_port)]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(folder)]
-        group = self.supervisor.start("Redis", command, _stores_environment(), self._log("redis"))
-        self._groups["redis"] = group
-        wait_until(self._redis_answers, group)
+
+        def command() -> list[str]:
+            self.redis_port = chosen or free_port()
+            command = [required_binary("redis-server"), "--bind", LOOPBACK, "--port", str(self.redis_port)]
+            return [*command, "--save", "", "--appendonly", "no", "--dir", str(folder)]
+
+        self._start_store("Redis", "redis", command, self._redis_answers, new_ports=not chosen)
 
     def _redis_answers(self) -> bool:
         import redis
@@ -250,13 +258,47 @@ class ProductionStack:
 
     def start_object_store(self) -> None:
         """Start SeaweedFS (again, after :meth:`stop_object_store`, on the same ports and data)."""
-        if not self._weed_command:
-            self._weed_command = self._seaweedfs_command()
-        group = self.supervisor.start(
-            "SeaweedFS", self._weed_command, _stores_environment(), self._log("seaweedfs")
-        )
-        self._groups["seaweedfs"] = group
-        wait_until(self._bucket_ready, group)
+        restart = bool(self._weed_command)
+
+        def command() -> list[str]:
+            if not restart:
+                self._weed_command = self._seaweedfs_command()
+            return self._weed_command
+
+        self._start_store("SeaweedFS", "seaweedfs", command, self._bucket_ready, new_ports=not restart)
+
+    def _start_store(
+        self,
+        name: str,
+        key: str,
+        command: Callable[[], list[str]],
+        ready: Callable[[], bool],
+        *,
+        new_ports: bool,
+    ) -> None:
+        """
+        Start a store with ``command()`` and wait until ``ready``.
+
+        :param key: the store's log name and its key among the started groups.
+        :param command: builds the command line, picking the store's ports when it may (each call
+            picks them again).
+        :param new_ports: the ports may be picked again: a store that exits because another process
+            took one of them meanwhile is started again on new ones, up to :data:`PORT_ATTEMPTS` times.
+        """
+        log = self._log(key)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            start = log.stat().st_size if log.exists() else 0
+            group = self.supervisor.start(name, command(), _stores_environment(), log)
+            self._groups[key] = group
+            try:
+                wait_until(ready, group)
+                return
+            except ProcessError:
+                lost_a_port = group.exited() and _lost_a_port(log, start)
+                if not (new_ports and lost_a_port and attempt < PORT_ATTEMPTS):
+                    raise
+                self.supervisor.stop(group)  # whatever the store had started besides
+                print(f"  {name} lost a port to another process; starting it on other ports", flush=True)
 
     def stop_object_store(self) -> None:
         """Stop SeaweedFS (SIGTERM, then SIGKILL): the object store becomes unreachable until restarted."""
@@ -329,6 +371,13 @@ class ProductionStack:
 
     def _log(self, name: str) -> Path:
         return self.logs_folder / f"{name}.log"
+
+
+def _lost_a_port(log: Path, start: int) -> bool:
+    """Tell whether what a store wrote to ``log`` after byte ``start`` says a port it was given was taken."""
+    with log.open("rb") as stream:
+        stream.seek(start)
+        return _PORT_TAKEN in stream.read().decode(errors="replace").lower()
 
 
 def _stores_environment() -> dict[str, str]:
