@@ -288,7 +288,9 @@ class TestRefusedSubmissions:
         """The 429 proves the model never ran: the next trigger sends every chunk, each row runs once."""
         server.client.set_faults(rate_429=1.0, retry_after=0, deployment=DEPLOYMENT)
         job = stage_job(store, server, chunks=4)
+        started = time.monotonic()
         refused = asyncio.run(first_event(pacing_trigger(store, job, ceiling=2)))
+        assert time.monotonic() - started < 60, "nothing was sent, so nothing is awaited until the deadline"
         assert refused["status"] == "error" and refused["submission_error_type"] == "ModelbitRateLimited"
         assert isinstance(submission_error(refused), ModelbitRateLimited)
         assert server.client.fault_counts().get("rate_429", 0) >= 1
