@@ -42,9 +42,8 @@ QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.05, max_total_
 
 def submit_once(store: CallbackStore, deployment: str) -> tuple[ChunkSubmission, ModelbitError | None]:
     """Submit chunk 0 of a new job as the worker does; return the submission and its error, if any."""
-    job = CallbackJob(f"mb-submission-{uuid.uuid4().hex[:12]}", JobRequest(
-        CONN_ID, "http://unused", deployment, "latest", None, None, 60
-    ))  # fmt: skip
+    request = JobRequest(CONN_ID, "http://unused", deployment, "latest", None, None, 60)
+    job = CallbackJob(f"mb-submission-{uuid.uuid4().hex[:12]}", request)
     job.add_chunk("hash-0")
     job.seal(1)
     target = CallbackTarget("http://127.0.0.1:9/modelbit", SECRET, CONN_ID, 60, 30)

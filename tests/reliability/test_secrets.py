@@ -203,4 +203,4 @@ class TestEchoedWebhookUrl:
         leaks = {
             place: found for place, text in places.items() if (found := leaked_secrets(text, secrets=tokens))
         }
-        assert leaks == []
+        assert leaks == {}
