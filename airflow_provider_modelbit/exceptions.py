@@ -31,6 +31,9 @@ class ModelbitError(AirflowException):
     #: Whether the failed request may have reached Modelbit (so the model may have run); ``None``
     #: where no request was involved. Callers that must not run a model twice read it.
     request_sent: bool | None = None
+    #: Whether the server answered the failed request with a refusal (a client error, a rate limit,
+    #: a gateway's 502/503): it did not take the request, so nothing was queued or run.
+    refused: bool = False
 
     def __init__(
         self,
@@ -158,3 +161,14 @@ class ModelbitOutputError(ModelbitInputError):
 
 class ModelbitOutputBusy(ModelbitError):
     """Another run is writing the same output: it holds the output's lease and is still working."""
+
+
+def modelbit_error_class(name: object, default: type[ModelbitError]) -> type[ModelbitError]:
+    """
+    The provider's error class called ``name``, else ``default``.
+
+    A trigger event carries an error by class name (events hold plain values); the task rebuilds
+    it with this, so only the classes of this module can come back.
+    """
+    found = globals().get(name) if isinstance(name, str) else None
+    return found if isinstance(found, type) and issubclass(found, ModelbitError) else default

@@ -173,3 +173,16 @@ class TestLocated:
             "tb",
         )
         assert error.message == "boom"
+
+
+class TestErrorClassByName:
+    """A trigger event names an error by class; the task raises that class, and nothing else."""
+
+    @pytest.mark.parametrize("error", [*PERMANENT, *TRANSIENT], ids=lambda error: error.__name__)
+    def test_every_provider_error_comes_back_by_name(self, error: type[exceptions.ModelbitError]) -> None:
+        assert exceptions.modelbit_error_class(error.__name__, exceptions.ModelbitCallbackError) is error
+
+    @pytest.mark.parametrize("name", [None, "", "AirflowException", "ValueError", "os", 42])
+    def test_anything_else_is_the_default(self, name: object) -> None:
+        found = exceptions.modelbit_error_class(name, exceptions.ModelbitCallbackError)
+        assert found is exceptions.ModelbitCallbackError

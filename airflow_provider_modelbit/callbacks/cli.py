@@ -24,9 +24,9 @@ from airflow_provider_modelbit.callbacks.receiver import (
     ConnectionSecretSource,
     create_callback_app,
 )
-from airflow_provider_modelbit.callbacks.signing import redact_tokens
 from airflow_provider_modelbit.callbacks.store import CallbackStore, callback_retention_seconds
 from airflow_provider_modelbit.defaults import DEFAULT_CONN_ID
+from airflow_provider_modelbit.hooks.responses import redact_tokens
 
 DEFAULT_PORT = 8794
 #: The levels offered; uvicorn's "trace" is left out because it logs whole requests, tokens included.

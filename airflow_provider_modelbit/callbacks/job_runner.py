@@ -236,10 +236,12 @@ class JobRunner:
         Submit the first wave of the ``due`` chunks (and of any chunk the job does not know yet);
         stage the rest for the trigger to submit, paced; return how many were staged.
 
-        The first wave (the concurrency limit's starting level) goes from the worker, so a bad key,
-        an unknown deployment or a refused request fails the task before it defers. Every staged
-        chunk is encoded here too, so a bad row fails here as well. A chunk this runner staged
-        already is not sent or staged again.
+        The first wave (the concurrency limit's starting level) goes from the worker, so a
+        submission Modelbit does not take fails the task before it defers, with the answer's own
+        error: a refused key, an unknown deployment or an invalid request for good
+        (``ModelbitPermanentError``), a rate limit whose retries ran out for this try (the retry
+        sends the chunk again). Every staged chunk is encoded here too, so a bad row fails here as
+        well. A chunk this runner staged already is not sent or staged again.
         """
         due = due - self._staged
         submission: ChunkSubmission | None = None

@@ -25,7 +25,7 @@ from airflow_provider_modelbit.callbacks.job import IN_FLIGHT, CallbackJob, Chun
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.callbacks.submission import ChunkSubmission, callback_target
 from airflow_provider_modelbit.defaults import CONCURRENCY_LOG_INTERVAL_SECONDS
-from airflow_provider_modelbit.exceptions import ModelbitError
+from airflow_provider_modelbit.exceptions import ModelbitCallbackError, ModelbitError, ModelbitPermanentError
 from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, Slot, load_outcome
 from airflow_provider_modelbit.hooks.responses import SendFailed, describe_target
 
@@ -41,14 +41,15 @@ class PacingResult:
 
     :param awaited: chunks sent (now or before) whose deliveries the trigger must wait for.
     :param deadline: when the wait ends, from the job's ledger.
-    :param failure: why submitting stopped early (a submission refused for good), else ``None``.
+    :param failure: why submitting stopped early (a submission Modelbit did not take, or the
+        store failing), as the error the task raises, else ``None``.
     :param retired: the job was retired meanwhile (the task was killed or cleared).
     :param concurrency: the limiter's final state, for the task's summary.
     """
 
     awaited: list[int] = field(default_factory=list)
     deadline: float = 0.0
-    failure: str | None = None
+    failure: ModelbitError | None = None
     retired: bool = False
     concurrency: dict[str, Any] | None = None
 
@@ -89,7 +90,7 @@ class SubmissionPacer:
         #: Chunks sent and not yet seen delivered: their slot (``None`` when the limit had no room
         #: for a chunk sent before this trigger started) and when this trigger sent them.
         self._outstanding: dict[int, tuple[Slot | None, float | None]] = {}
-        self._failure: str | None = None
+        self._failure: ModelbitError | None = None
         self._submitted = 0
         self._last_log = 0.0
 
@@ -234,7 +235,7 @@ class SubmissionPacer:
         except Exception as error:
             if chunk not in self._outstanding:
                 limiter.release()
-            self._record_failure(job, chunk, f"{type(error).__name__}: {error}")
+            self._record_failure(job, chunk, error)
 
     async def _submit(
         self,
@@ -250,7 +251,8 @@ class SubmissionPacer:
         if data is None:
             self._outstanding.pop(chunk, None)
             limiter.release()
-            self._record_failure(job, chunk, "its staged request data is missing from the store.")
+            missing = f"the staged request data of chunk {chunk} is missing from {self.store.location}."
+            self._record_failure(job, chunk, _job_error(job, missing))
             return
         try:
             url = await self._ledger(submission.begin, chunk)
@@ -279,28 +281,35 @@ class SubmissionPacer:
                 observe=observe,
             )
         except ModelbitError as error:
-            refused = await self._ledger(submission.failed, chunk, error)
-            # Either way its place is freed: refused, it holds none; with its answer lost, it may
+            not_taken = await self._ledger(submission.failed, chunk, error)
+            # Either way its place is freed: not taken, it holds none; with its answer lost, it may
             # never have reached Modelbit and its delivery may never come, so it must not hold a
             # place until the deadline (its delivery is still awaited, outside the limit).
             self._outstanding.pop(chunk, None)
             limiter.release()
-            if refused:
-                self._record_failure(job, chunk, error.message)
+            if not_taken:
+                self._record_failure(job, chunk, error)
             return
         self._submitted += 1
         await self._ledger(submission.accepted, chunk, batch_id)
 
-    def _record_failure(self, job: CallbackJob, chunk: int, reason: str) -> None:
+    def _record_failure(self, job: CallbackJob, chunk: int, error: Exception) -> None:
+        """
+        Stop submitting with the first failure, kept as the error the task raises: a Modelbit
+        error keeps its class (a refused key stays a permanent ``ModelbitAuthError``), anything
+        else (the store failing) is a ``ModelbitCallbackError``.
+        """
         if self._failure is not None:
             return
-        request = job.request
-        where = describe_target(request.deployment, request.version, request.branch)
-        self._failure = (
-            f"{where}: job {job.job_id}: chunk {chunk} could not be submitted from the triggerer: {reason} "
-            "No further chunk was submitted; the task's retry reuses the job and sends what is left."
+        if not isinstance(error, ModelbitError):
+            error = _job_error(job, f"{type(error).__name__}: {error}")
+        permanent = isinstance(error, ModelbitPermanentError)
+        then = "once the cause is fixed, clearing the task" if permanent else "the task's retry"
+        self._failure = error.located(
+            f"job {job.job_id}: chunk {chunk} could not be submitted from the triggerer, and no further "
+            f"chunk was; {then} reuses the job and sends what is left"
         )
-        self.log.error("%s", self._failure)
+        self.log.error("%s", self._failure.message)
 
     def _log_progress(
         self, job: CallbackJob, limiter: ConcurrencyLimiter, total: int, *, force: bool = False
@@ -313,3 +322,10 @@ class SubmissionPacer:
             "Submitted %d of %d staged chunk(s) of job %s; %d outstanding allowed (%d outstanding).",
             self._submitted, total, job.job_id, limiter.limit, len(self._outstanding),
         )  # fmt: skip
+
+
+def _job_error(job: CallbackJob, text: str) -> ModelbitCallbackError:
+    """A failure of the job's own machinery (not an answer), naming the deployment called."""
+    request = job.request
+    where = describe_target(request.deployment, request.version, request.branch)
+    return ModelbitCallbackError(f"{where}: {text}", deployment=request.deployment, version=request.version)

@@ -19,8 +19,6 @@ from airflow_provider_modelbit.exceptions import ModelbitCallbackError, Modelbit
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 CONN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 TOKEN_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-#: A ``token=`` query parameter in any text: a request line, a URL, a message.
-TOKEN_QUERY_PATTERN = re.compile(r"(?i)(\btoken=)[^&\s\"']*")
 MIN_SECRET_LENGTH = 16
 MAX_CHUNK = 10_000_000
 
@@ -93,8 +91,3 @@ def callback_url(base_url: str, conn_id: str, job_id: str, chunk: int, secret: s
     path = f"/v1/callbacks/{quote(conn_id)}/{job_id}/{chunk}"
     query = urlencode({"expires": int(expires_at), "token": token})
     return f"{base_url.rstrip('/')}{path}?{query}"
-
-
-def redact_tokens(text: str) -> str:
-    """Return ``text`` with the value of every ``token=`` query parameter replaced by ``***``."""
-    return TOKEN_QUERY_PATTERN.sub(r"\1***", text)

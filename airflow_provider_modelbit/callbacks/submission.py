@@ -8,9 +8,11 @@ differs; around it both follow :class:`ChunkSubmission`:
   running one trigger never both send it), counted (``mark_sent``) and the job saved, so a crash
   after it never sends the chunk blind;
 - accepted: ``accept`` and save;
-- refused before it could run: the claim is given back, ``mark_not_sent`` and save (sending it
-  again is safe);
-- any other failure: Modelbit may have accepted it, so its delivery is awaited like the others.
+- not taken (never sent, or answered with a refusal: a refused key, an unknown deployment, an
+  invalid request, a rate limit whose retries ran out): the claim is given back,
+  ``mark_not_sent`` and save; sending it again is safe, and the caller stops with the error;
+- no answer after it was sent (a read timeout, a connection broken after sending): Modelbit may
+  have accepted it, so its delivery is awaited like the others.
 """
 
 from __future__ import annotations
@@ -113,11 +115,14 @@ class ChunkSubmission:
         self._save()
 
     def failed(self, chunk: int, error: ModelbitError) -> bool:
-        """Record a failed submission; return ``True`` when it was refused before it could run."""
+        """
+        Record a failed submission; return ``True`` when Modelbit did not take it (see the module
+        docstring): the caller then stops with ``error``.
+        """
         self._claimed.discard(chunk)
         job = self.job
-        if not error.request_sent:
-            self._give_back(chunk)  # refused before it could run: sending it again is safe
+        if not error.request_sent or error.refused:
+            self._give_back(chunk)  # nothing was queued: sending it again is safe
             return True
         # Modelbit may have accepted it: its delivery is awaited like the others.
         self.log.warning("Chunk %d of job %s: %s Awaiting its delivery.", chunk, job.job_id, error.message)

@@ -254,6 +254,7 @@ class RequestTries:
                 self._log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
             metrics.request_failed(call.deployment, None)
             failure.error.request_sent = failure.request_sent
+            failure.error.refused = failure.refused
             raise failure.error
         self._stats.record(verdict.reason)
         metrics.request_failed(call.deployment, verdict.reason)

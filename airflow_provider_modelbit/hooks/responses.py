@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 # Modelbit's own client waits timeout_seconds plus 5 s for an answer.
 HTTP_TIMEOUT_MARGIN = 5.0
+#: A ``token=`` query parameter (plain or percent-encoded) in any text: a request line, a URL, a
+#: message. A webhook URL's token is a credential (see ``callbacks/signing.py``).
+TOKEN_QUERY_PATTERN = re.compile(r"(?i)(token(?:=|%3D))[^&\s\"']*")
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,14 @@ def is_rate_limit_message(text: str) -> bool:
 def _error_answer(
     status: int, headers: Mapping[str, str], text: str, where: str, conn_id: str, context: dict[str, Any]
 ) -> ModelbitError:
-    """Build the exception for an error answer (no secret can be in it: the key is never echoed)."""
+    """
+    Build the exception for an error answer, with the server's text redacted first.
+
+    Modelbit never echoes the API key, but it may echo the request: its 400 for a webhook URL it
+    refuses quotes the URL, whose ``token=`` signs a delivery. Redacted here, no message, log,
+    traceback attribute or trigger event made from the answer can carry it.
+    """
+    text = redact_tokens(text)
     if status == 429 or is_rate_limit_message(text):
         return ModelbitRateLimited(
             f"{where}: rate limited (HTTP {status}: {text}) and retries ran out; lower max_concurrency or "
@@ -207,6 +217,11 @@ def _deployment_error(text: str, where: str, context: dict[str, Any]) -> Modelbi
     )
 
 
+def redact_tokens(text: str) -> str:
+    """Return ``text`` with the value of every ``token=`` query parameter replaced by ``***``."""
+    return TOKEN_QUERY_PATTERN.sub(r"\1***", text)
+
+
 def link_location(url: str) -> str:
     """Return a link without its query string, which holds the signature and must not be logged."""
     parts = urlsplit(url)
@@ -236,12 +251,29 @@ def data_of(payload: Mapping[str, Any], call: InferenceCall) -> Any:
 
 
 class SendFailed(Exception):
-    """A request failed; says whether it may have reached the server and what the server asked."""
+    """
+    A request failed; says whether it may have reached the server, whether the server refused it,
+    and what the server asked.
 
-    def __init__(self, error: ModelbitError, *, request_sent: bool, retry_after: float | None = None) -> None:
+    :param error: the failure, mapped to a Modelbit error.
+    :param request_sent: the request may have reached the server.
+    :param refused: the server answered with a refusal (see :func:`refuses_request`): it did not
+        take the request.
+    :param retry_after: seconds the server asked to wait, if it said.
+    """
+
+    def __init__(
+        self,
+        error: ModelbitError,
+        *,
+        request_sent: bool,
+        refused: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.request_sent = request_sent
+        self.refused = refused
         self.retry_after = retry_after
 
 
@@ -329,7 +361,31 @@ def httpx_failure(exc: httpx.HTTPError, call: InferenceCall) -> SendFailed:
 
 
 def answer_failure(error: ModelbitError, headers: Mapping[str, str]) -> SendFailed:
-    return SendFailed(error, request_sent=True, retry_after=parse_retry_after(headers.get("retry-after")))
+    """The failure of a request the server answered with ``error``."""
+    return SendFailed(
+        error,
+        request_sent=True,
+        refused=refuses_request(error),
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )
+
+
+#: Gateways answer these before passing a request on (``hooks/retries.py`` re-sends them for that reason).
+_GATEWAY_REFUSALS = frozenset({502, 503})
+
+
+def refuses_request(error: ModelbitError) -> bool:
+    """
+    Tell whether an error answer says the server did not take the request: a client error (4xx:
+    a refused key, an unknown deployment, an invalid or too large request), a rate or capacity
+    limit, or a gateway's 502/503.
+
+    Nothing it answers that way was queued or run. A timeout (504, ``Timeout:``), a deployment's
+    traceback or another server error may come after the request was passed on, so they are not
+    refusals: an async submission answered so may still have been accepted.
+    """
+    status = error.status or 0
+    return isinstance(error, ModelbitRateLimited) or 400 <= status < 500 or status in _GATEWAY_REFUSALS
 
 
 def check_link_status(status: int, location: str) -> None:

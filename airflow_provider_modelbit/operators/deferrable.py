@@ -27,9 +27,8 @@ from airflow_provider_modelbit.callbacks.job_runner import (
 )
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.defaults import DEFAULT_ASYNC_TIMEOUT_SECONDS, DELIVERY_MARGIN_SECONDS
-from airflow_provider_modelbit.exceptions import ModelbitCallbackError
 from airflow_provider_modelbit.hooks import metrics
-from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
+from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger, submission_error
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -203,7 +202,7 @@ class ModelbitDeferrableMixin:
         if event.get("submission_error"):
             runner.record_deliveries(job)
             save_job(runner.store, job)  # the retry reuses the job and reads what was delivered
-            raise ModelbitCallbackError(str(event["submission_error"]))
+            raise submission_error(event)
         metrics.deferred_wait(job.request.deployment, time.time() - (job.first_submitted_at or time.time()))
         return self._settle_and_continue(context, runner, job, lost=event["status"] == "timeout")
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
@@ -23,6 +23,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_modelbit.callbacks.signing import validate_chunk, validate_job_id
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.defaults import DELIVERY_MARGIN_SECONDS
+from airflow_provider_modelbit.exceptions import (
+    ModelbitCallbackError,
+    ModelbitError,
+    ModelbitPermanentError,
+    modelbit_error_class,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_modelbit.callbacks.pacer import PacingResult
@@ -207,6 +213,23 @@ def timeout_event(
     return _event("timeout", job_id, store_location, expected, [], message)
 
 
+def submission_error_fields(error: ModelbitError) -> dict[str, str]:
+    """
+    The event fields of a submission that failed in the triggerer: its message and error class,
+    from which the task raises the same error (:func:`submission_error`).
+    """
+    return {"submission_error": error.message, "submission_error_type": type(error).__name__}
+
+
+def submission_error(event: Mapping[str, Any]) -> ModelbitError:
+    """
+    The error a task raises for an event's ``submission_error``: of the class the triggerer
+    recorded (a refused key stays a permanent ``ModelbitAuthError``), else ``ModelbitCallbackError``.
+    """
+    error_class = modelbit_error_class(event.get("submission_error_type"), ModelbitCallbackError)
+    return error_class(str(event["submission_error"]))
+
+
 def _event(
     status: str, job_id: str, store_location: str, chunks: list[int], errors: list[int], message: str
 ) -> dict[str, Any]:
@@ -244,8 +267,10 @@ class ModelbitCallbackTrigger(BaseTrigger):
         outstanding at once (the adaptive limit's ceiling). The trigger then submits every
         pending chunk of the job's ledger itself (see :mod:`~airflow_provider_modelbit.callbacks.pacer`),
         reading the connection in the triggerer, and waits for every chunk of the job; the event
-        adds ``concurrency`` (the limit's final state) and, when a submission failed for good,
-        ``submission_error``.
+        adds ``concurrency`` (the limit's final state) and, when a submission was not taken
+        after the retry policy's attempts, ``submission_error`` and ``submission_error_type``
+        (its error class). A permanent one (a refused key, an unknown deployment) ends the trigger at
+        once; otherwise it still waits for the chunks already sent, if any.
     :param adaptive: adapt the limit (``False`` keeps ``max_concurrency``).
     :param delivery_margin: seconds past the inference time limit for a delivery to arrive.
     """
@@ -316,7 +341,13 @@ class ModelbitCallbackTrigger(BaseTrigger):
             chunks, deadline = pacing.awaited or self.chunks, pacing.deadline
             extra["concurrency"] = pacing.concurrency
             if pacing.failure is not None:
-                extra["submission_error"] = pacing.failure
+                extra.update(submission_error_fields(pacing.failure))
+                if isinstance(pacing.failure, ModelbitPermanentError) or not pacing.awaited:
+                    # Nothing to wait for: the task fails for good on a permanent error, and with
+                    # nothing sent no delivery can come.
+                    outcome = _event("error", self.job_id, self.store_location, chunks, [], "")
+                    yield TriggerEvent({**outcome, **extra, "message": pacing.failure.message})
+                    return
         outcome = await self._wait(chunks, deadline)
         if "submission_error" in extra:
             outcome = {**outcome, "status": "error", "message": extra["submission_error"]}

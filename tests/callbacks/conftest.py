@@ -13,6 +13,7 @@ from airflow_provider_modelbit.callbacks.receiver import StaticSecretSource, cre
 from airflow_provider_modelbit.callbacks.signing import callback_url
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from tests.asgi_thread import serve_in_thread
+from tests.scripted_http import scripted_server  # noqa: F401  (a fixture of these tests)
 
 SECRET = "receiver-test-secret-0123"
 CONN_ID = "modelbit_test"

@@ -16,8 +16,9 @@ import pytest
 from harness.processes import ProcessGroup, ProcessSupervisor
 
 from airflow_provider_modelbit.callbacks.cli import build_parser
-from airflow_provider_modelbit.callbacks.signing import callback_url, redact_tokens
+from airflow_provider_modelbit.callbacks.signing import callback_url
 from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.hooks.responses import redact_tokens
 
 SECRET = "cli-test-secret-0123456789"
 

@@ -19,9 +19,11 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitTransportError,
 )
 from airflow_provider_modelbit.hooks.responses import (
+    answer_failure,
     connection_test_verdict,
     link_location,
     parse_answer,
+    redact_tokens,
 )
 from airflow_provider_modelbit.hooks.settings import ModelbitSettings
 from tests.scripted_http import CannedResponse
@@ -229,6 +231,70 @@ class TestParseAnswerWithNonModelbitAnswers:
             _parse(_post(scripted_server.url + "/v1/doubler/latest", {"data": 1}))
         assert caught.value.status == status
         assert isinstance(caught.value, ModelbitError)
+
+
+class TestRefusals:
+    """Which error answers say the server did not take the request (nothing queued, nothing run)."""
+
+    @pytest.mark.parametrize(
+        ("status", "body", "refused"),
+        [
+            pytest.param(400, b'{"error": "bad timeout_seconds"}', True, id="400"),
+            pytest.param(401, b'{"error": "Invalid API key"}', True, id="401"),
+            pytest.param(403, b"<html>Forbidden</html>", True, id="403"),
+            pytest.param(404, b'{"error": "Deployment not found: nope"}', True, id="404"),
+            pytest.param(405, b'{"error": "Method not allowed"}', True, id="405"),
+            pytest.param(413, b'{"error": "Request too large"}', True, id="413"),
+            pytest.param(429, b'{"error": "RateLimitExceeded: per-minute"}', True, id="429"),
+            pytest.param(200, COUNT_LIMIT, True, id="rate-limit-message-on-200"),
+            pytest.param(502, b"<html>Bad Gateway</html>", True, id="502"),
+            pytest.param(503, b"<html>Service Unavailable</html>", True, id="503"),
+            pytest.param(504, b"<html>Gateway Timeout</html>", False, id="504-may-have-been-passed-on"),
+            pytest.param(200, b'{"error": "Timeout: inference exceeded 5 seconds"}', False, id="timeout"),
+            pytest.param(200, TRACEBACK_LIMIT, False, id="deployment-traceback"),
+            pytest.param(500, b"<html>Internal Server Error</html>", False, id="500"),
+            pytest.param(200, b"<html>welcome</html>", False, id="2xx-not-json"),
+        ],
+    )
+    def test_error_answers(self, status: int, body: bytes, refused: bool) -> None:
+        with pytest.raises(ModelbitError) as caught:
+            parse_answer(status, {}, body, deployment="doubler", version="latest")
+        failure = answer_failure(caught.value, {})
+        assert (failure.request_sent, failure.refused) == (True, refused)
+
+
+class TestRedaction:
+    TOKEN = "ab" * 32
+
+    def test_a_webhook_url_echoed_by_the_local_server_is_redacted(self, emulator) -> None:
+        """The local server's 400 for a plain-http webhook quotes the URL: no error carries its token."""
+        emulator.client.configure(allow_http_webhooks=False)
+        webhook = f"http://airflow.internal/v1/callbacks/c/job/0?expires=1&token={self.TOKEN}"
+        body = {"data": [[1, 1]], "response_webhook": webhook}
+        response = _post(emulator.url + "/v1/doubler/latest", body)
+        assert response.status_code == 400 and self.TOKEN in response.text, "the server echoes the URL"
+        with pytest.raises(ModelbitBadRequest) as caught:
+            _parse(response)
+        assert "token=***" in caught.value.message
+        assert self.TOKEN not in str(caught.value) and self.TOKEN not in repr(vars(caught.value))
+
+    def test_a_traceback_is_redacted_too(self) -> None:
+        body = b'{"error": "Traceback (most recent call last):\\nValueError: posting to https://x/?token=%s"}'
+        with pytest.raises(ModelbitDeploymentError) as caught:
+            parse_answer(200, {}, body % self.TOKEN.encode(), deployment="doubler", version="latest")
+        assert self.TOKEN not in caught.value.message and self.TOKEN not in caught.value.traceback
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            f"'http://h/v1/callbacks/c/j/0?expires=1&token={TOKEN}'",
+            f"http://h/v1/callbacks/c/j/0?token={TOKEN}&expires=1",
+            f"http%3A%2F%2Fh%2Fv1%3Fexpires%3D1%26token%3D{TOKEN}",
+        ],
+        ids=["quoted", "first-parameter", "percent-encoded"],
+    )
+    def test_redact_tokens(self, text: str) -> None:
+        assert self.TOKEN not in redact_tokens(text)
 
 
 class TestLinkHelpers:

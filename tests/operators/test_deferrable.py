@@ -24,8 +24,12 @@ from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.emulator.server import run_emulator
 from airflow_provider_modelbit.exceptions import (
+    ModelbitAuthError,
     ModelbitCallbackError,
     ModelbitDeploymentError,
+    ModelbitNotFound,
+    ModelbitPayloadTooLarge,
+    ModelbitPermanentError,
     ModelbitTimeout,
 )
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
@@ -310,6 +314,79 @@ class TestPacedDeferredBatch:
             "each row run once by each path"
         )
         assert list(Path(store.location).iterdir()) == [], "staged requests leave with the job"
+
+
+@pytest.fixture
+def resumptions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The status of each event the batch operator resumed at (none: it never deferred)."""
+    resumed: list[str] = []
+    complete = ModelbitBatchInferenceOperator.execute_complete
+
+    def counting_complete(self: Any, context: Any, event: Any = None) -> Any:
+        resumed.append(str(event.get("status")) if isinstance(event, dict) else "none")
+        return complete(self, context, event)
+
+    monkeypatch.setattr(ModelbitBatchInferenceOperator, "execute_complete", counting_complete)
+    return resumed
+
+
+class TestRefusedSubmissions:
+    """
+    Modelbit answers a submission with a refusal: nothing was taken, so nothing is awaited. A
+    permanent one fails the task with its own error well before the delivery deadline (300 s
+    inference limit + 30 s margin here).
+    """
+
+    @pytest.mark.parametrize(
+        ("refusal", "error_class", "names"),
+        [
+            ("wrong key", ModelbitAuthError, "API Key of connection 'modelbit_default'"),
+            ("unknown deployment", ModelbitNotFound, "Deployment 'no_such_model' (version latest"),
+        ],
+    )
+    def test_a_refused_first_wave_fails_the_task_before_it_defers(
+        self, server: RunningEmulator, modelbit_connection, receiver_url: str, input_table: Path,
+        tmp_path: Path, resumptions: list[str], refusal: str, error_class: type, names: str,
+    ) -> None:  # fmt: skip
+        deployment = "no_such_model" if refusal == "unknown deployment" else "echo"
+        if refusal == "wrong key":
+            extra = {"callback_base_url": receiver_url, "callback_secret": SECRET}
+            modelbit_connection(host=server.url, password="not-a-key-of-this-workspace", extra=extra)
+        output = tmp_path / "out.parquet"
+        outcome = run_batch(True, **batch_kwargs(input_table, output, deployment=deployment))
+        assert outcome.state == "failed"
+        assert type(outcome.error) is error_class and isinstance(outcome.error, ModelbitPermanentError)
+        assert names in str(outcome.error) and f"Deployment {deployment!r}" in str(outcome.error)
+        assert resumptions == [], "it never deferred"
+        assert server.client.batches() == [] and server.client.runs(deployment) == {}
+        assert not output.exists()
+
+    def test_a_refusal_in_the_triggerer_fails_the_task_at_the_first_event(
+        self, server: RunningEmulator, store: CallbackStore, tmp_path: Path, resumptions: list[str]
+    ) -> None:
+        """
+        The worker's first wave is taken; a later chunk, one row too large for the server, is
+        refused (413) when the trigger submits it: the trigger ends at once and the task fails
+        with the same permanent error. Rows never run twice; the refused chunk's never run.
+        """
+        rows = 12
+        big = rows - 1
+        table = pa.table({"key": [f"k{i:03d}" for i in range(rows)],
+                          "x": ["y" * (4000 if i == big else 1) for i in range(rows)],
+                          "segment": ["a", "b"] * (rows // 2)})  # fmt: skip
+        pq.write_table(table, tmp_path / "input.parquet")
+        server.client.configure(max_body_bytes=2000)
+        output = tmp_path / "out.parquet"
+        options = {"batch_size": 2, "max_concurrency": 2}
+        outcome = run_batch(True, **batch_kwargs(tmp_path / "input.parquet", output, **options))
+        assert outcome.state == "failed"
+        assert type(outcome.error) is ModelbitPayloadTooLarge, repr(outcome.error)
+        assert "from the triggerer" in str(outcome.error) and "Deployment 'echo'" in str(outcome.error)
+        assert resumptions == ["error"], "one deferral, ended by the refusal"
+        runs = server.client.runs("echo")
+        assert set(runs.values()) <= {1} and f"k{big:03d}" not in runs
+        assert 0 < len(server.client.batches()) < rows // 2
+        assert not output.exists()
 
 
 class _TaskInstance:

@@ -33,10 +33,10 @@ CONN_ID = "modelbit_default"
 FAST_RETRIES = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=1.0, max_total_wait=5.0)
 
 
-def leaked_secrets(*texts: object) -> list[str]:
-    """Return which of the distinctive secrets appear in any of ``texts`` (str, bytes or repr-able)."""
+def leaked_secrets(*texts: object, secrets: Iterable[str] = SECRETS) -> list[str]:
+    """Return which of ``secrets`` appear in any of ``texts`` (str, bytes or repr-able)."""
     found = []
-    for secret in SECRETS:
+    for secret in secrets:
         for text in texts:
             haystack = text if isinstance(text, bytes | str) else repr(text)
             needle = secret.encode() if isinstance(haystack, bytes) else secret

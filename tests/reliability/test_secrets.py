@@ -7,11 +7,16 @@ Parquet, a deferred (async-callback) inference, and a task whose deployment rais
 console and captured logs, every file under AIRFLOW_HOME (task logs and the SQLite database
 bytes), the XCom, rendered-template and trigger rows, the callback store, the outputs and the
 error raised are searched: the key and the secret must occur nowhere.
+
+A server that echoes the request can also carry a webhook URL's token, a credential for one
+chunk's delivery: a deferred task whose submission is refused with the URL quoted must leave
+that token nowhere either.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +29,7 @@ import pytest
 from airflow.sdk import DAG
 
 from airflow_provider_modelbit.emulator.server import RunningEmulator
+from airflow_provider_modelbit.exceptions import ModelbitBadRequest
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
 from tests.airflow_dags import run_dag, task_errors
@@ -134,3 +140,67 @@ class TestNoSecretAnywhere:
         leaks = {place: found for place, text in places.items() if (found := leaked_secrets(text))}
         assert leaks == {}
         assert any(r.get("mode") == "async" for r in emulator.client.requests()), "no task was deferred"
+
+
+class TestEchoedWebhookUrl:
+    def test_a_webhook_url_quoted_in_a_refusal_leaves_its_token_nowhere(
+        self,
+        airflow_db: None,
+        emulator: RunningEmulator,
+        receiver: RunningReceiver,
+        use_connection: Callable[..., None],
+        tmp_path: Path,
+        airflow_home: str,
+        caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """
+        The local server refuses a plain-http webhook with a 400 that quotes the URL (its first
+        200 characters, the whole token here): the task fails before deferring with the 400's
+        error, and the token is in no log line, message, XCom, trigger row or file.
+        """
+        caplog.set_level(logging.DEBUG)
+        emulator.client.configure(allow_http_webhooks=False)
+        use_connection(emulator.url, callback_base_url=receiver.base_url)
+        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", receiver.store.location)
+        with DAG(
+            f"reliability_echo_{uuid.uuid4().hex[:8]}",
+            schedule=None,
+            start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        ) as dag:
+            ModelbitInferenceOperator(
+                task_id="deferred", deployment="doubler", data=[[1, 5]], deferrable=True, timeout_seconds=30
+            )
+        with task_errors() as errors:
+            run = run_dag(dag)
+        console = capfd.readouterr()
+
+        assert str(run.get_task_instance("deferred").state) == "failed", console.out[-5000:]
+        error = errors["deferred"]
+        assert isinstance(error, ModelbitBadRequest) and "token=***" in str(error), repr(error)
+        webhooks = [
+            re.search(r'"response_webhook": ?"([^"]+)"', record["body"] or "")
+            for record in emulator.client.requests()
+        ]
+        urls = [match.group(1) for match in webhooks if match]
+        tokens = [url.split("token=", 1)[1] for url in urls]
+        assert tokens, "no submission was recorded"
+        assert all(url.index(token) + len(token) <= 200 for url, token in zip(urls, tokens, strict=True)), (
+            "the server quoted the whole token"
+        )
+        assert emulator.client.batches() == [] and emulator.client.runs("doubler") == {}
+
+        provider_logs = [r.getMessage() for r in caplog.records if ".emulator" not in r.name]
+        places: dict[str, Any] = {
+            "console": console.out + console.err,
+            "captured logs": provider_logs,  # the local server's own log is not the provider's
+            "error": [str(error), repr(vars(error))],
+            **stored_rows(dag.dag_id),
+            **{str(path): path.read_bytes() for path in files_under(Path(airflow_home))},
+            **{str(path): path.read_bytes() for path in files_under(tmp_path)},
+        }
+        leaks = {
+            place: found for place, text in places.items() if (found := leaked_secrets(text, secrets=tokens))
+        }
+        assert leaks == {}

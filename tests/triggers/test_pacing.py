@@ -27,8 +27,14 @@ from airflow_provider_modelbit.callbacks.job import (
 from airflow_provider_modelbit.callbacks.receiver import StaticSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 from airflow_provider_modelbit.emulator import RunningEmulator
+from airflow_provider_modelbit.exceptions import (
+    ModelbitAuthError,
+    ModelbitNotFound,
+    ModelbitPermanentError,
+    ModelbitRateLimited,
+)
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
-from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
+from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger, submission_error
 from tests.asgi_thread import serve_in_thread
 
 SECRET = "pacing-test-secret-0123"
@@ -59,16 +65,18 @@ def server(
         client.reset()
 
 
-def stage_job(store: CallbackStore, server: RunningEmulator, chunks: int) -> CallbackJob:
+def stage_job(
+    store: CallbackStore, server: RunningEmulator, chunks: int, deployment: str = DEPLOYMENT
+) -> CallbackJob:
     """Stage a job of ``chunks`` pending chunks, as the worker leaves them to the trigger."""
     hook = ModelbitHook(CONN_ID)
-    request = JobRequest(CONN_ID, server.url, DEPLOYMENT, "latest", None, None, 60)
+    request = JobRequest(CONN_ID, server.url, deployment, "latest", None, None, 60)
     job = CallbackJob(f"mb-pacing-{uuid.uuid4().hex[:12]}", request)
     for chunk in range(chunks):
         rows = [[chunk * ROWS_PER_CHUNK + i, i] for i in range(ROWS_PER_CHUNK)]
         job.add_chunk(payload_hash(rows))
         encoded = hook.encode_submission_data(
-            hook.settings, DEPLOYMENT, rows, version="latest", branch=None, timeout_seconds=60,
+            hook.settings, deployment, rows, version="latest", branch=None, timeout_seconds=60,
             response_format=None,
         )  # fmt: skip
         store.stage_request(job.job_id, chunk, encoded)
@@ -231,3 +239,67 @@ class TestPacedSubmission:
         sent = len(server.client.batches())
         assert sent < 10
         assert not Path(store.location, job.job_id).exists()
+
+
+def assert_nothing_sent(store: CallbackStore, job: CallbackJob, server: RunningEmulator) -> None:
+    """Every refused submission was given back: pending, no attempt counted, no batch, no run."""
+    ledger = load_job(store, job.job_id)
+    assert ledger is not None
+    assert [(record.state, record.attempts) for record in ledger.chunks] == [(ChunkState.PENDING, 0)] * len(
+        job.chunks
+    )
+    assert server.client.batches() == []
+    assert server.client.runs(job.request.deployment) == {}
+
+
+class TestRefusedSubmissions:
+    """Modelbit answers a staged chunk's submission with a refusal: nothing was taken."""
+
+    @pytest.mark.parametrize(
+        ("refusal", "error_class"),
+        [("wrong key", ModelbitAuthError), ("unknown deployment", ModelbitNotFound)],
+    )
+    def test_a_permanent_refusal_ends_the_trigger_at_once_with_the_same_error(
+        self, server: RunningEmulator, store: CallbackStore, modelbit_connection: Callable[..., str],
+        refusal: str, error_class: type[ModelbitPermanentError],
+    ) -> None:  # fmt: skip
+        """The task then fails for good with the refusal's class, well before the delivery deadline."""
+        deployment = "no_such_model" if refusal == "unknown deployment" else DEPLOYMENT
+        job = stage_job(store, server, chunks=6, deployment=deployment)
+        if refusal == "wrong key":
+            # The key was changed in the triggerer's view of the connection after the worker staged.
+            extra = {"callback_base_url": "http://127.0.0.1:9", "callback_secret": SECRET}
+            modelbit_connection(host=server.url, password="not-a-key-of-this-workspace", extra=extra)
+        started = time.monotonic()
+        event = asyncio.run(first_event(pacing_trigger(store, job, ceiling=2)))
+        assert time.monotonic() - started < 60, "not held until the deadline (120 s away)"
+        assert event["status"] == "error" and event["submission_error_type"] == error_class.__name__
+        error = submission_error(event)
+        assert type(error) is error_class and isinstance(error, ModelbitPermanentError)
+        assert f"Deployment {deployment!r}" in error.message and job.job_id in error.message
+        if refusal == "wrong key":
+            assert f"connection {CONN_ID!r}" in error.message
+        assert SECRET not in repr(event)
+        assert_nothing_sent(store, job, server)
+
+    def test_a_rate_limit_whose_retries_ran_out_is_given_back_and_sent_once_later(
+        self, server: RunningEmulator, store: CallbackStore
+    ) -> None:
+        """The 429 proves the model never ran: the next trigger sends every chunk, each row runs once."""
+        server.client.set_faults(rate_429=1.0, retry_after=0, deployment=DEPLOYMENT)
+        job = stage_job(store, server, chunks=4)
+        started = time.monotonic()
+        refused = asyncio.run(first_event(pacing_trigger(store, job, ceiling=2)))
+        assert time.monotonic() - started < 60, "nothing was sent, so nothing is awaited until the deadline"
+        assert refused["status"] == "error" and refused["submission_error_type"] == "ModelbitRateLimited"
+        assert isinstance(submission_error(refused), ModelbitRateLimited)
+        assert server.client.fault_counts().get("rate_429", 0) >= 1
+        assert_nothing_sent(store, job, server)
+
+        server.client.set_faults(model_seconds=0.2, deployment=DEPLOYMENT)
+        event = asyncio.run(first_event(pacing_trigger(store, job, ceiling=2)))
+        assert event["status"] == "success", event
+        assert len(server.client.batches()) == 4, "each chunk submitted once"
+        assert_every_row_ran_once(server, 4)
+        ledger = load_job(store, job.job_id)
+        assert ledger is not None and all(record.attempts == 1 for record in ledger.chunks)
