@@ -112,7 +112,13 @@ class SubmissionPacer:
         from airflow_provider_modelbit.hooks.modelbit_async import ModelbitAsyncHook
 
         hook = ModelbitAsyncHook(job.request.conn_id, max_concurrency=self.ceiling)
-        target = callback_target(await hook.aget_settings(), job, self.delivery_margin)
+        try:
+            target = callback_target(await hook.aget_settings(), job, self.delivery_margin)
+        except ModelbitError as error:
+            # The connection, as the triggerer reads it, cannot serve this job (it points at another
+            # workspace, or lacks the callback settings): submit nothing, wait for what was sent.
+            self._record_failure(job, f"no staged chunk was submitted from the triggerer: {error.message}")
+            return self._result(job, retired=False)
         submission = ChunkSubmission(self.store, job, target, self.log)
         limiter = ConcurrencyLimiter(
             self.ceiling, adaptive=self.adaptive, where=f"job {job.job_id}", log=self.log
@@ -130,12 +136,17 @@ class SubmissionPacer:
                 await asyncio.gather(*tasks, return_exceptions=True)
         self._log_progress(job, limiter, total, force=True)
         limiter.log_final()
+        return self._result(job, retired=retired, concurrency=limiter.summary())
+
+    def _result(
+        self, job: CallbackJob, *, retired: bool, concurrency: dict[str, Any] | None = None
+    ) -> PacingResult:
         return PacingResult(
             awaited=job.in_state(*IN_FLIGHT, ChunkState.DELIVERED, ChunkState.ERRORED),
             deadline=job.wait_until(),
             failure=self._failure,
             retired=retired,
-            concurrency=limiter.summary(),
+            concurrency=concurrency,
         )
 
     def _adopt_in_flight(self, job: CallbackJob, limiter: ConcurrencyLimiter) -> None:
@@ -234,7 +245,7 @@ class SubmissionPacer:
         except Exception as error:
             if chunk not in self._outstanding:
                 limiter.release()
-            self._record_failure(job, chunk, f"{type(error).__name__}: {error}")
+            self._chunk_failure(job, chunk, f"{type(error).__name__}: {error}")
 
     async def _submit(
         self,
@@ -250,7 +261,7 @@ class SubmissionPacer:
         if data is None:
             self._outstanding.pop(chunk, None)
             limiter.release()
-            self._record_failure(job, chunk, "its staged request data is missing from the store.")
+            self._chunk_failure(job, chunk, "its staged request data is missing from the store.")
             return
         try:
             url = await self._ledger(submission.begin, chunk)
@@ -286,21 +297,26 @@ class SubmissionPacer:
             self._outstanding.pop(chunk, None)
             limiter.release()
             if refused:
-                self._record_failure(job, chunk, error.message)
+                self._chunk_failure(job, chunk, error.message)
             return
         self._submitted += 1
         await self._ledger(submission.accepted, chunk, batch_id)
 
-    def _record_failure(self, job: CallbackJob, chunk: int, reason: str) -> None:
+    def _record_failure(self, job: CallbackJob, what: str) -> None:
+        """Stop submitting for ``what`` went wrong; the first failure is the one reported."""
         if self._failure is not None:
             return
         request = job.request
         where = describe_target(request.deployment, request.version, request.branch)
-        self._failure = (
-            f"{where}: job {job.job_id}: chunk {chunk} could not be submitted from the triggerer: {reason} "
-            "No further chunk was submitted; the task's retry reuses the job and sends what is left."
-        )
+        self._failure = f"{where}: job {job.job_id}: {what}"
         self.log.error("%s", self._failure)
+
+    def _chunk_failure(self, job: CallbackJob, chunk: int, reason: str) -> None:
+        self._record_failure(
+            job,
+            f"chunk {chunk} could not be submitted from the triggerer: {reason} No further chunk was "
+            "submitted; the task's retry reuses the job and sends what is left.",
+        )
 
     def _log_progress(
         self, job: CallbackJob, limiter: ConcurrencyLimiter, total: int, *, force: bool = False
