@@ -1,7 +1,8 @@
 """A callback job: what a deferred task asked Modelbit, and where each chunk of it stands.
 
 A job is the durable half of a deferred task. It holds a fingerprint of everything that decides
-the answer, so a later try reuses it only when it asks exactly the same question; one record per
+the answer, so a later try, or the same try resuming, uses it only when it asks exactly the same
+question (:meth:`CallbackJob.mismatch`); one record per
 chunk (pending -> sent -> accepted -> delivered or errored) whose attempt counts persist across
 tries; and the deadline of the wait. It is loaded and saved in one place, :func:`load_job` and
 :func:`save_job`, as the job's ``manifest.json`` in the :class:`CallbackStore`, written atomically.
@@ -14,17 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelbit.callbacks.signing import validate_job_id
+from airflow_provider_modelbit.hooks.responses import safe_url
 from airflow_provider_modelbit.io.encoding import encode_json
 
 if TYPE_CHECKING:
     from airflow_provider_modelbit.callbacks.store import CallbackStore
 
 #: Bumped when the saved layout changes; a job saved with another version is never reused.
+#: (``work`` was added without a bump: a job saved without it reads as one with no marks, which
+#: proves nothing, so its payloads are compared by their hashes, as before.)
 JOB_SCHEMA_VERSION = 1
 
 
@@ -90,12 +96,17 @@ class JobRequest:
     timeout_seconds: int
 
     def differences(self, other: JobRequest) -> list[str]:
-        """Say which settings differ from ``other``, as ``name 'old' -> 'new'``."""
+        """Say which settings differ from ``other``, as ``name 'old' -> 'new'`` (URLs without user info)."""
         return [
-            f"{item.name} {getattr(other, item.name)!r} -> {getattr(self, item.name)!r}"
+            f"{item.name} {_shown(item.name, getattr(other, item.name))!r} -> "
+            f"{_shown(item.name, getattr(self, item.name))!r}"
             for item in dataclasses.fields(self)
             if getattr(self, item.name) != getattr(other, item.name)
         ]
+
+
+def _shown(name: str, value: Any) -> Any:
+    return safe_url(value) if name == "workspace_url" and value else value
 
 
 def payload_hash(payload: Any) -> str:
@@ -106,6 +117,17 @@ def payload_hash(payload: Any) -> str:
         # Not sendable: the submission refuses it with a clear error; the hash only needs to differ.
         encoded = repr(payload).encode()
     return hashlib.sha256(encoded).hexdigest()
+
+
+def work_marks(work: Mapping[str, Any]) -> dict[str, str]:
+    """
+    Digest each item of what decides a job's payloads (the input's size, modification time or
+    ETag, the options that cut it into rows), keeping the item names so a change can be named.
+    """
+    return {
+        name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for name, value in work.items()
+    }
 
 
 def task_job_prefix(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
@@ -131,6 +153,8 @@ class CallbackJob:
     :param deadline: unix time after which missing deliveries count as lost.
     :param not_after: unix time the task's ``execution_timeout`` ends this try; ``None`` without one.
     :param first_submitted_at: unix time of the job's first submission.
+    :param work: :func:`work_marks` of the host's input and options, taken before its payloads
+        were hashed: while they are unchanged the payloads are, and need not be read again.
     :param schema_version: :data:`JOB_SCHEMA_VERSION` when saved.
     """
 
@@ -141,6 +165,7 @@ class CallbackJob:
     deadline: float = 0.0
     not_after: float | None = None
     first_submitted_at: float | None = None
+    work: dict[str, str] = field(default_factory=dict)
     schema_version: int = JOB_SCHEMA_VERSION
 
     # ------------------------------------------------------------------ fingerprint
@@ -149,20 +174,37 @@ class CallbackJob:
     def payload_hashes(self) -> list[str]:
         return [chunk.payload_hash for chunk in self.chunks]
 
-    def mismatch(self, request: JobRequest, hashes: list[str] | None = None) -> str | None:
+    def mismatch(
+        self,
+        request: JobRequest,
+        hashes: Callable[[], list[str]] | None = None,
+        work: dict[str, str] | None = None,
+    ) -> str | None:
         """
-        Say why this job does not answer ``request`` on ``hashes`` (``None``: it does).
+        Say why this job does not answer ``request`` on the host's input (``None``: it does).
 
-        An unsealed job (its try stopped while submitting) answers any input its chunks are a
-        prefix of. ``hashes=None`` compares the settings only.
+        The one rule of "same work", at the start of a try and when a deferred try resumes: the
+        settings must be equal, then the payloads. Payloads are proved equal by ``work`` (the
+        host's :func:`work_marks`) when the host gave marks and they are the job's, else by
+        ``hashes()`` (which reads the whole input again); proved equal by hashes, the job keeps the
+        new marks. An unsealed job (its try stopped while submitting) answers any input its chunks
+        are a prefix of. ``hashes=None`` compares the settings only.
         """
         if self.schema_version != JOB_SCHEMA_VERSION:
             return f"it was saved with schema version {self.schema_version}, not {JOB_SCHEMA_VERSION}"
         changed = request.differences(self.request)
         if changed:
             return "its settings changed: " + ", ".join(changed)
-        if hashes is None:
+        if hashes is None or (work and work == self.work):
             return None
+        reason = self._payload_mismatch(hashes())
+        if reason is None:
+            self.work = dict(work or {})  # proved the same work: the next check need not read the input
+            return None
+        moved = sorted(name for name, mark in self.work.items() if (work or {}).get(name) != mark)
+        return f"{reason}; changed since it was submitted: {', '.join(moved)}" if moved else reason
+
+    def _payload_mismatch(self, hashes: list[str]) -> str | None:
         known = self.payload_hashes
         if len(hashes) != len(known) and (self.sealed or len(hashes) < len(known)):
             return f"the input now has {len(hashes)} chunk(s), the job had {len(known)}"

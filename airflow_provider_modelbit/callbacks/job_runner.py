@@ -1,8 +1,9 @@
 """Run a :class:`CallbackJob` for a deferrable operator: find or start it, submit, settle, collect.
 
 Everything here is independent of Airflow's deferral machinery (that glue is
-``operators/deferrable.py``): which job a try works on, which chunks are sent, what a delivery
-means, and when the task fails. Whether a failed chunk is sent again is decided by
+``operators/deferrable.py``): which job a try works on (at its start and when it resumes, by the
+one rule :meth:`CallbackJob.mismatch`), which chunks are sent, what a delivery means, and when
+the task fails. Whether a failed chunk is sent again is decided by
 :func:`retry_verdict`, as on the synchronous path; a delivery body is read by :func:`parse_answer`,
 as a synchronous answer is, so the same failure raises the same error in both modes.
 """
@@ -24,6 +25,7 @@ from airflow_provider_modelbit.callbacks.job import (
     payload_hash,
     save_job,
     task_job_prefix,
+    work_marks,
 )
 from airflow_provider_modelbit.callbacks.submission import ChunkSubmission, callback_target
 from airflow_provider_modelbit.defaults import LINKS
@@ -110,8 +112,9 @@ class JobRunner:
         prefix = task_job_prefix(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
         try_number = int(getattr(ti, "try_number", 1) or 1)
         previous = self._previous_job(prefix, try_number)
+        work = self._work_marks()
         if previous is not None:
-            reason = previous.mismatch(request) or previous.mismatch(request, self._payload_hashes())
+            reason = previous.mismatch(request, self._payload_hashes, work)
             if reason is None:
                 delivered = len(previous.in_state(ChunkState.DELIVERED))
                 self.host.log.info(
@@ -131,7 +134,7 @@ class JobRunner:
             import uuid
 
             job_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
-        return CallbackJob(job_id, request)
+        return CallbackJob(job_id, request, work=work)
 
     def _previous_job(self, prefix: str, try_number: int) -> CallbackJob | None:
         """The job an earlier try left (at most one is unretired at a time), newest first."""
@@ -144,13 +147,35 @@ class JobRunner:
     def _payload_hashes(self) -> list[str]:
         return [payload_hash(payload) for payload in self.host._callback_payloads()]
 
-    def load(self, job_id: str) -> CallbackJob:
+    def _work_marks(self) -> dict[str, str]:
+        # Taken before the payloads are read, so a change while they stream shows at the next check.
+        return work_marks(self.host._callback_work())
+
+    def load(self, job_id: str, request: JobRequest) -> CallbackJob:
+        """
+        Return the job a deferred try resumes, once it is proved to be the work the task asks for
+        now (same settings and input, by :meth:`CallbackJob.mismatch`): the input may have been
+        rewritten, or the DAG or the connection changed, while the task was deferred.
+        """
         job = load_job(self.store, job_id)
         if job is None:
             raise ModelbitCallbackError(
                 f"Callback job {job_id} is not in {self.store.location}: it was retired or removed "
                 "(the task was killed, cleared or timed out meanwhile). Clear the task to run it again."
             )
+        reason = job.mismatch(request, self._payload_hashes, self._work_marks())
+        if reason is not None:
+            submitted = job.request
+            target = describe_target(submitted.deployment, submitted.version, submitted.branch)
+            error = ModelbitCallbackError(
+                f"{target}: callback job {job_id} no longer matches the task that resumed: {reason}. "
+                "The job was retired and nothing was submitted or written (the output is untouched); "
+                "the task's retry, or a clear, runs it on its current input and settings.",
+                deployment=submitted.deployment,
+                version=submitted.version,
+            )
+            self.store.retire_job(job_id, f"changed while deferred: {reason}"[:500])
+            raise error
         return job
 
     # ------------------------------------------------------------------ what to send

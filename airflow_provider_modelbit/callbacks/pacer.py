@@ -41,8 +41,8 @@ class PacingResult:
 
     :param awaited: chunks sent (now or before) whose deliveries the trigger must wait for.
     :param deadline: when the wait ends, from the job's ledger.
-    :param failure: why submitting stopped early (a submission Modelbit did not take, or the
-        store failing), as the error the task raises, else ``None``.
+    :param failure: why submitting stopped early (a submission Modelbit did not take, a connection
+        that cannot serve the job, or the store failing), as the error the task raises, else ``None``.
     :param retired: the job was retired meanwhile (the task was killed or cleared).
     :param concurrency: the limiter's final state, for the task's summary.
     """
@@ -113,7 +113,13 @@ class SubmissionPacer:
         from airflow_provider_modelbit.hooks.modelbit_async import ModelbitAsyncHook
 
         hook = ModelbitAsyncHook(job.request.conn_id, max_concurrency=self.ceiling)
-        target = callback_target(await hook.aget_settings(), job, self.delivery_margin)
+        try:
+            target = callback_target(await hook.aget_settings(), job, self.delivery_margin)
+        except ModelbitError as error:
+            # The connection, as the triggerer reads it, cannot serve this job (it points at another
+            # workspace, or lacks the callback settings): submit nothing, and stop with its error.
+            self._record_failure(job, error)
+            return self._result(job, retired=False)
         submission = ChunkSubmission(self.store, job, target, self.log)
         limiter = ConcurrencyLimiter(
             self.ceiling, adaptive=self.adaptive, where=f"job {job.job_id}", log=self.log
@@ -131,12 +137,17 @@ class SubmissionPacer:
                 await asyncio.gather(*tasks, return_exceptions=True)
         self._log_progress(job, limiter, total, force=True)
         limiter.log_final()
+        return self._result(job, retired=retired, concurrency=limiter.summary())
+
+    def _result(
+        self, job: CallbackJob, *, retired: bool, concurrency: dict[str, Any] | None = None
+    ) -> PacingResult:
         return PacingResult(
             awaited=job.in_state(*IN_FLIGHT, ChunkState.DELIVERED, ChunkState.ERRORED),
             deadline=job.wait_until(),
             failure=self._failure,
             retired=retired,
-            concurrency=limiter.summary(),
+            concurrency=concurrency,
         )
 
     def _adopt_in_flight(self, job: CallbackJob, limiter: ConcurrencyLimiter) -> None:
@@ -235,7 +246,7 @@ class SubmissionPacer:
         except Exception as error:
             if chunk not in self._outstanding:
                 limiter.release()
-            self._record_failure(job, chunk, error)
+            self._record_failure(job, error, chunk)
 
     async def _submit(
         self,
@@ -252,7 +263,7 @@ class SubmissionPacer:
             self._outstanding.pop(chunk, None)
             limiter.release()
             missing = f"the staged request data of chunk {chunk} is missing from {self.store.location}."
-            self._record_failure(job, chunk, _job_error(job, missing))
+            self._record_failure(job, _job_error(job, missing), chunk)
             return
         try:
             url = await self._ledger(submission.begin, chunk)
@@ -288,16 +299,18 @@ class SubmissionPacer:
             self._outstanding.pop(chunk, None)
             limiter.release()
             if not_taken:
-                self._record_failure(job, chunk, error)
+                self._record_failure(job, error, chunk)
             return
         self._submitted += 1
         await self._ledger(submission.accepted, chunk, batch_id)
 
-    def _record_failure(self, job: CallbackJob, chunk: int, error: Exception) -> None:
+    def _record_failure(self, job: CallbackJob, error: Exception, chunk: int | None = None) -> None:
         """
         Stop submitting with the first failure, kept as the error the task raises: a Modelbit
-        error keeps its class (a refused key stays a permanent ``ModelbitAuthError``), anything
-        else (the store failing) is a ``ModelbitCallbackError``.
+        error keeps its class (a refused key, or a connection that no longer points at the job's
+        workspace, stays permanent), anything else (the store failing) is a
+        ``ModelbitCallbackError``. ``chunk`` is the chunk whose submission failed, ``None`` when
+        none could be opened.
         """
         if self._failure is not None:
             return
@@ -305,9 +318,12 @@ class SubmissionPacer:
             error = _job_error(job, f"{type(error).__name__}: {error}")
         permanent = isinstance(error, ModelbitPermanentError)
         then = "once the cause is fixed, clearing the task" if permanent else "the task's retry"
+        if chunk is None:
+            stopped = "no staged chunk was submitted from the triggerer"
+        else:
+            stopped = f"chunk {chunk} could not be submitted from the triggerer, and no further chunk was"
         self._failure = error.located(
-            f"job {job.job_id}: chunk {chunk} could not be submitted from the triggerer, and no further "
-            f"chunk was; {then} reuses the job and sends what is left"
+            f"job {job.job_id}: {stopped}; {then} reuses the job and sends what is left"
         )
         self.log.error("%s", self._failure.message)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_modelbit.callbacks.job import CallbackJob, save_job
 from airflow_provider_modelbit.callbacks.signing import callback_url, check_secret
 from airflow_provider_modelbit.exceptions import ModelbitConnectionError, ModelbitError
+from airflow_provider_modelbit.hooks.responses import safe_url
 
 if TYPE_CHECKING:
     from airflow_provider_modelbit.callbacks.store import CallbackStore
@@ -52,8 +53,17 @@ class CallbackTarget:
 
 
 def callback_target(settings: ModelbitSettings, job: CallbackJob, delivery_margin: float) -> CallbackTarget:
-    """Check the connection's callback settings (before any request: the receiver needs them)."""
+    """
+    Check the connection, as this process reads it, before a submission is opened: it must still
+    point at the job's workspace and carry the callback settings (the receiver needs them).
+
+    The worker and the triggerer each read the connection themselves (their environments may
+    define it differently, and it may be edited while the task waits), so both check here. The
+    branch and version are the job's own in every request from the triggerer, and the worker
+    compares its resolved ones with the job's before it submits (:meth:`CallbackJob.mismatch`).
+    """
     conn_id = job.request.conn_id
+    _refuse_another_workspace(settings, job)
     if not settings.callback_base_url:
         raise ModelbitConnectionError(
             f"Connection {conn_id!r} has no 'callback_base_url': set it to the public https URL of "
@@ -64,6 +74,18 @@ def callback_target(settings: ModelbitSettings, job: CallbackJob, delivery_margi
     return CallbackTarget(
         str(settings.callback_base_url), secret, conn_id, job.request.timeout_seconds, delivery_margin
     )
+
+
+def _refuse_another_workspace(settings: ModelbitSettings, job: CallbackJob) -> None:
+    """Every chunk of a job goes to the workspace its first chunks went to, or none does."""
+    submitted_to = job.request.workspace_url
+    if settings.base_url != submitted_to:
+        now = safe_url(settings.base_url)
+        raise ModelbitConnectionError(
+            f"Connection {job.request.conn_id!r} now points at {now}; callback job {job.job_id} was "
+            f"submitted to {safe_url(submitted_to)}. Nothing was submitted to {now}. Point the "
+            "connection back at the job's workspace, or clear the task to start over on the new one."
+        )
 
 
 class ChunkSubmission:

@@ -306,6 +306,10 @@ class ModelbitBatchInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         # As lists: a payload is hashed and sent as the JSON of its rows (callbacks/job.py).
         return (list(self._chunk_rows(chunk)) for chunk in self._iter_chunks())
 
+    def _callback_work(self) -> dict[str, Any]:
+        """The checkpoint's work (the input's file markers and every option): reading it reads no rows."""
+        return self._work()
+
     def _collect_callback_results(
         self, context: Context, deliveries: Iterator[CallbackDelivery]
     ) -> dict[str, Any]:

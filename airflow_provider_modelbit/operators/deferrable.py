@@ -4,7 +4,9 @@
 matches, otherwise retired), submits the first wave of what is due with signed webhook URLs,
 stages the rest in the callback store, and defers once to :class:`ModelbitCallbackTrigger`, which
 submits the staged chunks paced by the adaptive concurrency limit and waits for them all.
-``execute_complete`` records the deliveries, resubmits what the retry policy allows, and hands
+``execute_complete`` checks the job is still the work the task asks for (input, settings and
+connection unchanged while it was deferred; otherwise the job is retired and the task fails
+without writing anything), records the deliveries, resubmits what the retry policy allows, and hands
 the deliveries, in chunk order, to the host's ``_collect_callback_results``. What the job is and
 how its chunks move lives in ``callbacks/job.py``; how one chunk is submitted in
 ``callbacks/submission.py``; which failures are sent again in ``hooks/retries.py``; what an
@@ -64,6 +66,13 @@ class DeferrableHost(Protocol):
 
     def _callback_payloads(self) -> Iterator[Any]:
         """The ``data`` of each async request, one per chunk, in the same order on every call (lazily)."""
+
+    def _callback_work(self) -> dict[str, Any]:
+        """
+        What decides the payloads, cheap to read (the input's size, modification time or ETag and
+        the options that cut it into rows): while it is unchanged the payloads need not be read
+        again to prove the job is still this task's work. ``{}`` when the payloads are cheap to hash.
+        """
 
     def _collect_callback_results(self, context: Context, deliveries: Iterator[CallbackDelivery]) -> Any:
         """Turn every chunk's delivery, in chunk order, into the task's return value."""
@@ -196,7 +205,9 @@ class ModelbitDeferrableMixin:
             return cast("Any", self).execute(context)
         event = validate_callback_event(event)
         runner = self._runner(CallbackStore(event["store_location"]))
-        job = runner.load(event["job_id"])
+        # Before anything is settled, sent or written: the input, the DAG or the connection may
+        # have changed while the task was deferred.
+        job = runner.load(event["job_id"], self._callback_request())
         self._callback_job_id = job.job_id
         self.deferred_concurrency = event.get("concurrency") or self.deferred_concurrency
         if event.get("submission_error"):

@@ -246,6 +246,10 @@ class ModelbitInferenceOperator(ModelbitDeferrableMixin, BaseOperator):
         """The ``data`` of each async request on the deferred path: the same chunks as the sync path."""
         return self._iter_chunks()
 
+    def _callback_work(self) -> dict[str, Any]:
+        """Nothing: ``data`` is in memory, so the job's payload hashes are checked against it directly."""
+        return {}
+
     def _check_arguments(self) -> None:
         if self.response_format not in (None, LINKS):
             raise ModelbitInputError(

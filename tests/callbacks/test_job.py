@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from airflow_provider_modelbit.callbacks.job import (
     payload_hash,
     save_job,
     task_job_prefix,
+    work_marks,
 )
 from airflow_provider_modelbit.callbacks.store import CallbackStore
 
@@ -32,19 +34,28 @@ REQUEST = JobRequest(
 )
 
 
-def sealed_job(*payloads: object) -> CallbackJob:
-    job = CallbackJob("mb-test-t1", REQUEST)
+def sealed_job(*payloads: object, work: dict[str, str] | None = None) -> CallbackJob:
+    job = CallbackJob("mb-test-t1", REQUEST, work=dict(work or {}))
     for payload in payloads:
         job.add_chunk(payload_hash(payload))
     job.seal(len(payloads))
     return job
 
 
+def hashes_of(*payloads: object) -> Callable[[], list[str]]:
+    """The payload hashes of an input, read only when the rule asks for them."""
+    return lambda: [payload_hash(payload) for payload in payloads]
+
+
+def never_read() -> list[str]:
+    raise AssertionError("the input was read again although its marks proved it unchanged")
+
+
 class TestFingerprint:
     def test_the_same_request_and_input_match(self) -> None:
         job = sealed_job([[1, 21]], [[2, 22]])
         assert job.mismatch(REQUEST) is None
-        assert job.mismatch(REQUEST, [payload_hash([[1, 21]]), payload_hash([[2, 22]])]) is None
+        assert job.mismatch(REQUEST, hashes_of([[1, 21]], [[2, 22]])) is None
 
     @pytest.mark.parametrize(
         ("field", "value"),
@@ -65,19 +76,61 @@ class TestFingerprint:
 
     def test_a_changed_payload_names_its_chunk(self) -> None:
         job = sealed_job([[1, 21]], [[2, 22]])
-        reason = job.mismatch(REQUEST, [payload_hash([[1, 21]]), payload_hash([[2, 1000]])])
+        reason = job.mismatch(REQUEST, hashes_of([[1, 21]], [[2, 1000]]))
         assert reason == "the input of chunk(s) [1] changed"
 
     def test_a_different_chunk_count_does_not_match(self) -> None:
         job = sealed_job([[1, 21]])
-        assert "2 chunk(s)" in str(job.mismatch(REQUEST, [payload_hash([[1, 21]]), payload_hash([[2, 2]])]))
+        assert "2 chunk(s)" in str(job.mismatch(REQUEST, hashes_of([[1, 21]], [[2, 2]])))
 
     def test_an_unsealed_job_answers_an_input_it_is_a_prefix_of(self) -> None:
         """A try that stopped while submitting left a prefix; the same input continues it."""
         job = CallbackJob("mb-test-t1", REQUEST)
         job.add_chunk(payload_hash([[1, 21]]))
-        assert job.mismatch(REQUEST, [payload_hash([[1, 21]]), payload_hash([[2, 22]])]) is None
-        assert job.mismatch(REQUEST, [payload_hash([[1, 99]])]) is not None
+        assert job.mismatch(REQUEST, hashes_of([[1, 21]], [[2, 22]])) is None
+        assert job.mismatch(REQUEST, hashes_of([[1, 99]])) is not None
+
+    def test_changed_settings_are_named_without_reading_the_input(self) -> None:
+        changed = dataclasses.replace(REQUEST, version="7")
+        reason = sealed_job([[1, 21]]).mismatch(changed, never_read, work_marks({"input": 1}))
+        assert reason == "its settings changed: version 'latest' -> '7'"
+
+
+class TestWorkMarks:
+    """The cheap proof of an unchanged input: the marks the host took when the payloads were hashed."""
+
+    WORK = {"input": [{"path": "/in.parquet", "size": "10", "mtime": "1.5"}], "columns": ["x"]}
+
+    def test_unchanged_marks_prove_the_input_unchanged_without_reading_it(self) -> None:
+        job = sealed_job([[1, 21]], work=work_marks(self.WORK))
+        assert job.mismatch(REQUEST, never_read, work_marks(self.WORK)) is None
+
+    def test_changed_marks_read_the_input_and_a_changed_payload_names_what_moved(self) -> None:
+        job = sealed_job([[1, 21]], [[2, 22]], work=work_marks(self.WORK))
+        rewritten = {**self.WORK, "input": [{"path": "/in.parquet", "size": "10", "mtime": "9.0"}]}
+        reason = job.mismatch(REQUEST, hashes_of([[1, 21]], [[2, 99]]), work_marks(rewritten))
+        assert reason == "the input of chunk(s) [1] changed; changed since it was submitted: input"
+
+    def test_changed_marks_over_the_same_payloads_match_and_are_kept(self) -> None:
+        """A file written again with the same rows is the same work; the next check is cheap again."""
+        job = sealed_job([[1, 21]], work=work_marks(self.WORK))
+        touched = {**self.WORK, "input": [{"path": "/in.parquet", "size": "10", "mtime": "9.0"}]}
+        assert job.mismatch(REQUEST, hashes_of([[1, 21]]), work_marks(touched)) is None
+        assert job.work == work_marks(touched)
+        assert job.mismatch(REQUEST, never_read, work_marks(touched)) is None
+
+    def test_without_marks_the_payloads_are_always_compared(self) -> None:
+        job = sealed_job([[1, 21]])
+        assert job.mismatch(REQUEST, hashes_of([[1, 21]]), {}) is None
+        assert job.mismatch(REQUEST, hashes_of([[1, 22]]), {}) == "the input of chunk(s) [0] changed"
+
+    def test_marks_name_their_items_and_survive_saving(self, tmp_path: Path) -> None:
+        marks = work_marks(self.WORK)
+        assert set(marks) == {"input", "columns"} and marks != work_marks({**self.WORK, "columns": ["y"]})
+        store = CallbackStore(str(tmp_path))
+        save_job(store, sealed_job([[1, 21]], work=marks))
+        loaded = load_job(store, "mb-test-t1")
+        assert loaded is not None and loaded.work == marks
 
     def test_payload_hash_follows_the_json_sent(self) -> None:
         assert payload_hash([[1, 2.0]]) == payload_hash([[1, 2.0]])
@@ -187,3 +240,14 @@ class TestPersistence:
         record = sealed_job(1).to_json()
         assert record["schema_version"] == JOB_SCHEMA_VERSION
         assert record["chunks"][0]["state"] == "pending"
+
+    def test_a_job_saved_without_work_marks_is_compared_by_its_hashes(self, tmp_path: Path) -> None:
+        """A job saved by a release before the marks: read as one with no marks, proved by hashes."""
+        store = CallbackStore(str(tmp_path))
+        record = sealed_job([[1, 21]]).to_json()
+        del record["work"]
+        store.write_manifest("mb-test-t1", record)
+        loaded = load_job(store, "mb-test-t1")
+        assert loaded is not None and loaded.work == {}
+        assert loaded.mismatch(REQUEST, hashes_of([[1, 21]]), work_marks({"input": 1})) is None
+        assert loaded.mismatch(REQUEST, hashes_of([[1, 22]]), work_marks({"input": 2})) is not None

@@ -1,9 +1,10 @@
-"""One chunk's submission (callbacks/submission.py): what a failed submission means for the ledger.
+"""One chunk's submission (callbacks/submission.py): opening it, and what a failed one means for the ledger.
 
-The submissions go through the real sync hook to the local Modelbit server (or a scripted server
-for a gateway timeout): an answer that refuses the request gives the claim back and counts no
-attempt, and the caller stops with the answer's error; only a request that got no answer after it
-was sent may have been accepted, so its delivery is awaited.
+A submission is opened only while the connection, as this process reads it, still points at the
+job's workspace. The submissions go through the real sync hook to the local Modelbit server (or a
+scripted server for a gateway timeout): an answer that refuses the request gives the claim back and
+counts no attempt, and the caller stops with the answer's error; only a request that got no answer
+after it was sent may have been accepted, so its delivery is awaited.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import pytest
 
 from airflow_provider_modelbit.callbacks.job import CallbackJob, ChunkState, JobRequest, load_job
 from airflow_provider_modelbit.callbacks.store import CallbackStore
-from airflow_provider_modelbit.callbacks.submission import CallbackTarget, ChunkSubmission
+from airflow_provider_modelbit.callbacks.submission import CallbackTarget, ChunkSubmission, callback_target
 from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.exceptions import (
     ModelbitAuthError,
+    ModelbitConnectionError,
     ModelbitError,
     ModelbitNotFound,
     ModelbitPermanentError,
@@ -31,21 +33,30 @@ from airflow_provider_modelbit.exceptions import (
 )
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 from airflow_provider_modelbit.hooks.retries import RetryPolicy
+from airflow_provider_modelbit.hooks.settings import ModelbitSettings
 from tests.scripted_http import CannedResponse, ScriptedServer
 
 CONN_ID = "modelbit_default"
+API_KEY = "mi_submission_test_key_0123"
 SECRET = "submission-test-secret-0123"
+WORKSPACE = "https://acme.modelbit.com"
 ROWS = [[1, 1], [2, 2]]
 #: Two quick attempts: a 429 that never ends spends them in well under a second.
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.05, max_total_wait=1.0)
 
 
-def submit_once(store: CallbackStore, deployment: str) -> tuple[ChunkSubmission, ModelbitError | None]:
-    """Submit chunk 0 of a new job as the worker does; return the submission and its error, if any."""
-    request = JobRequest(CONN_ID, "http://unused", deployment, "latest", None, None, 60)
+def new_job(deployment: str = "doubler") -> CallbackJob:
+    """A job of one chunk, submitted to :data:`WORKSPACE`."""
+    request = JobRequest(CONN_ID, WORKSPACE, deployment, "latest", None, None, 60)
     job = CallbackJob(f"mb-submission-{uuid.uuid4().hex[:12]}", request)
     job.add_chunk("hash-0")
     job.seal(1)
+    return job
+
+
+def submit_once(store: CallbackStore, deployment: str) -> tuple[ChunkSubmission, ModelbitError | None]:
+    """Submit chunk 0 of a new job as the worker does; return the submission and its error, if any."""
+    job = new_job(deployment)
     target = CallbackTarget("http://127.0.0.1:9/modelbit", SECRET, CONN_ID, 60, 30)
     submission = ChunkSubmission(store, job, target, logging.getLogger(__name__))
     submission.open()
@@ -58,6 +69,17 @@ def submit_once(store: CallbackStore, deployment: str) -> tuple[ChunkSubmission,
         return submission, error
     submission.accepted(0, batch_id)
     return submission, None
+
+
+def settings(base_url: str) -> ModelbitSettings:
+    """The connection as a process reads it, pointing at ``base_url``."""
+    return ModelbitSettings(
+        conn_id=CONN_ID,
+        base_url=base_url,
+        api_key=API_KEY,
+        callback_base_url="https://airflow.example.com/modelbit",
+        callback_secret=SECRET,
+    )
 
 
 @pytest.fixture
@@ -97,6 +119,27 @@ def answer_lost(emulator: RunningEmulator, connect: Callable[..., str]) -> str:
     connect(host=emulator.url)
     emulator.client.set_faults(drop_after_rate=1.0, seed=1)
     return "doubler"
+
+
+class TestCallbackTarget:
+    def test_the_jobs_workspace_opens_the_submission(self) -> None:
+        target = callback_target(settings(WORKSPACE), new_job(), delivery_margin=30)
+        assert (target.base_url, target.timeout_seconds) == ("https://airflow.example.com/modelbit", 60)
+
+    @pytest.mark.parametrize(
+        "now",
+        ["https://other.modelbit.com", "https://user:pw@other.modelbit.com", "http://acme.modelbit.com"],
+    )
+    def test_another_workspace_is_refused_naming_both_and_no_secret(self, now: str) -> None:
+        """A connection edited, or defined differently in the triggerer: nothing goes elsewhere."""
+        job = new_job()
+        with pytest.raises(ModelbitConnectionError) as refused:
+            callback_target(settings(now), job, delivery_margin=30)
+        message = str(refused.value)
+        shown = now.replace("user:pw@", "")
+        assert f"Connection {CONN_ID!r} now points at {shown}" in message
+        assert f"callback job {job.job_id} was submitted to {WORKSPACE}" in message
+        assert not any(secret in message for secret in (API_KEY, SECRET, "pw@"))
 
 
 class TestFailedSubmission:

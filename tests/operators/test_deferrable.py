@@ -457,6 +457,101 @@ class TestRetryReuse:
         assert len(server.client.batches()) == 2, "the changed input is scored once"
 
 
+def _defer_batch(context: Any, **options: Any) -> ModelbitCallbackTrigger:
+    """Run a deferrable batch try until it defers (its later chunks staged); return its trigger."""
+    operator = ModelbitBatchInferenceOperator(task_id="score", deferrable=True, **FAST, **options)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    return deferred.value.trigger
+
+
+def _resume_batch(context: Any, event: dict[str, Any], **options: Any) -> Any:
+    """Resume at ``event`` as Airflow does: an operator built again from the DAG file as it is now."""
+    operator = ModelbitBatchInferenceOperator(task_id="score", deferrable=True, **FAST, **options)
+    return operator.execute_complete(context, event)
+
+
+#: The input written again while the task waits: the same IDs, other features.
+REWRITTEN = TABLE.set_column(1, "x", pa.array([x + 100 for x in range(ROWS)]))
+
+
+class TestChangedWhileDeferred:
+    """
+    The input, the DAG or the connection changes while a batch is deferred: the resumed try reads
+    no delivery of the old job, writes nothing and sends nothing; its retry does the new work once.
+    """
+
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ("input", "chunk(s) [0, 1, 2, 3, 4, 5, 6] changed; changed since it was submitted: input"),
+            ("version", "its settings changed: version 'latest' -> '1'"),
+        ],
+        ids=["input-rewritten", "version-edited"],
+    )  # fmt: skip
+    def test_a_change_after_every_delivery_arrived_fails_the_resumed_try_and_writes_nothing(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path,
+        change: str, reason: str,
+    ) -> None:  # fmt: skip
+        ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
+        context: Any = {"ti": ti}
+        output = tmp_path / "out.parquet"
+        options = batch_kwargs(input_table, output, max_concurrency=2)
+        event = asyncio.run(_trigger_event(_defer_batch(context, **options)))
+        assert event["status"] == "success", event
+        assert len(server.client.batches()) == 7
+
+        if change == "input":
+            pq.write_table(REWRITTEN, input_table)
+        else:
+            options["version"] = "1"  # the DAG file edited while the task waited
+        with pytest.raises(ModelbitCallbackError) as failed:
+            _resume_batch(context, event, **options)
+        assert reason in str(failed.value)
+        assert "nothing was submitted or written" in str(failed.value)
+        assert not output.exists() and not Path(f"{output}.checkpoint").exists()
+        assert len(server.client.batches()) == 7, "nothing sent again"
+        assert server.client.runs("echo") == dict.fromkeys(TABLE.column("key").to_pylist(), 1)
+        job_id = job_id_for_try(task_job_prefix("dag", "score", ti.run_id, -1), 1)
+        assert store.is_retired(job_id) and not store.has_manifest(job_id)
+
+        ti.try_number = 2  # the retry does the task's current work, once
+        retry = asyncio.run(_trigger_event(_defer_batch(context, **options)))
+        assert _resume_batch(context, retry, **options)["rows"] == ROWS
+        assert server.client.runs("echo") == dict.fromkeys(TABLE.column("key").to_pylist(), 2)
+        clean_context: Any = {"ti": _TaskInstance(f"clean-{uuid.uuid4().hex[:8]}")}
+        clean = {**options, "output_path": str(tmp_path / "clean.parquet")}
+        ModelbitBatchInferenceOperator(task_id="score", **clean).execute(clean_context)
+        assert output.read_bytes() == (tmp_path / "clean.parquet").read_bytes()
+
+    def test_a_connection_moved_to_another_workspace_gets_no_chunk_and_the_try_fails(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path,
+        modelbit_connection: Callable[..., str], receiver_url: str,
+    ) -> None:  # fmt: skip
+        """The connection is edited after the first wave: neither the trigger nor the resumed try sends."""
+        ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
+        context: Any = {"ti": ti}
+        output = tmp_path / "out.parquet"
+        options = batch_kwargs(input_table, output, max_concurrency=2)
+        trigger = _defer_batch(context, **options)
+        first_wave = server.client.runs("echo")
+        assert 0 < sum(first_wave.values()) < ROWS, "the worker sent some chunks and staged the rest"
+        extra = {"callback_base_url": receiver_url, "callback_secret": SECRET}
+        with run_emulator(allow_http_webhooks=True, webhook_time_scale=0.01) as other:
+            modelbit_connection(host=other.url, extra=extra)
+            event = asyncio.run(_trigger_event(trigger))
+            assert event["status"] == "error"
+            assert f"now points at {other.url}; callback job" in event["submission_error"]
+            with pytest.raises(ModelbitCallbackError) as failed:
+                _resume_batch(context, event, **options)
+            assert f"workspace_url '{server.url}' -> '{other.url}'" in str(failed.value)
+            assert SECRET not in str(failed.value) + event["submission_error"]
+            assert other.client.batches() == [] and other.client.runs("echo") == {}
+        assert server.client.runs("echo") == first_wave, "nothing more sent to the job's workspace either"
+        assert not output.exists() and not Path(f"{output}.checkpoint").exists()
+        assert store.is_retired(job_id_for_try(task_job_prefix("dag", "score", ti.run_id, -1), 1))
+
+
 class TestEventValidation:
     @pytest.mark.parametrize("event", [None, {}, {"status": "weird"}, {"status": "success"}])
     def test_unknown_or_incomplete_events_are_refused(self, event) -> None:

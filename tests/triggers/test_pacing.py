@@ -8,6 +8,7 @@ each chunk was submitted and delivered: never more outstanding than the limit, e
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,9 +27,12 @@ from airflow_provider_modelbit.callbacks.job import (
 )
 from airflow_provider_modelbit.callbacks.receiver import StaticSecretSource, create_callback_app
 from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.callbacks.submission import ChunkSubmission, callback_target
 from airflow_provider_modelbit.emulator import RunningEmulator
+from airflow_provider_modelbit.emulator.server import run_emulator
 from airflow_provider_modelbit.exceptions import (
     ModelbitAuthError,
+    ModelbitConnectionError,
     ModelbitNotFound,
     ModelbitPermanentError,
     ModelbitRateLimited,
@@ -65,6 +69,10 @@ def server(
         client.reset()
 
 
+def chunk_rows(chunk: int) -> list[list[int]]:
+    return [[chunk * ROWS_PER_CHUNK + i, i] for i in range(ROWS_PER_CHUNK)]
+
+
 def stage_job(
     store: CallbackStore, server: RunningEmulator, chunks: int, deployment: str = DEPLOYMENT
 ) -> CallbackJob:
@@ -73,7 +81,7 @@ def stage_job(
     request = JobRequest(CONN_ID, server.url, deployment, "latest", None, None, 60)
     job = CallbackJob(f"mb-pacing-{uuid.uuid4().hex[:12]}", request)
     for chunk in range(chunks):
-        rows = [[chunk * ROWS_PER_CHUNK + i, i] for i in range(ROWS_PER_CHUNK)]
+        rows = chunk_rows(chunk)
         job.add_chunk(payload_hash(rows))
         encoded = hook.encode_submission_data(
             hook.settings, deployment, rows, version="latest", branch=None, timeout_seconds=60,
@@ -84,6 +92,18 @@ def stage_job(
     job.extend_deadline(time.time() + 120)
     save_job(store, job)
     return job
+
+
+def submit_as_the_worker(store: CallbackStore, job: CallbackJob, chunk: int) -> None:
+    """Send one chunk as the worker's first wave does: the sync hook, by the rules of ChunkSubmission."""
+    hook = ModelbitHook(CONN_ID)
+    target = callback_target(hook.settings, job, delivery_margin=30)
+    submission = ChunkSubmission(store, job, target, logging.getLogger(__name__))
+    submission.open()
+    url = submission.begin(chunk)
+    assert url is not None
+    batch_id = hook.submit_async(DEPLOYMENT, chunk_rows(chunk), webhook_url=url, timeout_seconds=60)
+    submission.accepted(chunk, batch_id)
 
 
 def pacing_trigger(store: CallbackStore, job: CallbackJob, ceiling: int) -> ModelbitCallbackTrigger:
@@ -303,3 +323,43 @@ class TestRefusedSubmissions:
         assert_every_row_ran_once(server, 4)
         ledger = load_job(store, job.job_id)
         assert ledger is not None and all(record.attempts == 1 for record in ledger.chunks)
+
+
+class TestWorkspace:
+    def test_a_connection_now_pointing_at_another_workspace_gets_nothing_submitted(
+        self, server: RunningEmulator, store: CallbackStore, modelbit_connection: Callable[..., str]
+    ) -> None:
+        """
+        The worker sent the first chunk to workspace A; the triggerer's connection now points at B
+        (edited meanwhile, or defined differently there): no staged chunk goes to B, the trigger
+        ends at once with a permanent connection error, and pointed back at A the job finishes
+        with every row run once.
+        """
+        job = stage_job(store, server, chunks=4)
+        submit_as_the_worker(store, job, 0)
+        receiver_url = ModelbitHook(CONN_ID).settings.callback_base_url
+        extra = {"callback_base_url": receiver_url, "callback_secret": SECRET}
+        with run_emulator() as other:
+            modelbit_connection(host=other.url, extra=extra)
+            trigger = pacing_trigger(store, job, ceiling=2)
+            event = asyncio.run(first_event(trigger))
+            assert event["status"] == "error", event
+            assert event["submission_error_type"] == ModelbitConnectionError.__name__
+            assert isinstance(submission_error(event), ModelbitPermanentError), "fails at once, for good"
+            message = event["submission_error"]
+            moved = f"now points at {other.url}; callback job {job.job_id} was submitted to {server.url}"
+            assert moved in message
+            assert "no staged chunk was submitted" in message and SECRET not in message
+            assert other.client.batches() == [] and other.client.runs(DEPLOYMENT) == {}
+            assert len(server.client.batches()) == 1, "only the worker's chunk was sent"
+            ledger = load_job(store, job.job_id)
+            assert ledger is not None and ledger.in_state(ChunkState.PENDING) == [1, 2, 3]
+            assert [record.attempts for record in ledger.chunks] == [1, 0, 0, 0]
+
+            modelbit_connection(host=server.url, extra=extra)
+            _, kwargs = trigger.serialize()
+            event = asyncio.run(first_event(ModelbitCallbackTrigger(**kwargs)))
+            assert event["status"] == "success", event
+            assert other.client.batches() == []
+        assert len(server.client.batches()) == 4
+        assert_every_row_ran_once(server, 4)
