@@ -41,7 +41,8 @@ class PacingResult:
 
     :param awaited: chunks sent (now or before) whose deliveries the trigger must wait for.
     :param deadline: when the wait ends, from the job's ledger.
-    :param failure: why submitting stopped early (a submission refused for good), else ``None``.
+    :param failure: why submitting stopped early (a submission refused for good, or the task's
+        ``execution_timeout`` passed with chunks not submitted), else ``None``.
     :param retired: the job was retired meanwhile (the task was killed or cleared).
     :param concurrency: the limiter's final state, for the task's summary.
     """
@@ -128,6 +129,8 @@ class SubmissionPacer:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+        if pending and not retired:
+            self._note_timeout(job, pending)
         self._log_progress(job, limiter, total, force=True)
         limiter.log_final()
         return PacingResult(
@@ -290,6 +293,17 @@ class SubmissionPacer:
             return
         self._submitted += 1
         await self._ledger(submission.accepted, chunk, batch_id)
+
+    def _note_timeout(self, job: CallbackJob, pending: deque[int]) -> None:
+        """Report chunks left unsent because the task's ``execution_timeout`` stopped the pacing."""
+        if self._failure is not None or not job.timed_out(time.time()):
+            return  # past the delivery deadline alone, the task itself submits what is left
+        where = describe_target(job.request.deployment, job.request.version, job.request.branch)
+        self._failure = (
+            f"{where}: job {job.job_id}: the task's execution_timeout passed with {len(pending)} staged "
+            f"chunk(s) not submitted (first: chunk {pending[0]}); nothing more was submitted."
+        )
+        self.log.error("%s", self._failure)
 
     def _record_failure(self, job: CallbackJob, chunk: int, reason: str) -> None:
         if self._failure is not None:
