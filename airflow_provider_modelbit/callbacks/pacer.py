@@ -43,7 +43,7 @@ class PacingResult:
     :param deadline: when the wait ends, from the job's ledger.
     :param failure: why submitting stopped early (a submission refused for good, or the task's
         ``execution_timeout`` passed with chunks not submitted), else ``None``.
-    :param retired: the job was retired meanwhile (the task was killed or cleared).
+    :param retired: the job was retired meanwhile (its task finished, or it was replaced or failed for good).
     :param concurrency: the limiter's final state, for the task's summary.
     """
 
