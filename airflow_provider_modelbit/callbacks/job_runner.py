@@ -108,13 +108,18 @@ class JobRunner:
     # ------------------------------------------------------------------ which job
 
     def job_for_try(self, ti: Any, request: JobRequest) -> CallbackJob:
-        """Return the earlier job when it asked exactly this; otherwise retire it and start a new one."""
+        """
+        Return the earlier job when it asked exactly this; otherwise retire it and start a new one.
+
+        A job whose trigger left a stop request that no resume withdrew is retired too: its
+        deferral ended without resuming because a user marked the task or cleared it.
+        """
         prefix = task_job_prefix(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
         try_number = int(getattr(ti, "try_number", 1) or 1)
         previous = self._previous_job(prefix, try_number)
         work = self._work_marks()
         if previous is not None:
-            reason = previous.mismatch(request, self._payload_hashes, work)
+            reason = self._why_not_reuse(previous, request, work)
             if reason is None:
                 delivered = len(previous.in_state(ChunkState.DELIVERED))
                 self.host.log.info(
@@ -136,6 +141,12 @@ class JobRunner:
             job_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
         return CallbackJob(job_id, request, work=work)
 
+    def _why_not_reuse(self, previous: CallbackJob, request: JobRequest, work: dict[str, str]) -> str | None:
+        stop = self.store.stop_request(previous.job_id)
+        if stop is not None:
+            return f"its deferred task was stopped ({stop.reason})"
+        return previous.mismatch(request, self._payload_hashes, work)
+
     def _previous_job(self, prefix: str, try_number: int) -> CallbackJob | None:
         """The job an earlier try left (at most one is unretired at a time), newest first."""
         for earlier in range(try_number, 0, -1):
@@ -151,11 +162,13 @@ class JobRunner:
         # Taken before the payloads are read, so a change while they stream shows at the next check.
         return work_marks(self.host._callback_work())
 
-    def load(self, job_id: str, request: JobRequest) -> CallbackJob:
+    def resume(self, job_id: str, request: JobRequest) -> CallbackJob:
         """
-        Return the job a deferred try resumes, once it is proved to be the work the task asks for
-        now (same settings and input, by :meth:`CallbackJob.mismatch`): the input may have been
-        rewritten, or the DAG or the connection changed, while the task was deferred.
+        Return the job this try's deferral waited on, once it is proved to be the work the task
+        asks for now (same settings and input, by :meth:`CallbackJob.mismatch`): the input may have
+        been rewritten, or the DAG or the connection changed, while the task was deferred; a job
+        that differs is retired. A stop request its trigger left is withdrawn: the task is
+        resuming, so the cancellation was a takeover by another triggerer, not a user.
         """
         job = load_job(self.store, job_id)
         if job is None:
@@ -176,6 +189,13 @@ class JobRunner:
             )
             self.store.retire_job(job_id, f"changed while deferred: {reason}"[:500])
             raise error
+        stop = self.store.stop_request(job_id)
+        if stop is not None:
+            self.host.log.info(
+                "The trigger of callback job %s was cancelled (%s), yet this try resumed: another "
+                "triggerer took it over. The job is kept.", job_id, stop.reason,
+            )  # fmt: skip
+            self.store.withdraw_stop(job_id)
         return job
 
     # ------------------------------------------------------------------ what to send
@@ -201,19 +221,41 @@ class JobRunner:
         :param lost: the trigger's deadline passed with deliveries missing.
         """
         self.record_deliveries(job)
+        self.fail_if_timed_out(job, last_try=last_try)
         missing = job.in_state(*IN_FLIGHT)
-        if lost and missing and job.timed_out(time.time()):
-            self.store.retire_job(job.job_id, "execution_timeout")
-            raise AirflowTaskTimeout(
-                f"execution_timeout of task {self.host.deployment!r} passed while waiting for chunk(s) "
-                f"{missing[:10]} of callback job {job.job_id}; the job was retired."
-            )
         for chunk in job.in_state(ChunkState.ERRORED):
             self._resend_if_allowed(job, chunk, self.delivery_error(job, chunk), last_try)
         if lost:
             for chunk in missing:
                 self._resend_if_allowed(job, chunk, self._lost_error(job, missing), last_try)
         save_job(self.store, job)
+
+    def fail_if_timed_out(self, job: CallbackJob, *, last_try: bool) -> None:
+        """
+        Raise the task's timeout, before anything more is sent, once its ``execution_timeout``
+        has passed with chunks not delivered, however the wait ended.
+
+        What was delivered is kept for a retry of the same work; the last try retires the job.
+        """
+        unfinished = job.in_state(ChunkState.PENDING, ChunkState.ERRORED, *IN_FLIGHT)
+        if not unfinished or not job.timed_out(time.time()):
+            return
+        kept = "its deliveries are kept for a retry"
+        if last_try:
+            kept = "this was the last try, so the job was retired"
+        error = AirflowTaskTimeout(
+            f"execution_timeout of task {self.host.deployment!r} passed with chunk(s) {unfinished[:10]} "
+            f"of callback job {job.job_id} not delivered; {kept}."
+        )
+        self._fail(job, error, retire=last_try)
+
+    def stop(self, job_id: str, *, last_try: bool) -> None:
+        """
+        The task was killed (its ``execution_timeout`` or a signal) while the worker held the job.
+        Nothing more is sent from here; the job is kept for a retry, and retired on the last try.
+        """
+        if last_try:
+            self.store.retire_job(job_id, "task killed in its last try")
 
     def _resend_if_allowed(self, job: CallbackJob, chunk: int, error: ModelbitError, last_try: bool) -> None:
         # A lost delivery is judged as a timeout: the request reached Modelbit and may have run.
@@ -234,7 +276,7 @@ class JobRunner:
         self.store.remove_chunk(job.job_id, chunk)
         job.requeue(chunk)
 
-    def _fail(self, job: CallbackJob, error: ModelbitError, *, retire: bool, attempts: int = 0) -> NoReturn:
+    def _fail(self, job: CallbackJob, error: BaseException, *, retire: bool, attempts: int = 0) -> NoReturn:
         if retire:
             self.store.retire_job(job.job_id, f"failed: {type(error).__name__}")
         else:
@@ -380,7 +422,7 @@ class JobRunner:
         self, job: CallbackJob, assemble: Callable[[Iterator[CallbackDelivery]], Any]
     ) -> tuple[bool, Any]:
         """
-        Hand the deliveries to ``assemble``; return ``(True, result)``, then remove the job.
+        Hand the deliveries to ``assemble``; return ``(True, result)``, then retire the job.
 
         A links delivery that expired or could not be read puts its chunk back to pending (the
         resubmission counts as an attempt) and returns ``(False, None)``: the caller resubmits.
@@ -397,7 +439,10 @@ class JobRunner:
             )  # fmt: skip
             self._requeue(job, reading.chunk, error)
             return False, None
-        self.store.remove_job(job.job_id)
+        # A tombstone, not a bare removal: a trigger instance still running elsewhere can then
+        # neither claim and send a chunk again nor save the ledger back, and the receiver drops
+        # redeliveries. A later try of the task (after a clear) starts a job of its own.
+        self.store.retire_job(job.job_id, "finished")
         return True, result
 
     def _deliveries(self, job: CallbackJob, reading: _Reading) -> Iterator[CallbackDelivery]:

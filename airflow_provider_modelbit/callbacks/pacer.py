@@ -42,8 +42,9 @@ class PacingResult:
     :param awaited: chunks sent (now or before) whose deliveries the trigger must wait for.
     :param deadline: when the wait ends, from the job's ledger.
     :param failure: why submitting stopped early (a submission Modelbit did not take, a connection
-        that cannot serve the job, or the store failing), as the error the task raises, else ``None``.
-    :param retired: the job was retired meanwhile (the task was killed or cleared).
+        that cannot serve the job, the store failing, or the task's ``execution_timeout`` passing
+        with chunks not submitted), as the error the task raises, else ``None``.
+    :param retired: the job was retired meanwhile (its task finished, or it was replaced or failed for good).
     :param concurrency: the limiter's final state, for the task's summary.
     """
 
@@ -135,6 +136,8 @@ class SubmissionPacer:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+        if pending and not retired:
+            self._note_timeout(job, pending)
         self._log_progress(job, limiter, total, force=True)
         limiter.log_final()
         return self._result(job, retired=retired, concurrency=limiter.summary())
@@ -303,6 +306,13 @@ class SubmissionPacer:
             return
         self._submitted += 1
         await self._ledger(submission.accepted, chunk, batch_id)
+
+    def _note_timeout(self, job: CallbackJob, pending: deque[int]) -> None:
+        """Report chunks left unsent because the task's ``execution_timeout`` stopped the pacing."""
+        if not job.timed_out(time.time()):
+            return  # past the delivery deadline alone, the task itself submits what is left
+        passed = f"the task's execution_timeout passed with {len(pending)} staged chunk(s) not submitted."
+        self._record_failure(job, _job_error(job, passed), pending[0])
 
     def _record_failure(self, job: CallbackJob, error: Exception, chunk: int | None = None) -> None:
         """

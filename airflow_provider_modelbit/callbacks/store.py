@@ -28,7 +28,9 @@ _META_NAME = re.compile(r"chunk-(\d+)\.meta\.json$")
 _MANIFEST = "manifest.json"
 #: Tombstones live beside the job folders; a job id cannot start with "_", so no job can collide.
 _RETIRED_DIR = "_retired"
+_STOP_REQUEST = "stop.json"
 TOMBSTONE_SCHEMA_VERSION = 1
+STOP_REQUEST_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,40 @@ class Tombstone:
                 f"{record.get('schema_version')!r}; this provider reads version {TOMBSTONE_SCHEMA_VERSION}."
             )
         return cls(record["job_id"], float(record["retired_at"]), str(record.get("reason", "")))
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """
+    The triggerer's word that a job's trigger was cancelled as if a user had acted on the task.
+
+    Airflow cancels a trigger that way when a user marks the deferred task failed or success or
+    clears it, and also when another triggerer took the trigger over. Only the task's worker can
+    tell which: a resume of the same deferral withdraws the request, a later try retires the job.
+
+    :param job_id: the job whose trigger was cancelled.
+    :param requested_at: unix time of the cancellation.
+    :param reason: what the triggerer was told, for whoever reads the store.
+    """
+
+    job_id: str
+    requested_at: float
+    reason: str = ""
+    schema_version: int = STOP_REQUEST_SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> StopRequest:
+        record = json.loads(raw)
+        if record.get("schema_version") != STOP_REQUEST_SCHEMA_VERSION:
+            raise ValueError(
+                f"Stop request of job {record.get('job_id')!r} has schema version "
+                f"{record.get('schema_version')!r}; this provider reads version "
+                f"{STOP_REQUEST_SCHEMA_VERSION}."
+            )
+        return cls(record["job_id"], float(record["requested_at"]), str(record.get("reason", "")))
 
 
 def default_store_location() -> str:
@@ -153,6 +189,7 @@ class CallbackStore:
         <location>/<job_id>/manifest.json         what the operator submitted
         <location>/<job_id>/request-<n>.json      a chunk's encoded data, left to the trigger to send
         <location>/<job_id>/sent-<n>-<a>.json     the claim on sending attempt <a> of chunk <n>
+        <location>/<job_id>/stop.json             a cancelled trigger's :class:`StopRequest`
         <location>/_retired/<job_id>.json         a retired job's tombstone (:class:`Tombstone`)
 
     A delivery counts only once its meta file exists; both files are written to a temporary
@@ -256,8 +293,35 @@ class CallbackStore:
             self._remove_quietly(path)
 
     def remove_job(self, job_id: str) -> None:
-        """Delete everything stored for ``job_id`` (its task is done with it); missing is fine."""
+        """Delete everything stored for ``job_id`` (a retired job's leftovers); missing is fine."""
         self._remove_job_dir(job_id)
+
+    def request_stop(self, job_id: str, reason: str = "") -> bool:
+        """
+        Leave a :class:`StopRequest` beside the job's manifest; ``False`` when there is no job to stop.
+
+        Nothing is deleted: the task's worker decides (see :class:`StopRequest`).
+        """
+        if self.is_retired(job_id) or not self.has_manifest(job_id):
+            return False
+        request = StopRequest(validate_job_id(job_id), time.time(), reason)
+        self._write_atomic(self._stop_path(job_id), [request.to_bytes()])
+        if self.is_retired(job_id):
+            self._remove_job_dir(job_id)  # retired meanwhile: its folder is not made again
+            return False
+        return True
+
+    def stop_request(self, job_id: str) -> StopRequest | None:
+        """Return the job's pending stop request, or ``None``."""
+        try:
+            with self._fs.open(self._stop_path(job_id), "rb") as request_file:
+                return StopRequest.from_bytes(request_file.read())
+        except FileNotFoundError:
+            return None
+
+    def withdraw_stop(self, job_id: str) -> None:
+        """Forget the job's stop request (its task resumed the deferral); missing is fine."""
+        self._remove_quietly(self._stop_path(job_id))
 
     def retire_job(self, job_id: str, reason: str = "") -> Tombstone:
         """
@@ -435,6 +499,9 @@ class CallbackStore:
 
     def _tombstone_path(self, job_id: str) -> str:
         return f"{self._root}/{_RETIRED_DIR}/{validate_job_id(job_id)}.json"
+
+    def _stop_path(self, job_id: str) -> str:
+        return f"{self._job_dir(job_id)}/{_STOP_REQUEST}"
 
     def _manifest_path(self, job_id: str) -> str:
         return f"{self._job_dir(job_id)}/{_MANIFEST}"

@@ -114,6 +114,8 @@ class ModelbitDeferrableMixin:
         self.max_chunk_attempts = max_chunk_attempts
         self.callback_store_location = callback_store_location
         self._callback_job_id: str | None = None
+        #: Whether the try working on the job is the task instance's last (``on_kill`` has no context).
+        self._callback_last_try = False
         #: The trigger's concurrency limit at its end, when it submitted staged chunks.
         self.deferred_concurrency: dict[str, Any] | None = None
 
@@ -132,7 +134,7 @@ class ModelbitDeferrableMixin:
         ti = context["ti"]
         runner = self._runner(CallbackStore(self.callback_store_location))
         job = runner.job_for_try(ti, self._callback_request())
-        self._callback_job_id = job.job_id
+        self._hold_callback_job(job, ti)
         job.not_after = self._execution_deadline(ti)
         runner.submit(job, runner.due_on_new_try(job))
         return self._settle_and_continue(context, runner, job, lost=False)
@@ -207,11 +209,12 @@ class ModelbitDeferrableMixin:
         runner = self._runner(CallbackStore(event["store_location"]))
         # Before anything is settled, sent or written: the input, the DAG or the connection may
         # have changed while the task was deferred.
-        job = runner.load(event["job_id"], self._callback_request())
-        self._callback_job_id = job.job_id
+        job = runner.resume(event["job_id"], self._callback_request())
+        self._hold_callback_job(job, context["ti"])
         self.deferred_concurrency = event.get("concurrency") or self.deferred_concurrency
         if event.get("submission_error"):
             runner.record_deliveries(job)
+            runner.fail_if_timed_out(job, last_try=self._callback_last_try)
             save_job(runner.store, job)  # the retry reuses the job and reads what was delivered
             raise submission_error(event)
         metrics.deferred_wait(job.request.deployment, time.time() - (job.first_submitted_at or time.time()))
@@ -221,7 +224,7 @@ class ModelbitDeferrableMixin:
         self, context: Context, runner: JobRunner, job: CallbackJob, *, lost: bool
     ) -> Any:
         """Assemble the result when every chunk is delivered; otherwise (re)submit what is due and defer."""
-        runner.settle(job, lost=lost, last_try=_is_last_try(context["ti"]))
+        runner.settle(job, lost=lost, last_try=self._callback_last_try)
         if not job.in_state(ChunkState.PENDING, *IN_FLIGHT):
             assemble = partial(cast("DeferrableHost", self)._collect_callback_results, context)
             finished, result = runner.collect(job, assemble)
@@ -233,20 +236,21 @@ class ModelbitDeferrableMixin:
 
     # ------------------------------------------------------------------ stopping
 
-    def retire_callback_job(self, reason: str) -> None:
-        """Retire the job this operator is working on, so nothing reads its deliveries again."""
-        if self._callback_job_id is not None:
-            CallbackStore(self.callback_store_location).retire_job(self._callback_job_id, reason)
-            self._callback_job_id = None
+    def _hold_callback_job(self, job: CallbackJob, ti: Any) -> None:
+        self._callback_job_id = job.job_id
+        self._callback_last_try = _is_last_try(ti)
 
     def on_kill(self) -> None:
         """
-        Stop a killed task in either mode: abandon the requests in flight and send nothing more
-        (a synchronous batch keeps its checkpoint for the retry), and retire the callback job.
+        Stop a killed task (``execution_timeout``, or a signal) in either mode: abandon the
+        requests in flight and send nothing more. What a retry can reuse is kept (a synchronous
+        batch's checkpoint, a callback job's ledger and deliveries); the last try retires the job.
         """
         if "hook" in self.__dict__:  # never build a hook (and read the connection) just to stop it
             cast("DeferrableHost", self).hook.stop()
-        self.retire_callback_job("task killed")
+        if self._callback_job_id is not None:
+            store = CallbackStore(self.callback_store_location)
+            self._runner(store).stop(self._callback_job_id, last_try=self._callback_last_try)
         super().on_kill()  # type: ignore[misc]
 
 

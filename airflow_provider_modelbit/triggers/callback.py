@@ -41,8 +41,8 @@ DEFAULT_POLL_INTERVAL = 2.0
 PACING_SCAN_SECONDS = 0.5
 #: Longest pause between looks at a store that keeps failing (the backoff doubles up to this).
 MAX_STORE_BACKOFF_SECONDS = 60.0
-#: Why the triggerer cancelled a trigger whose task a user marked failed or success, or cleared.
-RETIRE_REASON = "deferred task was marked failed or success, or cleared"
+#: What a stop request says: Airflow cancels a trigger so for a user's action and for a takeover alike.
+STOP_REASON = "trigger cancelled: task marked failed or success, cleared, or taken over by another triggerer"
 
 
 @dataclass(eq=False)
@@ -386,26 +386,32 @@ class ModelbitCallbackTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """
-        Retire the job: a user marked the deferred task failed or success, or cleared it.
+        Ask the task to stop the job: leave a stop request in the store, delete nothing.
 
-        Airflow (3.3 and later) calls this only for those user actions, never when the triggerer
-        stops, restarts or hands the trigger to another triggerer, nor on the trigger's timeout:
-        in those cases the job must survive for the task that still waits on it. Retiring
-        deletes what was delivered and makes the receiver drop later deliveries, so no later
-        run of the task can read this job's results. Airflow 3.1 and 3.2 never call it; there
-        a left job is replaced by the next try when it differs, and expires after
-        ``[modelbit] callback_retention_seconds``.
+        Airflow 3.3 calls this when a user marks the deferred task failed or success or clears
+        it, but also, with the same message, when this triggerer was thought dead and another
+        one took the trigger over while the task still waits on the job. Only the worker can
+        tell these apart, so the trigger never retires the job itself: a resume of this deferral
+        withdraws the request, and the next try of the task retires the job (see
+        :meth:`~airflow_provider_modelbit.callbacks.job_runner.JobRunner.job_for_try`). Nothing
+        more is submitted from here either way: this trigger's pacing ended with its
+        cancellation. Airflow 3.1 and 3.2 never call it; a job left there is replaced by the next
+        try when it differs, and expires after ``[modelbit] callback_retention_seconds``.
         """
         try:
-            await asyncio.to_thread(self._retire_job)
+            requested = await asyncio.to_thread(self._request_stop)
         except Exception as error:
-            # Expiry removes it later; the task's next try also refuses a job it did not ask for.
+            # The next try still replaces a job that differs, and expiry removes it later.
             self.log.warning(
-                "Could not retire Modelbit job %s in %s: %s: %s",
+                "Could not leave a stop request for Modelbit job %s in %s: %s: %s",
                 self.job_id, self.store_location, type(error).__name__, error,
             )  # fmt: skip
             return
-        self.log.info("Retired Modelbit job %s: %s", self.job_id, RETIRE_REASON)
+        if requested:
+            self.log.info(
+                "Trigger of Modelbit job %s cancelled (%s); stop requested, the task decides what to keep.",
+                self.job_id, STOP_REASON,
+            )  # fmt: skip
 
-    def _retire_job(self) -> None:
-        CallbackStore(self.store_location).retire_job(self.job_id, RETIRE_REASON)
+    def _request_stop(self) -> bool:
+        return CallbackStore(self.store_location).request_stop(self.job_id, STOP_REASON)

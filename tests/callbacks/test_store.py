@@ -218,6 +218,39 @@ class TestRetireJob:
             store.tombstone("job-1")
 
 
+class TestStopRequest:
+    """The triggerer's cancellation asks; only the task's worker retires (see ``JobRunner``)."""
+
+    def test_a_stop_request_is_kept_beside_the_job_and_deletes_nothing(self, store: CallbackStore) -> None:
+        store.write_manifest("job-1", {"chunks": 2})
+        store.put_delivery("job-1", 0, "b", [b'{"data": 1}'])
+        assert store.request_stop("job-1", "trigger cancelled") is True
+        request = store.stop_request("job-1")
+        assert request is not None and (request.job_id, request.reason) == ("job-1", "trigger cancelled")
+        assert store.has_manifest("job-1") and store.delivered_chunks("job-1") == {0}
+        assert not store.is_retired("job-1")
+        store.withdraw_stop("job-1")
+        store.withdraw_stop("job-1")  # missing is fine
+        assert store.stop_request("job-1") is None and store.has_manifest("job-1")
+
+    @pytest.mark.parametrize("finished", ["retired", "never saved"])
+    def test_a_job_that_is_gone_gets_no_stop_request_and_no_folder(
+        self, store: CallbackStore, finished: str
+    ) -> None:
+        if finished == "retired":
+            store.write_manifest("job-1", {"chunks": 1})
+            store.retire_job("job-1", "finished")
+        assert store.request_stop("job-1", "trigger cancelled") is False
+        assert store.stop_request("job-1") is None
+        assert not store._fs.exists(store._job_dir("job-1"))
+
+    def test_retiring_takes_the_stop_request_with_the_job(self, store: CallbackStore) -> None:
+        store.write_manifest("job-1", {"chunks": 1})
+        store.request_stop("job-1", "trigger cancelled")
+        store.retire_job("job-1", "replaced")
+        assert store.stop_request("job-1") is None and not store._fs.exists(store._job_dir("job-1"))
+
+
 class TestExpire:
     AGE = 3600.0
 

@@ -8,19 +8,30 @@ with the callback receiver app listening on 127.0.0.1. Both operators take this 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_modelbit.callbacks.job import job_id_for_try, task_job_prefix
+from airflow_provider_modelbit.callbacks.job import (
+    CallbackJob,
+    job_id_for_try,
+    load_job,
+    save_job,
+    task_job_prefix,
+)
 from airflow_provider_modelbit.callbacks.job_runner import validate_callback_event
+from airflow_provider_modelbit.callbacks.pacer import SubmissionPacer
 from airflow_provider_modelbit.callbacks.receiver import ConnectionSecretSource, create_callback_app
-from airflow_provider_modelbit.callbacks.store import CallbackStore
+from airflow_provider_modelbit.callbacks.store import CallbackStore, Tombstone
 from airflow_provider_modelbit.emulator import RunningEmulator
 from airflow_provider_modelbit.emulator.server import run_emulator
 from airflow_provider_modelbit.exceptions import (
@@ -36,6 +47,7 @@ from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOper
 from airflow_provider_modelbit.operators.deferrable import XCOM_BATCH_IDS_KEY
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
 from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger
+from airflow_provider_modelbit.version_compat import AirflowTaskTimeout
 from tests.airflow_dags import TaskDeferred, TaskOutcome, run_task
 from tests.asgi_thread import serve_in_thread
 from tests.operators.flaky_deployment import write_flaky_deployment
@@ -92,6 +104,11 @@ def flaky_server(
         yield running
 
 
+def _store_entries(store: CallbackStore) -> list[str]:
+    """What is left in the store: a finished job leaves its tombstone in ``_retired``, nothing else."""
+    return sorted(path.name for path in Path(store.location).iterdir())
+
+
 def run_deferred(**operator_kwargs: Any) -> TaskOutcome:
     """Run ModelbitInferenceOperator(deferrable=True) with ``operator_kwargs``."""
     options = {**FAST, **operator_kwargs}
@@ -103,7 +120,7 @@ class TestDeferredInference:
         outcome = run_deferred(deployment="doubler", data=21)
         assert (outcome.state, outcome.value) == ("success", 42), outcome.error
         assert len(server.client.batches()) == 1, "one async submission, no synchronous call"
-        assert list(Path(store.location).iterdir()) == [], "the store is cleaned after success"
+        assert _store_entries(store) == ["_retired"], "the store keeps only the finished job's tombstone"
 
     def test_batch_rows_are_matched_by_id(self, server: RunningEmulator) -> None:
         server.client.configure(sort_results_by_id=True)
@@ -257,7 +274,7 @@ class TestDeferredBatch:
         assert deferred_file.read_bytes() == sync_file.read_bytes()
         assert deferred.value["rows"] == ROWS and deferred.value["chunks"] == 7
         assert len(server.client.batches()) == 7, "one async request per chunk of 3 rows"
-        assert list(Path(store.location).iterdir()) == [], "the callback store is cleaned after success"
+        assert _store_entries(store) == ["_retired"], "the store keeps only the finished job's tombstone"
         assert not Path(f"{deferred_file}.checkpoint").exists()
 
     def test_empty_input_writes_an_empty_file_without_submitting(
@@ -313,7 +330,7 @@ class TestPacedDeferredBatch:
         assert server.client.runs("echo") == {f"k{rows - i:03d}": 2 for i in range(rows)}, (
             "each row run once by each path"
         )
-        assert list(Path(store.location).iterdir()) == [], "staged requests leave with the job"
+        assert _store_entries(store) == ["_retired"], "staged requests leave with the job"
 
 
 @pytest.fixture
@@ -564,3 +581,275 @@ class TestEventValidation:
         assert job_id_for_try(task_job_prefix("d", "t", "r", 0), 1) != job_id_for_try(
             task_job_prefix("d", "t", "r", 0), 2
         )
+
+
+#: What Airflow 3.3's triggerer passes to ``Task.cancel`` for every trigger it runs that the
+#: database no longer assigns to it: a user's mark or clear, or another triggerer's takeover.
+USER_ACTION_CANCEL_MESSAGE = "__airflow_user_action__"
+#: A chunk per row, at most two outstanding: the trigger submits most of them, paced, for seconds.
+PACED = {"batch_size": 1, "max_concurrency": 2}
+
+
+class _StalledTriggerer:
+    """
+    One trigger run in an event loop of its own thread, as a triggerer runs it. The test can stall
+    its pacing between two submissions (as a long pause stalls a triggerer, which Airflow then
+    takes for dead and hands the trigger to another), resume it, and cancel the trigger as
+    Airflow 3.3's ``TriggerRunner.run_trigger`` does.
+    """
+
+    def __init__(self, trigger: ModelbitCallbackTrigger, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.trigger = trigger
+        self.events: list[dict[str, Any]] = []
+        self._pacers: list[SubmissionPacer] = []
+        self._stall, self._stalled, self._resumed = threading.Event(), threading.Event(), threading.Event()
+        self._gate_the_pacer(monkeypatch)
+        self.loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, name="stalled-triggerer", daemon=True)
+        self._thread.start()
+
+    def _gate_the_pacer(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Hold this trigger's pacer, once :meth:`stall` asks, where it next looks at the store."""
+        made, look = SubmissionPacer.__init__, SubmissionPacer._look
+
+        def noted(pacer: SubmissionPacer, *args: Any, **kwargs: Any) -> None:
+            made(pacer, *args, **kwargs)
+            if threading.current_thread() is self._thread:
+                self._pacers.append(pacer)
+
+        def gated(pacer: SubmissionPacer, outstanding: list[int]) -> Any:
+            if self._stall.is_set() and pacer in self._pacers:
+                self._stalled.set()
+                self._resumed.wait(300)  # bounded, so a failing test cannot hang
+            return look(pacer, outstanding)
+
+        monkeypatch.setattr(SubmissionPacer, "__init__", noted)
+        monkeypatch.setattr(SubmissionPacer, "_look", gated)
+
+    def _run(self) -> None:
+        self._task = self.loop.create_task(self._run_trigger())
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self._task)
+        self.loop.close()
+
+    async def _run_trigger(self) -> None:
+        try:
+            self.events += [event.payload async for event in self.trigger.run()]
+        except asyncio.CancelledError as cancelled:
+            if cancelled.args and cancelled.args[0] == USER_ACTION_CANCEL_MESSAGE:
+                await self.trigger.on_kill()
+            raise
+
+    def stall(self) -> None:
+        """Stop the pacing at its next look at the store (its requests under way finish first)."""
+        self._stall.set()
+        assert self._stalled.wait(120), "the trigger's pacing never reached its next look"
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    def cancel_as_the_triggerer(self) -> None:
+        self.loop.call_soon_threadsafe(lambda: cast(Any, self._task).cancel(USER_ACTION_CANCEL_MESSAGE))
+
+    def join(self) -> None:
+        self._thread.join(timeout=120)
+        assert not self._thread.is_alive(), "the trigger never ended"
+
+
+def _wait_for(condition: Callable[[], bool], describe: Callable[[], str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached within {timeout:.0f} s: {describe()}"
+        time.sleep(0.02)
+
+
+def _paced_batch(input_path: Path, output_path: Path, **overrides: Any) -> ModelbitBatchInferenceOperator:
+    options = {**FAST, **batch_kwargs(input_path, output_path, **PACED), **overrides}
+    return ModelbitBatchInferenceOperator(task_id="score", deferrable=True, **options)
+
+
+def _defer(operator: ModelbitBatchInferenceOperator, context: Any) -> dict[str, Any]:
+    """Run a try until it defers; return its trigger's kwargs."""
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    return deferred.value.trigger.serialize()[1]
+
+
+def _assert_scored_once_like_a_clean_run(
+    server: RunningEmulator, input_table: Path, output: Path, tmp_path: Path
+) -> None:
+    """Every row ran once; the output is the byte-identical file a synchronous run writes."""
+    assert server.client.runs("echo") == dict.fromkeys(TABLE.column("key").to_pylist(), 1)
+    clean = run_batch(False, **batch_kwargs(input_table, tmp_path / "clean.parquet", **PACED))
+    assert clean.state == "success", clean.error
+    assert output.read_bytes() == (tmp_path / "clean.parquet").read_bytes()
+
+
+class TestStopping:
+    """Stopping keeps what the task or its retry still uses and retires only what nobody will read."""
+
+    @pytest.fixture(autouse=True)
+    def paced(self, server: RunningEmulator) -> None:
+        server.client.configure(sort_results_by_id=True)
+        # Each request holds the model a while, so the trigger is still submitting when it is stalled.
+        server.client.set_faults(model_seconds=0.3, deployment="echo")
+
+    def _taken_over(
+        self, server: RunningEmulator, kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> tuple[_StalledTriggerer, dict[str, Any]]:
+        """
+        Triggerer A submits some chunks, then stalls; triggerer B takes the trigger over
+        and runs it to its event, as Airflow does when A misses its heartbeats.
+        """
+        sent_by_the_worker = len(server.client.batches())
+        first = _StalledTriggerer(ModelbitCallbackTrigger(**kwargs), monkeypatch)
+        _wait_for(lambda: len(server.client.batches()) > sent_by_the_worker, lambda: "A submitted nothing")
+        first.stall()
+        [event] = asyncio.run(_events_of(ModelbitCallbackTrigger(**kwargs)))
+        assert event["status"] == "success", event
+        return first, event
+
+    def test_a_trigger_cancelled_after_another_triggerer_took_it_over_retires_nothing(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        """
+        Airflow 3.3 cancels the stalled triggerer's copy with the user-action message once it
+        recovers: only a stop request is left, the resumed task withdraws it and finishes.
+        """
+        context: Any = {"ti": _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")}
+        output = tmp_path / "scores.parquet"
+        kwargs = _defer(_paced_batch(input_table, output), context)
+        job_id = kwargs["job_id"]
+        stalled, event = self._taken_over(server, kwargs, monkeypatch)
+        stalled.cancel_as_the_triggerer()
+        stalled.join()
+        stalled.resume()
+        assert store.stop_request(job_id) is not None, "on_kill asked the task to stop the job"
+        assert not store.is_retired(job_id) and len(store.delivered_chunks(job_id)) == ROWS
+
+        assert _complete(_paced_batch(input_table, output), context, event)["rows"] == ROWS
+        assert store.stop_request(job_id) is None and store.tombstone(job_id).reason == "finished"
+        _assert_scored_once_like_a_clean_run(server, input_table, output, tmp_path)
+
+    def test_a_stalled_trigger_that_resumes_after_the_task_finished_sends_nothing_again(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        context: Any = {"ti": _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")}
+        output = tmp_path / "scores.parquet"
+        kwargs = _defer(_paced_batch(input_table, output), context)
+        stalled, event = self._taken_over(server, kwargs, monkeypatch)
+        assert _complete(_paced_batch(input_table, output), context, event)["rows"] == ROWS
+        stalled.resume()  # its ledger still lists chunks to submit
+        stalled.join()
+        assert [e["status"] for e in stalled.events] == ["error"] and "retired" in stalled.events[0][
+            "message"
+        ]
+        assert not Path(store.location, kwargs["job_id"]).exists(), "the finished job is not brought back"
+        _assert_scored_once_like_a_clean_run(server, input_table, output, tmp_path)
+
+    def test_a_users_clear_while_deferred_retires_the_job_before_the_next_try_sends_anything(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
+        context: Any = {"ti": ti}
+        output = tmp_path / "scores.parquet"
+        kwargs = _defer(_paced_batch(input_table, output), context)
+        job_id = kwargs["job_id"]
+        triggerer = _StalledTriggerer(ModelbitCallbackTrigger(**kwargs), monkeypatch)
+        _wait_for(lambda: len(server.client.batches()) >= 3, lambda: "the trigger submitted too little")
+        triggerer.cancel_as_the_triggerer()  # cleared: the trigger is no longer assigned anywhere
+        triggerer.join()
+        assert store.stop_request(job_id) is not None and not store.is_retired(job_id)
+        sent = _chunks_sent_for(server, job_id)
+        assert len(sent) < ROWS, "the cancelled trigger stopped submitting"
+
+        ti.try_number = 2
+        retry = _paced_batch(input_table, output)
+        retry_kwargs = _defer(retry, context)
+        assert store.is_retired(job_id) and "stopped" in cast(Tombstone, store.tombstone(job_id)).reason
+        [event] = asyncio.run(_events_of(ModelbitCallbackTrigger(**retry_kwargs)))
+        assert _complete(retry, context, event)["rows"] == ROWS
+        assert _chunks_sent_for(server, job_id) == sent, "the cleared job sent nothing after the clear"
+        keys = TABLE.column("key").to_pylist()
+        twice = {keys[chunk] for chunk in sent}  # a chunk per row
+        assert server.client.runs("echo") == {key: 2 if key in twice else 1 for key in keys}, (
+            "the new try scores every row again, the cleared job only what it had sent"
+        )
+        clean = run_batch(False, **batch_kwargs(input_table, tmp_path / "clean.parquet", **PACED))
+        assert clean.state == "success", clean.error
+        assert output.read_bytes() == (tmp_path / "clean.parquet").read_bytes()
+
+    def test_execution_timeout_keeps_the_delivered_chunks_for_the_retry(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path
+    ) -> None:
+        """
+        ``execution_timeout`` passes while the trigger is paused with chunks still to submit: the
+        trigger submits nothing more, the task times out without sending anything, and its retry
+        sends only what was never delivered.
+        """
+        ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
+        context: Any = {"ti": ti}
+        output = tmp_path / "scores.parquet"
+        limit = {"execution_timeout": timedelta(minutes=30)}
+        first = _paced_batch(input_table, output, **limit)
+        kwargs = _defer(first, context)
+        job_id = kwargs["job_id"]
+        sent_by_the_worker = len(server.client.batches())
+        _wait_for(lambda: len(store.delivered_chunks(job_id)) == sent_by_the_worker, lambda: "no delivery")
+        ledger = cast(CallbackJob, load_job(store, job_id))
+        ledger.not_after = time.time() - 1  # the task's execution_timeout passed while it waited
+        save_job(store, ledger)
+
+        [event] = asyncio.run(_events_of(ModelbitCallbackTrigger(**kwargs)))
+        assert event["status"] == "error" and "execution_timeout" in event["submission_error"]
+        assert len(server.client.batches()) == sent_by_the_worker, "the trigger submitted nothing more"
+        # However the event reads, the worker submits nothing once the timeout passed.
+        success = {**event, "status": "success", "submission_error": None}
+        with pytest.raises(AirflowTaskTimeout, match="kept for a retry"):
+            _paced_batch(input_table, output, **limit).execute_complete(context, success)
+        first.on_kill()  # Airflow calls it after the timeout: the job is kept all the same
+        assert len(server.client.batches()) == sent_by_the_worker and not store.is_retired(job_id)
+
+        ti.try_number = 2
+        retry = _paced_batch(input_table, output, **limit)
+        [event] = asyncio.run(_events_of(ModelbitCallbackTrigger(**_defer(retry, context))))
+        assert _complete(retry, context, event)["rows"] == ROWS
+        assert len(server.client.batches()) == ROWS, "the delivered chunks were not sent again"
+        _assert_scored_once_like_a_clean_run(server, input_table, output, tmp_path)
+
+    def test_execution_timeout_in_the_last_try_retires_the_job(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path
+    ) -> None:
+        ti = _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")
+        ti.max_tries = 0
+        operator = _paced_batch(input_table, tmp_path / "scores.parquet")
+        job_id = _defer(operator, {"ti": ti})["job_id"]
+        operator.on_kill()
+        assert store.is_retired(job_id)
+
+
+def _complete(operator: ModelbitBatchInferenceOperator, context: Any, event: dict[str, Any]) -> Any:
+    """Resume the task at ``event``; run the trigger again each time it defers once more."""
+    while True:
+        try:
+            return operator.execute_complete(context, event)
+        except TaskDeferred as deferred:
+            [event] = asyncio.run(_events_of(deferred.trigger))
+
+
+def _chunks_sent_for(server: RunningEmulator, job_id: str) -> list[int]:
+    """The chunks of ``job_id`` the server received, read from each request's webhook URL."""
+    marker = f"/{job_id}/"
+    urls = [str(batch["webhook_url"]) for batch in server.client.batches()]
+    return sorted(int(url.split(marker, 1)[1].split("?", 1)[0]) for url in urls if marker in url)
+
+
+async def _events_of(trigger: ModelbitCallbackTrigger) -> list[dict[str, Any]]:
+    async def collect() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    return await asyncio.wait_for(collect(), timeout=180)

@@ -269,9 +269,10 @@ async def _cancel_as_the_triggerer(trigger: ModelbitCallbackTrigger, message: st
     """
     Cancel a running trigger the way Airflow 3.3's ``TriggerRunner.run_trigger`` does.
 
-    The triggerer calls ``on_kill`` only when the cancellation carries its user-action message
-    (mark failed / success, clear); a shutdown or restart cancels without one, and ``cleanup``
-    runs in every case.
+    The triggerer calls ``on_kill`` only when the cancellation carries its user-action message,
+    which it sends for every trigger it runs that the database no longer assigns to it: the task
+    was marked failed or success or cleared, or another triggerer took the trigger over. A
+    shutdown or restart cancels without one, and ``cleanup`` runs in every case.
     """
     running = asyncio.ensure_future(_events(trigger))
     await asyncio.sleep(3 * POLL)
@@ -293,23 +294,33 @@ class TestCancellation:
             USER_ACTION_CANCEL_MESSAGE
         )
 
-    async def test_user_action_retires_the_job(self, store: CallbackStore) -> None:
-        """Marked failed or success, or cleared: the job's deliveries go and later ones are dropped."""
+    async def test_user_action_leaves_a_stop_request_and_deletes_nothing(self, store: CallbackStore) -> None:
+        """
+        Airflow 3.3 cancels with the user-action message for a user's mark or clear and for a takeover
+        by another triggerer alike: the trigger only asks, the task's worker decides (and retires).
+        """
         store.write_manifest("job-1", {"chunks": 2})
         _deliver(store, 0)
         trigger = _trigger(store)
         await _cancel_as_the_triggerer(trigger, USER_ACTION_CANCEL_MESSAGE)
-        assert store.is_retired("job-1")
-        assert store.tombstone("job-1").reason == "deferred task was marked failed or success, or cleared"
-        assert store.delivered_chunks("job-1") == set()
+        assert not store.is_retired("job-1")
+        request = store.stop_request("job-1")
+        assert request is not None and "taken over by another triggerer" in request.reason
+        assert store.has_manifest("job-1") and store.delivered_chunks("job-1") == {0}
         _deliver(store, 1)
-        assert store.delivered_chunks("job-1") == set()
+        assert store.delivered_chunks("job-1") == {0, 1}, "the other triggerer's wait still completes"
         assert DeliveryWatcher.for_running_loop()._watches == set()
+
+    async def test_a_cancelled_trigger_of_a_finished_job_leaves_nothing(self, store: CallbackStore) -> None:
+        store.write_manifest("job-1", {"chunks": 2})
+        store.retire_job("job-1", "finished")
+        await _cancel_as_the_triggerer(_trigger(store), USER_ACTION_CANCEL_MESSAGE)
+        assert store.stop_request("job-1") is None and not store.has_manifest("job-1")
 
     async def test_triggerer_shutdown_keeps_the_job_for_the_next_triggerer(
         self, store: CallbackStore
     ) -> None:
-        """A restart or redistribution cancels without the message: nothing is retired, the wait resumes."""
+        """A shutdown or restart cancels without the message: nothing is asked, the wait resumes."""
         store.write_manifest("job-1", {"chunks": 2})
         _deliver(store, 0)
         await _cancel_as_the_triggerer(_trigger(store), None)
@@ -323,11 +334,14 @@ class TestCancellation:
     async def test_on_kill_with_an_unreachable_store_logs_and_returns(
         self, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """Airflow bounds on_kill and only logs what it raises; a failure to retire is said, not raised."""
+        """Airflow bounds on_kill and only logs what it raises; a failure to write is said, not raised."""
         trigger = ModelbitCallbackTrigger(
             job_id="job-1", chunks=[0], store_location="nosuchscheme://nowhere", deadline=time.time() + 30
         )
         await asyncio.wait_for(trigger.on_kill(), timeout=10)
         # The trigger's own logger is structlog, printed rather than captured by caplog.
         logged = caplog.text + capsys.readouterr().out
-        assert "Could not retire Modelbit job job-1 in nosuchscheme://nowhere: ValueError" in logged
+        assert (
+            "Could not leave a stop request for Modelbit job job-1 in nosuchscheme://nowhere: ValueError"
+            in logged
+        )
