@@ -29,6 +29,8 @@ _MANIFEST = "manifest.json"
 #: Tombstones live beside the job folders; a job id cannot start with "_", so no job can collide.
 _RETIRED_DIR = "_retired"
 _STOP_REQUEST = "stop.json"
+# Tries at removing a job's folder while deliveries, saves or other removers touch it.
+_REMOVE_ATTEMPTS = 5
 TOMBSTONE_SCHEMA_VERSION = 1
 STOP_REQUEST_SCHEMA_VERSION = 1
 
@@ -397,16 +399,18 @@ class CallbackStore:
 
     def _remove_job_dir(self, job_id: str) -> None:
         job_dir = self._job_dir(job_id)
-        # A delivery being written at the same moment can refill the folder under rm; try again.
-        for attempt in range(3):
+        # Removing can race a delivery or a save refilling the folder (rm then fails on a folder that
+        # is not empty) and another remover deleting the same files (rm then fails on a file that is
+        # gone, with the folder still there): look again until the folder is gone.
+        for attempt in range(_REMOVE_ATTEMPTS):
             try:
                 if self._fs.exists(job_dir):
                     self._fs.rm(job_dir, recursive=True)
                 return
             except FileNotFoundError:
-                return
+                continue
             except OSError:
-                if attempt == 2:
+                if attempt == _REMOVE_ATTEMPTS - 1:
                     raise
 
     def stage_request(self, job_id: str, chunk: int, encoded_data: bytes) -> None:

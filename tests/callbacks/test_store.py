@@ -211,6 +211,30 @@ class TestRetireJob:
         assert store.delivered_chunks("job-1") == set()
         assert not store._fs.exists(store._job_dir("job-1"))
 
+    def test_another_remover_deleting_the_same_files_leaves_no_folder(
+        self, store: CallbackStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        Two removers at once (retiring, and a save or delivery that saw the tombstone): one can find
+        a file gone that it listed, with the folder still there; it looks again until it is gone.
+        """
+        store.write_manifest("job-1", {"chunks": 2})
+        store.put_delivery("job-1", 0, "b", [b'{"data": 1}'])
+        remove, job_dir = store._fs.rm, store._job_dir("job-1")
+        raced = []
+
+        def rm_racing_another_remover(path: str, recursive: bool = False) -> None:
+            if path == job_dir and not raced:
+                raced.append(path)
+                store._fs.rm_file(store._manifest_path("job-1"))  # the other remover's first delete
+                raise FileNotFoundError(path)
+            remove(path, recursive=recursive)
+
+        monkeypatch.setattr(store._fs, "rm", rm_racing_another_remover)
+        store.retire_job("job-1", "test")
+        assert raced
+        assert not store._fs.exists(store._job_dir("job-1"))
+
     def test_tombstone_of_another_schema_version_is_refused_by_name(self, store: CallbackStore) -> None:
         store.retire_job("job-1")
         store._write_atomic(store._tombstone_path("job-1"), [b'{"job_id": "job-1", "schema_version": 99}'])
