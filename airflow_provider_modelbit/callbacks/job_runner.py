@@ -11,7 +11,7 @@ as a synchronous answer is, so the same failure raises the same error in both mo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -424,8 +424,10 @@ class JobRunner:
         """
         Hand the deliveries to ``assemble``; return ``(True, result)``, then retire the job.
 
-        A links delivery that expired or could not be read puts its chunk back to pending (the
-        resubmission counts as an attempt) and returns ``(False, None)``: the caller resubmits.
+        A links delivery that expired or could not be read puts its chunk back to pending, and
+        with it every later chunk whose link has expired too (each resubmission counts as an
+        attempt); then ``(False, None)`` is returned and the caller resubmits them in one wave. A
+        retry an hour after the deliveries thus resubmits once, not once per chunk.
         """
         reading = _Reading()
         try:
@@ -433,17 +435,40 @@ class JobRunner:
         except ModelbitError as error:
             if reading.chunk is None or not _link_failure(error, self.host.response_format):
                 raise
+            unreadable = {
+                reading.chunk: error,
+                **self._expired_links(job, range(reading.chunk + 1, len(job.chunks))),
+            }
             self.host.log.warning(
-                "The results link of chunk %d of job %s could not be read (%s); resubmitting the chunk.",
-                reading.chunk, job.job_id, error.message,
+                "The results links of %d chunk(s) of job %s could not be read (chunk %d: %s); "
+                "resubmitting them.", len(unreadable), job.job_id, reading.chunk, error.message,
             )  # fmt: skip
-            self._requeue(job, reading.chunk, error)
+            for chunk, chunk_error in unreadable.items():
+                self._requeue(job, chunk, chunk_error)
             return False, None
         # A tombstone, not a bare removal: a trigger instance still running elsewhere can then
         # neither claim and send a chunk again nor save the ledger back, and the receiver drops
         # redeliveries. A later try of the task (after a clear) starts a job of its own.
         self.store.retire_job(job.job_id, "finished")
         return True, result
+
+    def _expired_links(self, job: CallbackJob, chunks: Iterable[int]) -> dict[int, ModelbitError]:
+        """
+        The chunks whose results link answers as expired, each with its error.
+
+        Each link is opened and closed unread. Only an expired link counts: one that is merely
+        unreachable now is read, and fetched again, when the deliveries are assembled.
+        """
+        expired: dict[int, ModelbitError] = {}
+        for chunk in chunks:
+            try:
+                with self.host.hook.open_link(str(self.delivery_value(job, chunk))):
+                    pass
+            except ModelbitLinkExpired as error:
+                expired[chunk] = error
+            except ModelbitError:
+                continue
+        return expired
 
     def _deliveries(self, job: CallbackJob, reading: _Reading) -> Iterator[CallbackDelivery]:
         """Yield each chunk's delivery in chunk order, reading one body at a time."""

@@ -569,6 +569,40 @@ class TestChangedWhileDeferred:
         assert store.is_retired(job_id_for_try(task_job_prefix("dag", "score", ti.run_id, -1), 1))
 
 
+class TestExpiredLinks:
+    def test_a_resume_after_every_link_expired_resubmits_all_chunks_in_one_wave(
+        self, server: RunningEmulator, store: CallbackStore, input_table: Path, tmp_path: Path
+    ) -> None:
+        """
+        The task resumes after the results links expired (a late resume, a retry an hour on): every
+        chunk is resubmitted together, so one more deferral, not one per chunk, writes the clean file.
+        """
+        server.client.configure(sort_results_by_id=True, link_expiry_seconds=1)
+        context: Any = {"ti": _TaskInstance(f"run-{uuid.uuid4().hex[:8]}")}
+        output = tmp_path / "out.parquet"
+        options = batch_kwargs(input_table, output, response_format="links")
+        event = asyncio.run(_trigger_event(_defer_batch(context, **options)))
+        delivered = time.time()
+        # A link expires at the whole second after its lifetime: at most 2 s after its delivery.
+        _wait_for(lambda: time.time() >= delivered + 2, lambda: "the links still live")
+        server.client.configure(link_expiry_seconds=3600)
+
+        with pytest.raises(TaskDeferred) as resubmitted:
+            _resume_batch(context, event, **options)
+        last_event = asyncio.run(_trigger_event(resubmitted.value.trigger))
+        summary = _resume_batch(context, last_event, **options)
+
+        assert summary["rows"] == ROWS
+        assert len(server.client.batches()) == 2 * 7, "each chunk submitted once, then resubmitted once"
+        assert server.client.runs("echo") == dict.fromkeys(TABLE.column("key").to_pylist(), 2)
+        clean = run_batch(
+            False, **batch_kwargs(input_table, tmp_path / "clean.parquet", response_format="links")
+        )
+        assert clean.state == "success", clean.error
+        assert output.read_bytes() == (tmp_path / "clean.parquet").read_bytes()
+        assert _store_entries(store) == ["_retired"]
+
+
 class TestEventValidation:
     @pytest.mark.parametrize("event", [None, {}, {"status": "weird"}, {"status": "success"}])
     def test_unknown_or_incomplete_events_are_refused(self, event) -> None:
