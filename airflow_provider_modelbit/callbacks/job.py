@@ -136,9 +136,16 @@ def task_job_prefix(dag_id: str, task_id: str, run_id: str, map_index: int | Non
     return "mb-" + hashlib.sha256(identity.encode()).hexdigest()[:40]
 
 
-def job_id_for_try(prefix: str, try_number: int) -> str:
-    """Return the id of a job started by ``try_number``: one id per job generation."""
-    return validate_job_id(f"{prefix}-t{max(int(try_number), 1)}")
+def job_id_for_try(prefix: str, try_number: int, generation: int = 1) -> str:
+    """
+    Return the id of a job started by ``try_number``.
+
+    A try whose id a retired job holds already (a DAG run deleted and made again keeps its run
+    id) starts the next ``generation``: ``-t1``, then ``-t1-g2``, ``-t1-g3``... Generations are
+    taken in order, so a later try finds each one by walking them.
+    """
+    suffix = f"-g{generation}" if generation > 1 else ""
+    return validate_job_id(f"{prefix}-t{max(int(try_number), 1)}{suffix}")
 
 
 @dataclass

@@ -132,13 +132,8 @@ class JobRunner:
                 "dropped and a new job starts.", previous.job_id, reason,
             )  # fmt: skip
             self.store.retire_job(previous.job_id, f"replaced: {reason}"[:500])
-        job_id = job_id_for_try(prefix, try_number)
-        if self.store.is_retired(job_id):
-            # This try's id was used by a job retired before (a run deleted and made again):
-            # a fresh id keeps that job's late deliveries away from this one.
-            import uuid
-
-            job_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+        # The try's first id no job took: a retired job's late deliveries stay away from this one.
+        *_, job_id = self._generations(prefix, try_number)
         return CallbackJob(job_id, request, work=work)
 
     def _why_not_reuse(self, previous: CallbackJob, request: JobRequest, work: dict[str, str]) -> str | None:
@@ -150,10 +145,19 @@ class JobRunner:
     def _previous_job(self, prefix: str, try_number: int) -> CallbackJob | None:
         """The job an earlier try left (at most one is unretired at a time), newest first."""
         for earlier in range(try_number, 0, -1):
-            job = load_job(self.store, job_id_for_try(prefix, earlier))
-            if job is not None:
-                return job
+            for job_id in self._generations(prefix, earlier):
+                job = load_job(self.store, job_id)
+                if job is not None:
+                    return job
         return None
+
+    def _generations(self, prefix: str, try_number: int) -> Iterator[str]:
+        """A try's job ids in order: the retired ones, then the first one not retired (live or unused)."""
+        generation = 1
+        while self.store.is_retired(job_id := job_id_for_try(prefix, try_number, generation)):
+            yield job_id
+            generation += 1
+        yield job_id
 
     def _payload_hashes(self) -> list[str]:
         return [payload_hash(payload) for payload in self.host._callback_payloads()]

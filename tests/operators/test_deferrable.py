@@ -473,6 +473,36 @@ class TestRetryReuse:
         assert retry.execute_complete(context, event) == [[1, 6], [2, 8]]
         assert len(server.client.batches()) == 2, "the changed input is scored once"
 
+    def test_a_retry_in_a_run_made_again_reuses_its_first_tries_job(self, server, store) -> None:
+        """
+        A DAG run deleted and made again keeps its run id: its first try finds that try's id held by
+        the old run's retired job and starts the next generation. Its retry must still find that
+        job, and send nothing again.
+        """
+        run_id, data = f"run-{uuid.uuid4().hex[:8]}", [[1, 1], [2, 2]]
+        prefix = task_job_prefix("dag", "score", run_id, -1)
+        deleted: Any = {"ti": _TaskInstance(run_id)}
+        old_run = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=data, deferrable=True, **FAST
+        )
+        assert old_run.execute_complete(deleted, _deferred_inference(server, deleted, data)) == [
+            [1, 2],
+            [2, 4],
+        ]
+        assert store.is_retired(job_id_for_try(prefix, 1))
+
+        ti = _TaskInstance(run_id)
+        context: Any = {"ti": ti}
+        event = _deferred_inference(server, context, data)
+        assert event["job_id"] == job_id_for_try(prefix, 1, generation=2)
+        ti.try_number = 2  # the first try failed after its delivery arrived
+        retry = ModelbitInferenceOperator(
+            task_id="score", deployment="doubler", data=data, deferrable=True, **FAST
+        )
+        assert retry.execute(context) == [[1, 2], [2, 4]], "every delivery is in: no deferral"
+        assert len(server.client.batches()) == 2, "one request per run"
+        assert store.is_retired(job_id_for_try(prefix, 1, generation=2))
+
 
 def _defer_batch(context: Any, **options: Any) -> ModelbitCallbackTrigger:
     """Run a deferrable batch try until it defers (its later chunks staged); return its trigger."""
