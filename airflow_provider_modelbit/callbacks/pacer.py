@@ -4,8 +4,10 @@ Modelbit queues async requests rather than refusing them, so a deferred batch su
 burst would queue hundreds of requests at the deployment. :class:`SubmissionPacer` keeps the
 chunks outstanding (sent, not yet delivered) at most at a :class:`ConcurrencyLimiter`'s limit, the
 same rule as the sync batch path: the limit grows while delivery latency (submission to the
-store's ``received_at``) stays flat and halves when it rises or a submission is refused, and a
-``Retry-After`` holds new submissions back. Each submission follows
+store's ``received_at``) stays flat, goes just under the level an in-flight cap refused, halves
+when latency rises or another refusal comes, and a ``Retry-After`` holds new submissions back. A
+place is freed when the chunk's delivery is stored, or when its submission was not taken or its
+answer was lost. Each submission follows
 :class:`~airflow_provider_modelbit.callbacks.submission.ChunkSubmission`, as in the worker; the
 ledger is read and written in worker threads, one change at a time.
 """
