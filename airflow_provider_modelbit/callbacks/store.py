@@ -430,8 +430,9 @@ class CallbackStore:
         Claim the sending of ``attempt`` of ``chunk``; ``False`` when someone already claimed it.
 
         A create-only write, so two triggerers briefly running the same trigger (a handover)
-        never both send one chunk: the loser awaits the winner's delivery instead. A retired job
-        claims nothing (its folder is not made again).
+        never both send one chunk: the loser awaits the winner's delivery instead. On an object
+        store this holds where the store honours ``If-None-Match`` on its writes (AWS S3 and
+        SeaweedFS do). A retired job claims nothing (its folder is not made again).
         """
         if self.is_retired(job_id):
             return False
