@@ -143,6 +143,9 @@ def observed(
         require_api_keys=True, api_keys=[API_KEY], allow_http_webhooks=True, webhook_time_scale=0.01
     )
     client.set_faults(rate_429=0.5, retry_after=0, deployment="echo", seed=3)
+    # Held back, the deferrable task's delivery cannot arrive before the task looks for it: the task
+    # defers, so the deferred wait is recorded (a delivery already in is collected without one).
+    client.set_faults(webhook_delay_seconds=5.0, deployment="doubler")
     folder = tmp_path_factory.mktemp("observed")
     spec = {
         "dag_id": f"observed_{uuid.uuid4().hex[:8]}",
