@@ -7,26 +7,21 @@ no browser is ever downloaded. Without ``/usr/bin/chromium`` the browser tests a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from airflow_services import AirflowServices
 from packaging.version import Version
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# Code under test reads Airflow's config on import; keep it away from ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-ui-tests-"))
-
-from airflow_services import AirflowServices  # noqa: E402
-
-from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator  # noqa: E402
+from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
