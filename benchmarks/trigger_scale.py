@@ -47,8 +47,9 @@ def _deliver_all(
         landed_at[job_id] = time.monotonic()
 
 
-async def measure(triggers: int, poll_interval: float, idle_seconds: float, spread: float) -> dict[str, Any]:
-    store = CallbackStore(tempfile.mkdtemp(prefix="modelbit-trigger-scale-"))
+async def measure(
+    store: CallbackStore, triggers: int, poll_interval: float, idle_seconds: float, spread: float
+) -> dict[str, Any]:
     job_ids = [f"job-{n}" for n in range(triggers)]
     gc.collect()
     rss_before = rss_bytes()
@@ -104,7 +105,10 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=5.0, help="seconds over which deliveries land")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the figures here")
     args = parser.parse_args()
-    figures = asyncio.run(measure(args.triggers, args.poll_interval, args.idle_seconds, args.spread))
+    with tempfile.TemporaryDirectory(prefix="modelbit-trigger-scale-") as folder:
+        figures = asyncio.run(
+            measure(CallbackStore(folder), args.triggers, args.poll_interval, args.idle_seconds, args.spread)
+        )
     for name, value in figures.items():
         print(f"{name:36} {value}")
     targets = {
