@@ -321,7 +321,11 @@ class ProductionStack:
             name: str(free_port())
             for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
         }
-        command = [required_binary("weed"), "server", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}"]
+        # Its own log files go beside the stores' logs, not into the machine's temporary folder.
+        log_files = self.logs_folder / "seaweedfs"
+        log_files.mkdir(parents=True, exist_ok=True)
+        command = [required_binary("weed"), f"-logdir={log_files}", "server"]
+        command += [f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}"]
         command += [f"-dir={data}"]
         command += [f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}"]
         command += [f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}"]
