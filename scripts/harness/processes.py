@@ -80,11 +80,14 @@ class ProcessGroup:
     :param name: what the command is, for messages (``"callback receiver"``, ``"scheduler"``).
     :param process: the leader.
     :param log_file: where its stdout and stderr go.
+    :param leftovers: files the command leaves behind even when it stops cleanly; removed once
+        the group is stopped.
     """
 
     name: str
     process: subprocess.Popen[bytes]
     log_file: Path
+    leftovers: tuple[Path, ...] = ()
 
     @property
     def pgid(self) -> int:
@@ -130,6 +133,8 @@ def stop_groups(groups: Sequence[ProcessGroup], grace: float = STOP_GRACE_SECOND
         # After SIGKILL the leader exits at once; the wait only collects its status.
         with contextlib.suppress(subprocess.TimeoutExpired):
             group.process.wait(timeout=max(grace, _REAP_SECONDS))
+        for leftover in group.leftovers:
+            leftover.unlink(missing_ok=True)
 
 
 def _reap(groups: Sequence[ProcessGroup]) -> None:
@@ -209,9 +214,18 @@ class ProcessSupervisor:
         self.close()
 
     def start(
-        self, name: str, command: Sequence[str], env: Mapping[str, str], log_file: Path
+        self,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        log_file: Path,
+        leftovers: tuple[Path, ...] = (),
     ) -> ProcessGroup:
-        """Start ``command`` as the leader of a new process group, output appended to ``log_file``."""
+        """
+        Start ``command`` as the leader of a new process group, output appended to ``log_file``.
+
+        :param leftovers: files the command leaves behind, removed when the group is stopped.
+        """
         watchdog = self._ensure_watchdog()
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as log:
@@ -228,7 +242,7 @@ class ProcessSupervisor:
                     cwd=self.cwd,
                 )
                 watchdog.watch(process.pid)
-                group = ProcessGroup(name=name, process=process, log_file=log_file)
+                group = ProcessGroup(name=name, process=process, log_file=log_file, leftovers=leftovers)
                 self._groups.append(group)
             finally:
                 self._starting = False

@@ -132,15 +132,23 @@ class S3Credentials:
         connection = {"conn_type": "aws", "login": self.access_key, "password": self.secret_key}
         return json.dumps({**connection, "extra": extra})
 
-    def client(self) -> Any:
+    def client(self, timeout: float | None = None) -> Any:
+        """A boto3 S3 client; with ``timeout``, each request gets that many seconds and one try."""
         import boto3
+        from botocore.config import Config
 
+        config = (
+            None
+            if timeout is None
+            else Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
+        )
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
+            config=config,
         )
 
 
@@ -160,6 +168,7 @@ class ProductionStack:
     s3: S3Credentials | None = None
     _groups: dict[str, ProcessGroup] = field(default_factory=dict, init=False, repr=False)
     _weed_command: list[str] = field(default_factory=list, init=False, repr=False)
+    _weed_sockets: tuple[Path, ...] = field(default=(), init=False, repr=False)
 
     @property
     def logs_folder(self) -> Path:
@@ -265,7 +274,10 @@ class ProductionStack:
                 self._weed_command = self._seaweedfs_command()
             return self._weed_command
 
-        self._start_store("SeaweedFS", "seaweedfs", command, self._bucket_ready, new_ports=not restart)
+        self._start_store(
+            "SeaweedFS", "seaweedfs", command, self._bucket_ready, new_ports=not restart,
+            leftovers=lambda: self._weed_sockets,
+        )  # fmt: skip
 
     def _start_store(
         self,
@@ -275,6 +287,7 @@ class ProductionStack:
         ready: Callable[[], bool],
         *,
         new_ports: bool,
+        leftovers: Callable[[], tuple[Path, ...]] = tuple,
     ) -> None:
         """
         Start a store with ``command()`` and wait until ``ready``.
@@ -282,13 +295,14 @@ class ProductionStack:
         :param key: the store's log name and its key among the started groups.
         :param command: builds the command line, picking the store's ports when it may (each call
             picks them again).
+        :param leftovers: the files the started command leaves behind (asked after ``command()``).
         :param new_ports: the ports may be picked again: a store that exits because another process
             took one of them meanwhile is started again on new ones, up to :data:`PORT_ATTEMPTS` times.
         """
         log = self._log(key)
         for attempt in range(1, PORT_ATTEMPTS + 1):
             start = log.stat().st_size if log.exists() else 0
-            group = self.supervisor.start(name, command(), _stores_environment(), log)
+            group = self.supervisor.start(name, command(), _stores_environment(), log, leftovers())
             self._groups[key] = group
             try:
                 wait_until(ready, group)
@@ -333,11 +347,16 @@ class ProductionStack:
         command += ["-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={ports['s3.grpc']}", f"-s3.config={config}"]
         # The Iceberg and Lance endpoints would take fixed ports; small volumes suit a small machine.
         command += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-metricsPort=0"]
+        # SeaweedFS listens on a Unix socket in /tmp beside some ports, and leaves most of them there.
+        sockets = [f"filer-{ports['filer']}", f"s3-{s3_port}"]
+        sockets += [f"{name.replace('.', '-')}-{ports[name]}" for name in ports if name.endswith(".grpc")]
+        self._weed_sockets = tuple(Path(f"/tmp/seaweedfs-{socket}.sock") for socket in sockets)
         return [*command, "-master.volumeSizeLimitMB=64", "-volume.max=50"]
 
     def _bucket_ready(self) -> bool:
         assert self.s3 is not None
-        client = self.s3.client()
+        # Asked every quarter second: an endpoint that accepts and never answers must not hold it.
+        client = self.s3.client(timeout=5)
         existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
         if BUCKET not in existing:
             client.create_bucket(Bucket=BUCKET)

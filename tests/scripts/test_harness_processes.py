@@ -118,6 +118,22 @@ class TestStopGroups:
         stop_groups([group], grace=1.0)
         assert group.process.returncode == 0
 
+    def test_the_files_a_command_leaves_behind_go_with_it(
+        self, supervisor: ProcessSupervisor, tmp_path: Path
+    ) -> None:
+        """As SeaweedFS leaves its Unix sockets in /tmp: made by the command, removed by the stop."""
+        socket_file = tmp_path / "server.sock"
+        command = python(
+            f"import time; open({str(socket_file)!r}, 'w').close(); print('up', flush=True); time.sleep(300)"
+        )
+        group = supervisor.start(
+            "leaver", command, os.environ, tmp_path / "leaver.log", leftovers=(socket_file,)
+        )
+        first_line(group.log_file)
+        assert socket_file.exists()
+        supervisor.stop(group)
+        assert not socket_file.exists()
+
 
 class TestSupervisor:
     def test_run_returns_the_exit_code_and_keeps_the_output(
