@@ -90,23 +90,40 @@ def stored_rows(dag_id: str) -> dict[str, list[str]]:
         }
 
 
+@pytest.fixture
+def wired(
+    airflow_db: None,
+    emulator: RunningEmulator,
+    receiver: RunningReceiver,
+    use_connection: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection reaches the local server and the receiver; every log level is captured."""
+    caplog.set_level(logging.DEBUG)
+    use_connection(emulator.url, callback_base_url=receiver.base_url)
+    # Operator, trigger and receiver must share one callback store.
+    monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", receiver.store.location)
+
+
+def leaks(places: dict[str, Any], folders: list[Path], secrets: list[str] | None = None) -> dict[str, Any]:
+    """Which ``secrets`` (default: the key and callback secret) are in ``places`` or under ``folders``."""
+    files = {str(path): path.read_bytes() for folder in folders for path in files_under(folder)}
+    everywhere = {**places, **files}
+    search = {} if secrets is None else {"secrets": secrets}
+    return {place: found for place, text in everywhere.items() if (found := leaked_secrets(text, **search))}
+
+
+@pytest.mark.usefixtures("wired")
 class TestNoSecretAnywhere:
     def test_end_to_end_run_leaves_no_key_or_secret(
         self,
-        airflow_db: None,
         emulator: RunningEmulator,
-        receiver: RunningReceiver,
-        use_connection: Callable[..., None],
         tmp_path: Path,
         airflow_home: str,
         caplog: pytest.LogCaptureFixture,
         capfd: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        caplog.set_level(logging.DEBUG)
-        use_connection(emulator.url, callback_base_url=receiver.base_url)
-        # Operator, trigger and receiver must share one callback store.
-        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", receiver.store.location)
         dag = build_dag(tmp_path)
         with task_errors() as errors:
             run = run_dag(dag)
@@ -125,45 +142,36 @@ class TestNoSecretAnywhere:
         rows = stored_rows(dag.dag_id)
         assert rows["xcom"], "the run stored no XCom to search"
         home_files = list(files_under(Path(airflow_home)))
+        print(
+            f"secrets report: {len(home_files)} files under AIRFLOW_HOME searched with the run's output: "
+            f"{sorted(str(path.relative_to(airflow_home)) for path in home_files)}"
+        )
         places: dict[str, Any] = {
             "console": console.out + console.err,
             "captured logs": caplog.text,
             "error": [str(error) for error in errors.values()] + [repr(vars(e)) for e in errors.values()],
             **rows,
-            **{str(path): path.read_bytes() for path in home_files},
-            **{str(path): path.read_bytes() for path in files_under(tmp_path)},
         }
-        print(
-            f"secrets report: searched {len(places)} places, {len(home_files)} files under AIRFLOW_HOME: "
-            f"{sorted(str(path.relative_to(airflow_home)) for path in home_files)}"
-        )
-        leaks = {place: found for place, text in places.items() if (found := leaked_secrets(text))}
-        assert leaks == {}
+        assert leaks(places, [Path(airflow_home), tmp_path]) == {}
         assert any(r.get("mode") == "async" for r in emulator.client.requests()), "no task was deferred"
 
 
+@pytest.mark.usefixtures("wired")
 class TestEchoedWebhookUrl:
     def test_a_webhook_url_quoted_in_a_refusal_leaves_its_token_nowhere(
         self,
-        airflow_db: None,
         emulator: RunningEmulator,
-        receiver: RunningReceiver,
-        use_connection: Callable[..., None],
         tmp_path: Path,
         airflow_home: str,
         caplog: pytest.LogCaptureFixture,
         capfd: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """
         The local server refuses a plain-http webhook with a 400 that quotes the URL (its first
         200 characters, the whole token here): the task fails before deferring with the 400's
         error, and the token is in no log line, message, XCom, trigger row or file.
         """
-        caplog.set_level(logging.DEBUG)
         emulator.client.configure(allow_http_webhooks=False)
-        use_connection(emulator.url, callback_base_url=receiver.base_url)
-        monkeypatch.setenv("AIRFLOW__MODELBIT__CALLBACK_STORE", receiver.store.location)
         with DAG(
             f"reliability_echo_{uuid.uuid4().hex[:8]}",
             schedule=None,
@@ -197,10 +205,5 @@ class TestEchoedWebhookUrl:
             "captured logs": provider_logs,  # the local server's own log is not the provider's
             "error": [str(error), repr(vars(error))],
             **stored_rows(dag.dag_id),
-            **{str(path): path.read_bytes() for path in files_under(Path(airflow_home))},
-            **{str(path): path.read_bytes() for path in files_under(tmp_path)},
         }
-        leaks = {
-            place: found for place, text in places.items() if (found := leaked_secrets(text, secrets=tokens))
-        }
-        assert leaks == {}
+        assert leaks(places, [Path(airflow_home), tmp_path], secrets=tokens) == {}
