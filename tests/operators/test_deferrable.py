@@ -299,40 +299,6 @@ class TestDeferredBatch:
         assert results == ["data"] * 7 + ["error"], "seven chunks once, the failed one twice"
 
 
-class TestPacedDeferredBatch:
-    """A batch of many chunks: the worker submits the first wave, the trigger the rest, paced."""
-
-    def test_a_dozen_chunks_under_a_low_ceiling_score_like_the_synchronous_path_in_one_deferral(
-        self, server: RunningEmulator, store: CallbackStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        rows = 24
-        table = pa.table({"key": [f"k{rows - i:03d}" for i in range(rows)], "x": list(range(rows)),
-                          "segment": ["a", "b"] * (rows // 2)})  # fmt: skip
-        pq.write_table(table, tmp_path / "input.parquet")
-        resumed: list[str] = []
-        complete = ModelbitBatchInferenceOperator.execute_complete
-
-        def counting_complete(self: Any, context: Any, event: Any = None) -> Any:
-            resumed.append(str(event.get("status")) if isinstance(event, dict) else "none")
-            return complete(self, context, event)
-
-        monkeypatch.setattr(ModelbitBatchInferenceOperator, "execute_complete", counting_complete)
-        sync_file, deferred_file = tmp_path / "sync.parquet", tmp_path / "deferred.parquet"
-        options = {"batch_size": 2, "max_concurrency": 2}
-        deferred = run_batch(True, **batch_kwargs(tmp_path / "input.parquet", deferred_file, **options))
-        assert deferred.state == "success", deferred.error
-        assert resumed == ["success"], "one deferral, resumed once"
-        assert len(server.client.batches()) == 12, "each chunk submitted once"
-        assert deferred.value["concurrency"]["ceiling"] == 2
-        sync = run_batch(False, **batch_kwargs(tmp_path / "input.parquet", sync_file, **options))
-        assert sync.state == "success", sync.error
-        assert deferred_file.read_bytes() == sync_file.read_bytes()
-        assert server.client.runs("echo") == {f"k{rows - i:03d}": 2 for i in range(rows)}, (
-            "each row run once by each path"
-        )
-        assert _store_entries(store) == ["_retired"], "staged requests leave with the job"
-
-
 @pytest.fixture
 def resumptions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The status of each event the batch operator resumed at (none: it never deferred)."""
@@ -345,6 +311,32 @@ def resumptions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(ModelbitBatchInferenceOperator, "execute_complete", counting_complete)
     return resumed
+
+
+class TestPacedDeferredBatch:
+    """A batch of many chunks: the worker submits the first wave, the trigger the rest, paced."""
+
+    def test_a_dozen_chunks_under_a_low_ceiling_score_like_the_synchronous_path_in_one_deferral(
+        self, server: RunningEmulator, store: CallbackStore, tmp_path: Path, resumptions: list[str]
+    ) -> None:
+        rows = 24
+        table = pa.table({"key": [f"k{rows - i:03d}" for i in range(rows)], "x": list(range(rows)),
+                          "segment": ["a", "b"] * (rows // 2)})  # fmt: skip
+        pq.write_table(table, tmp_path / "input.parquet")
+        sync_file, deferred_file = tmp_path / "sync.parquet", tmp_path / "deferred.parquet"
+        options = {"batch_size": 2, "max_concurrency": 2}
+        deferred = run_batch(True, **batch_kwargs(tmp_path / "input.parquet", deferred_file, **options))
+        assert deferred.state == "success", deferred.error
+        assert resumptions == ["success"], "one deferral, resumed once"
+        assert len(server.client.batches()) == 12, "each chunk submitted once"
+        assert deferred.value["concurrency"]["ceiling"] == 2
+        sync = run_batch(False, **batch_kwargs(tmp_path / "input.parquet", sync_file, **options))
+        assert sync.state == "success", sync.error
+        assert deferred_file.read_bytes() == sync_file.read_bytes()
+        assert server.client.runs("echo") == {f"k{rows - i:03d}": 2 for i in range(rows)}, (
+            "each row run once by each path"
+        )
+        assert _store_entries(store) == ["_retired"], "staged requests leave with the job"
 
 
 class TestRefusedSubmissions:
