@@ -143,6 +143,16 @@ def task_errors() -> Iterator[dict[str, BaseException]]:
         yield errors
 
 
+def fresh_dag(prefix: str, **dag_kwargs: Any) -> DAG:
+    """An unscheduled DAG for one test run, its id ``prefix`` and a random suffix; use it as a context."""
+    return DAG(
+        f"{prefix}_{uuid.uuid4().hex[:10]}",
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        **dag_kwargs,
+    )
+
+
 def run_task(build: Callable[[], BaseOperator], **dag_kwargs: Any) -> TaskOutcome:
     """
     Run ``build()``'s operator in a fresh DAG with ``dag.test()``.
@@ -151,12 +161,7 @@ def run_task(build: Callable[[], BaseOperator], **dag_kwargs: Any) -> TaskOutcom
     the operator's XCom value, and the runner the exception it failed with.
     """
     seen: dict[str, Any] = {}
-    with DAG(
-        f"test_task_{uuid.uuid4().hex[:10]}",
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        **dag_kwargs,
-    ) as dag:
+    with fresh_dag("test_task", **dag_kwargs) as dag:
         operator = build()
 
         @task

@@ -9,14 +9,11 @@ against the local Modelbit server, whose request log counts what was sent.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import cached_property
 
-import pendulum
 import pytest
-from airflow.sdk import DAG
 
 from airflow_provider_modelbit import exceptions
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
@@ -24,7 +21,7 @@ from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
 from airflow_provider_modelbit.hooks.retries import RetryPolicy
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
 from airflow_provider_modelbit.version_compat import AirflowFailException
-from tests.airflow_dags import run_dag, task_errors
+from tests.airflow_dags import fresh_dag, run_dag, task_errors
 
 API_KEY = "mbkFAILFAST01:right-key"
 PERMANENT = [
@@ -98,11 +95,7 @@ def _use_key(monkeypatch: pytest.MonkeyPatch, server: RunningEmulator, key: str)
 
 
 def _run_scoring(deployment: str = "doubler") -> tuple[object, BaseException | None]:
-    with DAG(
-        f"fail_fast_{uuid.uuid4().hex[:8]}",
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    ) as dag:
+    with fresh_dag("fail_fast") as dag:
         _QuickRetryInference(
             task_id="score",
             deployment=deployment,

@@ -18,14 +18,12 @@ twice and no task try is spent on it.
 from __future__ import annotations
 
 import re
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pendulum
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -35,7 +33,7 @@ from airflow.sdk import DAG
 from airflow_provider_modelbit.callbacks.job import task_job_prefix
 from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emulator
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
-from tests.airflow_dags import run_dag
+from tests.airflow_dags import fresh_dag, run_dag
 from tests.reliability.conftest import API_KEY, RunningReceiver, leaked_secrets
 
 ROWS = 100_000
@@ -180,11 +178,7 @@ class TestSyncBatchUnderFaults:
 
 
 def deferred_scoring_dag(input_path: Path, output_path: Path) -> DAG:
-    with DAG(
-        f"reliability_deferred_faults_{uuid.uuid4().hex[:8]}",
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    ) as dag:
+    with fresh_dag("reliability_deferred_faults") as dag:
         doubling_operator(
             input_path,
             output_path,

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pendulum
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -32,18 +30,14 @@ from airflow_provider_modelbit.emulator.server import RunningEmulator
 from airflow_provider_modelbit.exceptions import ModelbitBadRequest
 from airflow_provider_modelbit.operators.batch import ModelbitBatchInferenceOperator
 from airflow_provider_modelbit.operators.inference import ModelbitInferenceOperator
-from tests.airflow_dags import run_dag, task_errors
+from tests.airflow_dags import fresh_dag, run_dag, task_errors
 from tests.reliability.conftest import RunningReceiver, files_under, leaked_secrets
 
 
 def build_dag(tmp_path: Path) -> DAG:
     table_path = tmp_path / "customers.parquet"
     pq.write_table(pa.table({"key": ["a", "b", "c"], "x": [1, 2, 3]}), table_path)
-    with DAG(
-        f"reliability_secrets_{uuid.uuid4().hex[:8]}",
-        schedule=None,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    ) as dag:
+    with fresh_dag("reliability_secrets") as dag:
         ModelbitInferenceOperator(task_id="single", deployment="doubler", data=21)
         ModelbitInferenceOperator(task_id="rows", deployment="{{ 'doub' ~ 'ler' }}", data=[[1, 1], [2, 2]])
         ModelbitBatchInferenceOperator(
@@ -172,11 +166,7 @@ class TestEchoedWebhookUrl:
         error, and the token is in no log line, message, XCom, trigger row or file.
         """
         emulator.client.configure(allow_http_webhooks=False)
-        with DAG(
-            f"reliability_echo_{uuid.uuid4().hex[:8]}",
-            schedule=None,
-            start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        ) as dag:
+        with fresh_dag("reliability_echo") as dag:
             ModelbitInferenceOperator(
                 task_id="deferred", deployment="doubler", data=[[1, 5]], deferrable=True, timeout_seconds=30
             )
