@@ -279,16 +279,21 @@ class SendFailed(Exception):
 
 def requests_failure(exc: requests.RequestException, call: InferenceCall) -> SendFailed:
     """Map a requests exception, telling apart failures before sending from failures after."""
-    context: dict[str, Any] = {"deployment": call.deployment, "version": call.version}
     if isinstance(exc, requests.ReadTimeout):
-        error: ModelbitError = ModelbitTimeout(
-            f"{call.where}: no answer within {call.http_read_timeout():.0f} s; the model may still have run. "
-            "Raise timeout_seconds or use async mode.",
-            **context,
-        )
-        return SendFailed(error, request_sent=True)
+        return _no_answer_in_time(call)
     sent = not never_sent(exc)
     return SendFailed(_connection_failure(exc, call, sent=sent, tls=_tls_failure(exc)), request_sent=sent)
+
+
+def _no_answer_in_time(call: InferenceCall) -> SendFailed:
+    """A read timeout, with either HTTP client: the request was sent, and the model may have run."""
+    error = ModelbitTimeout(
+        f"{call.where}: no answer within {call.http_read_timeout():.0f} s; the model may still have run. "
+        "Raise timeout_seconds or use async mode.",
+        deployment=call.deployment,
+        version=call.version,
+    )
+    return SendFailed(error, request_sent=True)
 
 
 def _connection_failure(exc: BaseException, call: InferenceCall, *, sent: bool, tls: bool) -> ModelbitError:
@@ -348,14 +353,8 @@ def never_sent(exc: BaseException) -> bool:
 
 def httpx_failure(exc: httpx.HTTPError, call: InferenceCall) -> SendFailed:
     """Map an httpx exception, telling apart failures before sending from failures after."""
-    context: dict[str, Any] = {"deployment": call.deployment, "version": call.version}
     if isinstance(exc, httpx.ReadTimeout):
-        error: ModelbitError = ModelbitTimeout(
-            f"{call.where}: no answer within {call.http_read_timeout():.0f} s; the model may still have run. "
-            "Raise timeout_seconds or use async mode.",
-            **context,
-        )
-        return SendFailed(error, request_sent=True)
+        return _no_answer_in_time(call)
     sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     return SendFailed(_connection_failure(exc, call, sent=sent, tls=_tls_failure(exc)), request_sent=sent)
 
