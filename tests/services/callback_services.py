@@ -27,6 +27,11 @@ from airflow_provider_modelbit.emulator.server import RunningEmulator, run_emula
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 SECRET = "e2e-callback-secret-7f3a9c"
+#: Seconds webhooks are held back. On a busy machine the scheduler may read the executor's report of
+#: a deferring worker process only after the task resumed, and then fail the resumed try (Airflow's
+#: stale defer-exit event, apache/airflow#72716); deliveries a few seconds late keep a scenario clear
+#: of that race.
+DELIVERY_DELAY_SECONDS = 8
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.services.callback_services import (
+    DELIVERY_DELAY_SECONDS,
     CallbackDeployment,
     callback_deployment,
     job_folders,
@@ -82,7 +83,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CallbackDep
     root = tmp_path_factory.mktemp("async-callback-e2e")
     table = pa.table({"key": [f"k{ROWS - i:02d}" for i in range(ROWS)], "x": list(range(ROWS))})
     dags = write_table_dag(root, table, DAG_FILE, model_seconds=MODEL_SECONDS)
-    with callback_deployment(root, dags, logs_name="async-callback-logs") as deployment:
+    faults = {"webhook_delay_seconds": DELIVERY_DELAY_SECONDS}
+    with callback_deployment(root, dags, logs_name="async-callback-logs", faults=faults) as deployment:
         yield deployment
 
 

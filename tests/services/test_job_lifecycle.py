@@ -23,17 +23,18 @@ from airflow_rest import AirflowRestClient
 
 from airflow_provider_modelbit.callbacks.job import job_id_for_try, task_job_prefix
 from airflow_provider_modelbit.callbacks.store import CallbackStore
-from tests.services.callback_services import CallbackDeployment, callback_deployment, wait_until
+from tests.services.callback_services import (
+    DELIVERY_DELAY_SECONDS,
+    CallbackDeployment,
+    callback_deployment,
+    wait_until,
+)
 
 pytestmark = pytest.mark.services
 
 #: Seconds the ``sleeper`` deployment runs in the execution_timeout scenario, far past the timeout.
 SLEEP_SECONDS = 85
 EXECUTION_TIMEOUT_SECONDS = 60
-#: Seconds every webhook is held back. On a busy machine the scheduler may read the executor's
-#: report of a deferring worker process only after the task resumed, and then fail the resumed
-#: try; deliveries a few seconds late keep each scenario clear of that race.
-DELIVERY_DELAY_SECONDS = 8
 
 DAG_FILE = """
 from __future__ import annotations
