@@ -131,6 +131,13 @@ def wait_until(condition: Callable[[], bool], timeout: float, describe: Callable
         time.sleep(0.5)
 
 
+def trigger_running(deployment: CallbackDeployment, dag_id: str, run_id: str, task_id: str = "score") -> bool:
+    """Whether a triggerer has started the trigger of the task's first try (its trigger log says so)."""
+    task_logs = deployment.services.layout.logs_folder / "tasks" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    trigger_logs = (task_logs / f"task_id={task_id}").glob("attempt=1.log.trigger.*.log")
+    return any("starting" in log.read_text(errors="replace") for log in trigger_logs)
+
+
 def job_folders(store: Path) -> list[str]:
     """
     The job folders in the callback store (a job's folder is removed once its task succeeds).

@@ -27,6 +27,7 @@ from tests.services.callback_services import (
     DELIVERY_DELAY_SECONDS,
     CallbackDeployment,
     callback_deployment,
+    trigger_running,
     wait_until,
 )
 
@@ -188,6 +189,10 @@ class TestClearedAfterAChange:
         emulator.set_faults(deployment="doubler", webhook_delay_seconds=25)
         run_id = deployment.client.trigger_dag_run(dag_id)
         deployment.client.wait_for_task_state(dag_id, run_id, "score", {"deferred"}, timeout=180)
+        # Marked failed before a triggerer runs it, a trigger is dropped, not cancelled: no on_kill.
+        wait_until(
+            lambda: trigger_running(deployment, dag_id, run_id), 120, lambda: "the trigger never started"
+        )
         mark_failed(deployment, dag_id, run_id)
         # The run fails with its only task; clearing it before then races the scheduler.
         assert finish(deployment, dag_id, run_id) == "failed"
