@@ -35,6 +35,17 @@ TOMBSTONE_SCHEMA_VERSION = 1
 STOP_REQUEST_SCHEMA_VERSION = 1
 
 
+def _versioned_record(raw: bytes, version: int, what: str) -> dict[str, Any]:
+    """A stored record's fields; refused when another schema version of the provider wrote it."""
+    record = json.loads(raw)
+    if record.get("schema_version") != version:
+        raise ValueError(
+            f"{what} of job {record.get('job_id')!r} has schema version "
+            f"{record.get('schema_version')!r}; this provider reads version {version}."
+        )
+    return dict(record)
+
+
 @dataclass(frozen=True)
 class Tombstone:
     """
@@ -55,12 +66,7 @@ class Tombstone:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Tombstone:
-        record = json.loads(raw)
-        if record.get("schema_version") != TOMBSTONE_SCHEMA_VERSION:
-            raise ValueError(
-                f"Tombstone of job {record.get('job_id')!r} has schema version "
-                f"{record.get('schema_version')!r}; this provider reads version {TOMBSTONE_SCHEMA_VERSION}."
-            )
+        record = _versioned_record(raw, TOMBSTONE_SCHEMA_VERSION, "Tombstone")
         return cls(record["job_id"], float(record["retired_at"]), str(record.get("reason", "")))
 
 
@@ -88,13 +94,7 @@ class StopRequest:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> StopRequest:
-        record = json.loads(raw)
-        if record.get("schema_version") != STOP_REQUEST_SCHEMA_VERSION:
-            raise ValueError(
-                f"Stop request of job {record.get('job_id')!r} has schema version "
-                f"{record.get('schema_version')!r}; this provider reads version "
-                f"{STOP_REQUEST_SCHEMA_VERSION}."
-            )
+        record = _versioned_record(raw, STOP_REQUEST_SCHEMA_VERSION, "Stop request")
         return cls(record["job_id"], float(record["requested_at"]), str(record.get("reason", "")))
 
 
