@@ -140,7 +140,7 @@ FAULT_TRIGGERS: tuple[tuple[str, type, str], ...] = (
     ("drop_before_rate", float, "rate of connections closed before the model runs"),
     ("drop_after_rate", float, "rate of connections closed after the model ran"),
     ("latency_seconds", float, "added latency per inference request"),
-    ("model_seconds", float, "time the model takes per request, holding its in-flight place"),
+    ("model_seconds", float, "time per request, compute included, holding its in-flight place"),
     ("model_seconds_per_row", float, "time the model takes per batch row, on top of --model-seconds"),
     ("truncate_link_rate", float, "rate of link downloads cut short"),
     ("truncate_link_first", int, "cut the first N downloads of every link short"),

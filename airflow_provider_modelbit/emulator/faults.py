@@ -38,8 +38,8 @@ class FaultSettings:
     :param drop_after_rate: run the model, then close the connection without an answer.
     :param latency_seconds: extra seconds before every answer, before the request is admitted by
         the in-flight and per-minute limits (a slow network, not a slow model).
-    :param model_seconds: seconds the model takes per request, while the request holds its place
-        among the requests in flight.
+    :param model_seconds: seconds the model takes per request, its own compute included, while
+        the request holds its place among the requests in flight.
     :param model_seconds_per_row: seconds the model takes per batch row, on top of ``model_seconds``.
     :param truncate_link_rate: cut a link download short after announcing its full length.
     :param truncate_link_first: cut the first N downloads of every link short (then serve it whole),

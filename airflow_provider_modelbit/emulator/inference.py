@@ -8,6 +8,7 @@ limits; then the model runs in a worker thread under ``timeout_seconds``.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -108,24 +109,31 @@ def _drop_after(app: EmulatorApp, plan: FaultPlan | None, path: str, deployment:
 async def run_model(
     app: EmulatorApp, target: DeploymentVersion, envelope: InferenceEnvelope
 ) -> InferenceOutcome:
-    """Run the deployment in a worker thread, stopped waiting for at ``timeout_seconds``."""
+    """
+    Run the deployment in a worker thread, stopped waiting for at ``timeout_seconds``.
+
+    A fault plan's model time is the whole time the request is served: the deployment's own
+    compute counts towards it, and only what is left of it is waited out after, so a request holds
+    its in-flight place for the model time however busy this server is.
+    """
     if envelope.is_batch:
         app.recorder.count_runs(target.deployment, [row[0] for row in envelope.data])
     plan = app.faults.plan_for(target.deployment)
     model_time = plan.model_time(envelope.row_count or 1) if plan is not None else 0.0
-    if model_time > 0:
-        # Spent here rather than in a worker thread: many requests may take time at once.
-        await asyncio.sleep(model_time)
+    started = time.monotonic()
     future = asyncio.wrap_future(
         app.workers.submit(run_inference, target, envelope, app.config.sort_results_by_id)
     )
     try:
-        return await asyncio.wait_for(future, envelope.timeout_seconds)
+        outcome = await asyncio.wait_for(future, envelope.timeout_seconds)
     except TimeoutError:
         # Modelbit restarts the instance that timed out: the next request is a cold start.
         app.cold_instances.add((target.deployment, target.branch, target.version))
         message = f"Timeout: inference exceeded {envelope.timeout_seconds} seconds"
         return InferenceOutcome(error=message, timed_out=True)
+    # Spent here rather than in a worker thread: many requests may take time at once.
+    await asyncio.sleep(max(0.0, model_time - (time.monotonic() - started)))
+    return outcome
 
 
 async def result_body(

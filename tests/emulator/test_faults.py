@@ -103,6 +103,19 @@ class TestRequestFaults:
         assert time.monotonic() - started >= 0.3
         assert emulator.client.faults()[0]["kind"] == "latency"
 
+    @pytest.mark.parametrize(("compute", "model_seconds"), [(0.8, 1.0), (1.0, 0.8)])
+    def test_the_model_time_includes_the_deployments_own_compute(
+        self, http: httpx.Client, emulator: RunningEmulator, compute: float, model_seconds: float
+    ) -> None:
+        """A request is served for the longer of the model time and the compute, not for their sum."""
+        emulator.client.set_faults(model_seconds=model_seconds, deployment="sleeper")
+        started = time.monotonic()
+        answer = http.post(emulator.url + "/v1/sleeper/latest", json={"data": compute}, timeout=30)
+        elapsed = time.monotonic() - started
+        assert answer.status_code == 200
+        # The sum would be 1.8 s; a loaded machine adds tenths of a second, not that much.
+        assert 1.0 <= elapsed < 1.6
+
     def test_per_deployment_only(self, http: httpx.Client, emulator: RunningEmulator) -> None:
         emulator.client.set_faults(error_rate=1.0, deployment="echo")
         assert http.post(emulator.url + "/v1/doubler/latest", json={"data": 1}).status_code == 200
