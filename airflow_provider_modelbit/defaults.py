@@ -39,10 +39,11 @@ DEFAULT_LATENCY_TOLERANCE = 2.0
 #: Latency that counts as congestion also exceeds the fastest answer's multiple by this much, so the
 #: jitter of a busy worker does not pass for a queue on a deployment that answers in milliseconds.
 LATENCY_SLACK_SECONDS = 0.05
-#: Round trips spent at the level below a refused one before probing it again; doubled on each refusal.
+#: Round trips spent at the level below a refused one before probing it again; doubled on each
+#: refused probe, halved on each answered one.
 FIRST_PROBE_ROUND_TRIPS = 4
 #: Longest wait, in round trips, between two probes past a level that was refused.
-MAX_PROBE_ROUND_TRIPS = 32
+MAX_PROBE_ROUND_TRIPS = 16
 #: Seconds between two log lines about the concurrency limit's decisions.
 CONCURRENCY_LOG_INTERVAL_SECONDS = 10.0
 

@@ -20,7 +20,10 @@ capacity (and as Netflix's concurrency-limits does for services):
   grows again at its usual rate, one per answer, up to the remembered level or the ceiling. Near
   a remembered level the limit climbs back quickly to just below it and probes beyond it one
   step at a time, waiting twice as long before each new probe that was refused, so a steady cap
-  costs a refusal every many requests rather than every round trip;
+  costs a refusal every many requests rather than every round trip. A probe answered says the
+  room grew (another caller of the same deployment finished, say): the remembered level moves
+  past it and the next probe comes twice as soon, so a batch left alone under a shared cap
+  climbs back to it in a few waits rather than one long wait per step;
 - ``Retry-After`` is always honoured by the refused request, which waits that long before it is
   sent again. A refusal for a quota (a per-minute rate limit, or any refusal that does not name
   the workspace's concurrency caps) also holds back every new request until then, since requests
@@ -163,7 +166,7 @@ class ConcurrencyLimiter:
         self._epoch = 0
         self._paused_until = 0.0
         self._too_much: int | None = None  # the lowest level that brought congestion
-        self._probe_round_trips = FIRST_PROBE_ROUND_TRIPS
+        self._probe_round_trips = float(FIRST_PROBE_ROUND_TRIPS)
         self._credit = 0.0
         self._fastest: float | None = None
         self._slow_in_a_row = 0  # answers since the last decrease, each slower than the tolerance
@@ -296,6 +299,10 @@ class ConcurrencyLimiter:
             # Sent before the last decrease, or with far fewer requests in flight than allowed now:
             # its answer says nothing about a higher level.
             return
+        if self._too_much is not None and slot.level >= self._too_much:
+            # A probe past the remembered level was answered: the room grew.
+            self._too_much = slot.level + 1
+            self._probe_round_trips = max(1.0, self._probe_round_trips / 2)
         if self._too_much is None or self.limit + 1 < self._too_much:
             self._set_limit(self._limit + 1)
             return

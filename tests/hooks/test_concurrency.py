@@ -185,10 +185,27 @@ class TestBackOff:
                 refused_round_trips.append(round_trip)
                 refused += refused_now
         gaps = [later - earlier for earlier, later in pairwise(refused_round_trips)]
-        assert gaps == sorted(gaps) and gaps[-1] > 4 * gaps[0], gaps
+        assert gaps == sorted(gaps) and gaps[-1] > 3 * gaps[0], gaps
         assert refused <= 0.02 * sum(levels)
         # Back at the cap within a few round trips of each refusal: most round trips run at 8.
         assert levels.count(8) >= 0.8 * len(levels), levels
+
+    def test_climbs_to_a_cap_that_grew_in_a_few_waits(self) -> None:
+        """
+        Settled under a cap of 4 (as one of several batches sharing it), then alone under 12: each
+        answered probe raises the remembered level and halves the wait before the next, so the
+        limit is back at the cap well before one longest wait per step (8 x 16 round trips).
+        """
+        limiter, clock = _limiter()
+        for _ in range(200):
+            _round_trip(limiter, clock, cap=4)
+        assert limiter.limit == 4
+        levels = []
+        for _ in range(50):
+            _round_trip(limiter, clock, cap=12)
+            levels.append(limiter.limit)
+        assert levels.index(12) < 40, levels
+        assert max(levels) == 13, levels  # never more than one probe past the cap
 
 
 class TestRetryAfter:
