@@ -17,6 +17,12 @@ _OUTPUT_TAIL_CHARS = 3_000
 class WorkloadFailed(RuntimeError):
     """A client workload process exited with an error or reported nothing."""
 
+    def summary(self) -> str:
+        """One line for a table: what failed, and the last line the process printed (its error, as a rule)."""
+        first, _, output = str(self).partition("\n")
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        return f"{first} {lines[-1]}" if lines else first.removesuffix(" Its last output:")
+
 
 def _report_line(stdout: str) -> dict[str, Any] | None:
     for line in reversed(stdout.splitlines()):

@@ -34,7 +34,7 @@ from typing import Any
 
 from airflow_provider_modelbit.defaults import DEFAULT_BATCH_SIZE
 from airflow_provider_modelbit.emulator import EmulatorClient
-from benchmarks.child_process import run_workload
+from benchmarks.child_process import WorkloadFailed, run_workload
 from benchmarks.datasets import write_feature_table
 from benchmarks.environment import BENCHMARK_CONN_ID, WORKLOAD_TIMEOUT_SECONDS, BenchmarkEnvironment
 from benchmarks.links_deployment import SCORERS
@@ -181,7 +181,7 @@ def _run_at_once(
                 "rows": 0,
                 "started_at": started_at,
                 "finished_at": time.time(),
-                "failed": str(error)[:300],
+                "failed": (error.summary() if isinstance(error, WorkloadFailed) else str(error))[:300],
             }
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"latency_bound": figures}
     print(json.dumps(figures, indent=2, default=str), file=sys.stderr)
     print("\n".join(latency_bound_lines(figures)))
+    print("\n| target | wanted | measured | |\n|---|---:|---:|---|")
     for target in (target.check(results) for target in LATENCY_BOUND_TARGETS):
         print(
             f"| {target['name']} | {target['target']} | {target['measured']:,.2f}{target['unit']} | "

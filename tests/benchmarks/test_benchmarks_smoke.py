@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.child_process import WorkloadFailed, run_workload
 from benchmarks.summaries import paired_ratios, summarize
 from benchmarks.targets import TARGETS, Target, check_targets
 
@@ -180,3 +181,14 @@ class TestOnly:
         with pytest.raises(SystemExit):
             parse_arguments(["--only", "scorng"])
         assert "invalid choice: 'scorng'" in capsys.readouterr().err
+
+
+class TestFailedWorkload:
+    def test_a_failed_client_is_one_line_naming_its_last_error(self):
+        """A client process that dies is named in one table cell by its last line, not its whole output."""
+        with pytest.raises(WorkloadFailed) as failed:
+            run_workload(Path(sys.executable), "benchmarks.no_such_workload", [], dict(os.environ), 60)
+        summary = failed.value.summary()
+        assert "\n" not in summary
+        assert summary.startswith("Benchmark workload benchmarks.no_such_workload exited with status 1")
+        assert summary.endswith("No module named benchmarks.no_such_workload")
