@@ -8,9 +8,10 @@ capacity (and as Netflix's concurrency-limits does for services):
 - it starts low and, while nothing is refused and latency stays flat, raises the limit by one per
   answer (doubling every round trip) until the first sign of congestion;
 - a refusal by the workspace's in-flight cap ("Concurrency request count/size limit reached")
-  says how much was too much: the refused request started with ``level`` requests in flight, so
-  the cap is below that level (requests that finished meanwhile only make it lower). The limit
-  goes to just under the lowest refused level, however many requests of one burst were refused;
+  says how much was too much: the server saw at least as many requests as were in flight when the
+  refused one started, or when its refusal came back (requests started together reach the server
+  in either order), so the cap is below that level. The limit goes to just under the lowest
+  refused level, however many requests of one burst were refused;
 - any other refusal (429 for a quota, 503) or a timeout carries no such measure and halves the
   limit, once per round trip however many requests report the same congestion;
 - rising latency halves it too, once every answer of a whole round trip came back slower than
@@ -21,9 +22,9 @@ capacity (and as Netflix's concurrency-limits does for services):
   a remembered level the limit climbs back quickly to just below it and probes beyond it one
   step at a time, waiting twice as long before each new probe that was refused, so a steady cap
   costs a refusal every many requests rather than every round trip. A probe answered says the
-  room grew (another caller of the same deployment finished, say): the remembered level moves
-  past it and the next probe comes twice as soon, so a batch left alone under a shared cap
-  climbs back to it in a few waits rather than one long wait per step;
+  room grew (another caller of the same deployment finished, say), by how much is unknown: the
+  remembered level is forgotten and the limit grows one per answer, as at the start, so a batch
+  left alone under a cap it shared reaches the whole cap in a few round trips;
 - ``Retry-After`` is always honoured by the refused request, which waits that long before it is
   sent again. A refusal for a quota (a per-minute rate limit, or any refusal that does not name
   the workspace's concurrency caps) also holds back every new request until then, since requests
@@ -36,10 +37,11 @@ A fixed limit (``adaptive=False``) keeps the ceiling throughout and still honour
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -126,8 +128,10 @@ class ConcurrencyLimiter:
     Admit requests up to a limit that adapts to the deployment's answers (see the module's docstring).
 
     Threads call :meth:`acquire` before each request, :meth:`release` after it and :meth:`record`
-    with its outcome; waiting
-    threads are admitted in the order they asked, so chunks keep their input order.
+    with its outcome. Waiting requests start lowest ``order`` first, then in the order they asked:
+    a batch orders them by chunk, so a refused chunk sent again after its ``Retry-After`` goes
+    before the chunks behind it rather than queue after them, and results written in input order
+    are not held back by it.
 
     :param ceiling: the most requests ever in flight (``max_concurrency``).
     :param adaptive: adapt the limit; ``False`` keeps it at ``ceiling``.
@@ -161,7 +165,8 @@ class ConcurrencyLimiter:
         self._log_interval = log_interval
         self._clock = clock
         self._condition = threading.Condition()
-        self._queue: deque[object] = deque()
+        self._waiting: list[tuple[int, int]] = []  # (order, arrival) of the requests waiting to start
+        self._arrivals = itertools.count()
         self._in_flight = 0
         self._epoch = 0
         self._paused_until = 0.0
@@ -197,11 +202,14 @@ class ConcurrencyLimiter:
 
     # ------------------------------------------------------------------ admission
 
-    def acquire(self, stopping: threading.Event | None = None) -> Slot:
-        """Wait until a request may start, honouring the limit, ``Retry-After`` and arrival order."""
-        turn = object()
+    def acquire(self, stopping: threading.Event | None = None, *, order: int = 0) -> Slot:
+        """
+        Wait until a request may start, honouring the limit and ``Retry-After``; among the waiting
+        requests, the lowest ``order`` starts first, then the first to ask.
+        """
         with self._condition:
-            self._queue.append(turn)
+            turn = (order, next(self._arrivals))
+            self._waiting.append(turn)
             try:
                 while True:
                     wait = self._wait_before_start(turn)
@@ -211,7 +219,7 @@ class ConcurrencyLimiter:
                         raise InterruptedError("stopped while waiting for a request slot")
                     self._condition.wait(timeout=min(wait, 0.5))
             finally:
-                self._queue.remove(turn)
+                self._waiting.remove(turn)
                 self._condition.notify_all()
             self._in_flight += 1
             return Slot(self._in_flight, self._epoch, self._clock())
@@ -224,17 +232,17 @@ class ConcurrencyLimiter:
         on :meth:`acquire` would block every other trigger of the loop.
         """
         with self._condition:
-            if self._queue or self._paused_until > self._clock() or self._in_flight >= self.limit:
+            if self._waiting or self._paused_until > self._clock() or self._in_flight >= self.limit:
                 return None
             self._in_flight += 1
             return Slot(self._in_flight, self._epoch, self._clock())
 
-    def _wait_before_start(self, turn: object) -> float:
+    def _wait_before_start(self, turn: tuple[int, int]) -> float:
         """0 when ``turn`` may start now, else a bound on how long to wait before looking again."""
         pause = self._paused_until - self._clock()
         if pause > 0:
             return pause
-        if self._queue[0] is not turn or self._in_flight >= self.limit:
+        if min(self._waiting) != turn or self._in_flight >= self.limit:
             return 0.5
         return 0.0
 
@@ -300,9 +308,9 @@ class ConcurrencyLimiter:
             # its answer says nothing about a higher level.
             return
         if self._too_much is not None and slot.level >= self._too_much:
-            # A probe past the remembered level was answered: the room grew.
-            self._too_much = slot.level + 1
-            self._probe_round_trips = max(1.0, self._probe_round_trips / 2)
+            # A probe past the remembered level was answered: the room grew, by how much is unknown.
+            self._too_much = None
+            self._probe_round_trips = float(FIRST_PROBE_ROUND_TRIPS)
         if self._too_much is None or self.limit + 1 < self._too_much:
             self._set_limit(self._limit + 1)
             return
@@ -314,16 +322,20 @@ class ConcurrencyLimiter:
 
     def _fit_under_cap(self, slot: Slot) -> None:
         """Go just under the level at which an in-flight cap refused a request, and remember that level."""
-        below = max(1, slot.level - 1)
+        # Requests started together reach the server in either order: one started at level 8 may
+        # arrive after another started at 9 and be the one refused. The server saw at least the
+        # requests still in flight now, this one included.
+        level = max(slot.level, self._in_flight)
+        below = max(1, level - 1)
         if below >= self.limit:
             return  # a request of a burst already answered by a lower refused level
         if slot.epoch == self._epoch:
             self._start_decrease("refusals")
-            if self._too_much is not None and slot.level >= self._too_much:
+            if self._too_much is not None and level >= self._too_much:
                 # A probe past the known level was refused again: wait twice as long before the next.
                 self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
         # else: a lower request of a burst already answered, the same decision made more precise.
-        self._too_much = slot.level
+        self._too_much = level
         self._limit = float(below)
 
     def _halve(self, slot: Slot, reason: str) -> None:

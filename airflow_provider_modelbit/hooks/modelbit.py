@@ -381,7 +381,9 @@ class ModelbitHook(ModelbitHookBase):
         response_bytes = 0
         for part in split_by_bytes(encode_chunk(rows, unique_ids=unique_ids), batch_bytes) if rows else []:
             body = call_body(part.data, call, response_format)
-            answer, size = self._answer_value(call, body, len(part.ids), response_format, limiter)
+            answer, size = self._answer_value(
+                call, body, len(part.ids), response_format, limiter, order=index
+            )
             results.extend(reassemble(part, answer, call=call))
             response_bytes += size
         return ChunkResult(index, results, time.monotonic() - started, response_bytes)
@@ -393,10 +395,12 @@ class ModelbitHook(ModelbitHookBase):
         rows: int | None,
         response_format: str | None,
         limiter: ConcurrencyLimiter | None = None,
+        *,
+        order: int = 0,
     ) -> tuple[Any, int]:
         """Send an inference; return the value (links downloaded) and the bytes received."""
-        read_timeout = call.http_read_timeout()
-        payload, _, size = self._send(call, body, rows, read_timeout=read_timeout, limiter=limiter)
+        timeout = call.http_read_timeout()
+        payload, _, size = self._send(call, body, rows, read_timeout=timeout, limiter=limiter, order=order)
         value = data_of(payload, call)
         if response_format != LINKS:
             return value, size
@@ -445,12 +449,15 @@ class ModelbitHook(ModelbitHookBase):
         read_timeout: float,
         submitted: bool = False,
         limiter: ConcurrencyLimiter | None = None,
+        order: int = 0,
     ) -> Answer:
         """
         POST a body, re-sending where the retry rules allow; return the answer, its headers and size.
 
         With a ``limiter``, each attempt holds one of its slots and reports its outcome to it; the
-        waits between attempts hold none. A stop (:meth:`stop`) ends the waits at once.
+        waits between attempts hold none, and a re-sent body waits for a slot in its ``order`` (its
+        chunk's place in the batch), ahead of the chunks after it. A stop (:meth:`stop`) ends the
+        waits at once.
         """
         tries = self._tries(call, rows, submitted=submitted)
         while True:
@@ -458,20 +465,25 @@ class ModelbitHook(ModelbitHookBase):
                 raise _batch_stopped(call)
             tries.start()
             try:
-                return tries.answered(self._send_limited(call, body, read_timeout, limiter))
+                return tries.answered(self._send_limited(call, body, read_timeout, limiter, order))
             except SendFailed as failure:
                 if self._stopping.is_set():
                     raise _batch_stopped(call) from None
                 self._stopping.wait(tries.wait_after(failure))
 
     def _send_limited(
-        self, call: InferenceCall, body: bytes, read_timeout: float, limiter: ConcurrencyLimiter | None
+        self,
+        call: InferenceCall,
+        body: bytes,
+        read_timeout: float,
+        limiter: ConcurrencyLimiter | None,
+        order: int,
     ) -> Answer:
         """Send once, holding a slot of ``limiter`` (when given) and telling it how the request went."""
         if limiter is None:
             return self._send_once(call, body, read_timeout)
         try:
-            slot = limiter.acquire(self._stopping)
+            slot = limiter.acquire(self._stopping, order=order)
         except InterruptedError:
             raise _batch_stopped(call) from None
         try:

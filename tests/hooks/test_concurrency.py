@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from itertools import pairwise
 
 import pytest
@@ -190,22 +191,87 @@ class TestBackOff:
         # Back at the cap within a few round trips of each refusal: most round trips run at 8.
         assert levels.count(8) >= 0.8 * len(levels), levels
 
-    def test_climbs_to_a_cap_that_grew_in_a_few_waits(self) -> None:
+    def test_climbs_to_a_cap_that_grew_in_a_few_round_trips(self) -> None:
         """
-        Settled under a cap of 4 (as one of several batches sharing it), then alone under 12: each
-        answered probe raises the remembered level and halves the wait before the next, so the
-        limit is back at the cap well before one longest wait per step (8 x 16 round trips).
+        Settled under a cap of 4 (as one of several batches sharing it), then alone under 12: the
+        first answered probe says the room grew, by how much is unknown, so the limit grows as at
+        the start, one per answer, and settles at the new cap after one burst of refusals.
         """
         limiter, clock = _limiter()
         for _ in range(200):
             _round_trip(limiter, clock, cap=4)
         assert limiter.limit == 4
-        levels = []
+        levels, refused = [], []
         for _ in range(50):
-            _round_trip(limiter, clock, cap=12)
+            refused.append(_round_trip(limiter, clock, cap=12))
             levels.append(limiter.limit)
-        assert levels.index(12) < 40, levels
-        assert max(levels) == 13, levels  # never more than one probe past the cap
+        assert levels.index(12) < 10, levels
+        assert sum(refused[:10]) <= 3, refused  # the one burst past the new cap
+        assert levels[10:].count(12) >= 0.9 * len(levels[10:]), levels
+
+    def test_a_refusal_measures_the_requests_the_server_saw(self) -> None:
+        """
+        Two requests started together reach the server in either order: the one started at level 8
+        may be the one refused while 9 are in flight, and the cap it measures is 8, not 7.
+        """
+        limiter, clock = _limiter(ceiling=9)
+        assert _grow(limiter, clock)[-1] == 9
+        slots = [limiter.acquire() for _ in range(9)]
+        limiter.record(slots[7], Outcome.REFUSED)
+        limiter.release()
+        assert limiter.limit == 8
+
+
+class TestOrder:
+    """Waiting requests start lowest order first (a batch's chunk index), then the first to ask."""
+
+    def test_a_lower_order_starts_before_higher_orders_that_asked_first(self) -> None:
+        limiter, _ = _limiter(ceiling=1, adaptive=False)
+        limiter.acquire()
+        started: list[int] = []
+
+        def start(order: int) -> None:
+            limiter.acquire(order=order)
+            started.append(order)
+            limiter.release()
+
+        waiters = []
+        for order in (5, 6, 2):  # chunk 2 is a refused chunk sent again after the chunks behind it asked
+            waiters.append(threading.Thread(target=start, args=(order,), daemon=True))
+            waiters[-1].start()
+            _wait_until(lambda: len(limiter._waiting) == len(waiters))
+        limiter.release()
+        for waiter in waiters:
+            waiter.join(10)
+        assert started == [2, 5, 6]
+
+    def test_equal_orders_start_in_the_order_they_asked(self) -> None:
+        limiter, _ = _limiter(ceiling=1, adaptive=False)
+        limiter.acquire()
+        started: list[str] = []
+
+        def start(name: str) -> None:
+            limiter.acquire(order=3)
+            started.append(name)
+            limiter.release()
+
+        waiters = []
+        for name in ("first", "second", "third"):
+            waiters.append(threading.Thread(target=start, args=(name,), daemon=True))
+            waiters[-1].start()
+            _wait_until(lambda: len(limiter._waiting) == len(waiters))
+        limiter.release()
+        for waiter in waiters:
+            waiter.join(10)
+        assert started == ["first", "second", "third"]
+
+
+def _wait_until(condition, seconds: float = 30.0) -> None:
+    """Wait for another thread to reach a state (sized for a loaded machine)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the waiting threads never queued"
+        time.sleep(0.01)
 
 
 class TestRetryAfter:
