@@ -21,7 +21,11 @@ capacity (and as Netflix's concurrency-limits does for services):
   grows again at its usual rate, one per answer, up to the remembered level or the ceiling. Near
   a remembered level the limit climbs back quickly to just below it and probes beyond it one
   step at a time, waiting twice as long before each new probe that was refused, so a steady cap
-  costs a refusal every many requests rather than every round trip. A probe answered says the
+  costs a refusal every many requests rather than every round trip. After each refusal the
+  limit leaves one place more free for a round trip: batches sharing a cap each refill their own
+  places as their requests finish, so without it a batch that holds none (all its requests of a
+  burst refused, say) would be kept out until the others end, and fail once its retries ran out.
+  A probe answered says the
   room grew (another caller of the same deployment finished, say), by how much is unknown: the
   remembered level is forgotten and the limit grows one per answer, as at the start, so a batch
   left alone under a cap it shared reaches the whole cap in a few round trips;
@@ -321,22 +325,24 @@ class ConcurrencyLimiter:
             self._set_limit(self._limit + 1)
 
     def _fit_under_cap(self, slot: Slot) -> None:
-        """Go just under the level at which an in-flight cap refused a request, and remember that level."""
+        """Go under the level at which an in-flight cap refused a request, and remember that level."""
         # Requests started together reach the server in either order: one started at level 8 may
         # arrive after another started at 9 and be the one refused. The server saw at least the
         # requests still in flight now, this one included.
         level = max(slot.level, self._in_flight)
-        below = max(1, level - 1)
-        if below >= self.limit:
-            return  # a request of a burst already answered by a lower refused level
         if slot.epoch == self._epoch:
             self._start_decrease("refusals")
             if self._too_much is not None and level >= self._too_much:
                 # A probe past the known level was refused again: wait twice as long before the next.
                 self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
+        elif self._too_much is not None and level >= self._too_much:
+            return  # a request of a burst already answered by a lower refused level
         # else: a lower request of a burst already answered, the same decision made more precise.
         self._too_much = level
-        self._limit = float(below)
+        # Two under the level, so one place more stays free for the round trip until an answer to
+        # a request sent after this decrease raises the limit to just under it (``_raise``): room
+        # for a batch sharing the cap that holds none.
+        self._limit = float(min(self.limit, max(1, level - 2)))
 
     def _halve(self, slot: Slot, reason: str) -> None:
         """

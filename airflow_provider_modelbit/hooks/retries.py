@@ -91,7 +91,9 @@ class RetryPolicy:
     How many times and how long to retry.
 
     :param max_attempts: attempts in all, the first one included.
-    :param initial_wait: seconds before the first retry when the server names no wait; doubled each time.
+    :param initial_wait: seconds before the first retry, doubled each time; a server's
+        ``Retry-After`` is waited when longer, so a request refused again and again backs off
+        however short a wait the server names.
     :param max_wait: longest single wait, also capping a server's ``Retry-After``.
     :param max_total_wait: longest time spent waiting across all retries of one request.
     """
@@ -125,7 +127,7 @@ class RetrySchedule:
             return None
         wait = self.policy.backoff(self.attempt)
         if retry_after is not None:
-            wait = max(retry_after, 0.0) + random.uniform(0, 0.1)
+            wait = max(wait, max(retry_after, 0.0) + random.uniform(0, 0.1))
         wait = min(wait, self.policy.max_wait)
         if self.waited + wait > self.policy.max_total_wait:
             return None
