@@ -10,8 +10,9 @@ capacity (and as Netflix's concurrency-limits does for services):
 - a refusal by the workspace's in-flight cap ("Concurrency request count/size limit reached")
   says how much was too much: the server saw at least as many requests as were in flight when the
   refused one started, or when its refusal came back (requests started together reach the server
-  in either order), so the cap is below that level. The limit goes to just under the lowest
-  refused level, however many requests of one burst were refused;
+  in either order), so the cap is below that level. The limit goes just under the lowest refused
+  level, however many requests of one burst were refused (and one lower still for a round trip,
+  below);
 - any other refusal (429 for a quota, 503) or a timeout carries no such measure and halves the
   limit, once per round trip however many requests report the same congestion;
 - rising latency halves it too, once every answer of a whole round trip came back slower than
@@ -25,10 +26,10 @@ capacity (and as Netflix's concurrency-limits does for services):
   limit leaves one place more free for a round trip: batches sharing a cap each refill their own
   places as their requests finish, so without it a batch that holds none (all its requests of a
   burst refused, say) would be kept out until the others end, and fail once its retries ran out.
-  A probe answered says the
-  room grew (another caller of the same deployment finished, say), by how much is unknown: the
-  remembered level is forgotten and the limit grows one per answer, as at the start, so a batch
-  left alone under a cap it shared reaches the whole cap in a few round trips;
+  A probe answered says the room grew (another caller of the same deployment finished, say), by
+  how much is unknown: the remembered level is forgotten and the limit grows one per answer, as
+  at the start, so a batch left alone under a cap it shared reaches the whole cap in a few round
+  trips;
 - ``Retry-After`` is always honoured by the refused request, which waits that long before it is
   sent again. A refusal for a quota (a per-minute rate limit, or any refusal that does not name
   the workspace's concurrency caps) also holds back every new request until then, since requests
@@ -337,7 +338,7 @@ class ConcurrencyLimiter:
                 self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
         elif self._too_much is not None and level >= self._too_much:
             return  # a request of a burst already answered by a lower refused level
-        # else: a lower request of a burst already answered, the same decision made more precise.
+        # Else an earlier request of a burst refused at a lower level: the same decision, more precise.
         self._too_much = level
         # Two under the level, so one place more stays free for the round trip until an answer to
         # a request sent after this decrease raises the limit to just under it (``_raise``): room
