@@ -259,44 +259,36 @@ class TestOrder:
     """Waiting requests start lowest order first (a batch's chunk index), then the first to ask."""
 
     def test_a_lower_order_starts_before_higher_orders_that_asked_first(self) -> None:
-        limiter, _ = _limiter(ceiling=1, adaptive=False)
-        limiter.acquire()
-        started: list[int] = []
-
-        def start(order: int) -> None:
-            limiter.acquire(order=order)
-            started.append(order)
-            limiter.release()
-
-        waiters = []
-        for order in (5, 6, 2):  # chunk 2 is a refused chunk sent again after the chunks behind it asked
-            waiters.append(threading.Thread(target=start, args=(order,), daemon=True))
-            waiters[-1].start()
-            _wait_until(lambda: len(limiter._waiting) == len(waiters))
-        limiter.release()
-        for waiter in waiters:
-            waiter.join(10)
-        assert started == [2, 5, 6]
+        # Chunk 2 is a refused chunk sent again after the chunks behind it asked.
+        assert _started_in_turn([(5, "5"), (6, "6"), (2, "2")]) == ["2", "5", "6"]
 
     def test_equal_orders_start_in_the_order_they_asked(self) -> None:
-        limiter, _ = _limiter(ceiling=1, adaptive=False)
-        limiter.acquire()
-        started: list[str] = []
+        assert _started_in_turn([(3, "first"), (3, "second"), (3, "third")]) == ["first", "second", "third"]
 
-        def start(name: str) -> None:
-            limiter.acquire(order=3)
-            started.append(name)
-            limiter.release()
 
-        waiters = []
-        for name in ("first", "second", "third"):
-            waiters.append(threading.Thread(target=start, args=(name,), daemon=True))
-            waiters[-1].start()
-            _wait_until(lambda: len(limiter._waiting) == len(waiters))
+def _started_in_turn(requests: list[tuple[int, str]]) -> list[str]:
+    """
+    Queue one thread per ``(order, name)``, in that order, while the only place is taken; free it
+    and return the names in the order they started.
+    """
+    limiter, _ = _limiter(ceiling=1, adaptive=False)
+    limiter.acquire()
+    started: list[str] = []
+
+    def start(order: int, name: str) -> None:
+        limiter.acquire(order=order)
+        started.append(name)
         limiter.release()
-        for waiter in waiters:
-            waiter.join(10)
-        assert started == ["first", "second", "third"]
+
+    waiters = []
+    for request in requests:
+        waiters.append(threading.Thread(target=start, args=request, daemon=True))
+        waiters[-1].start()
+        _wait_until(lambda: len(limiter._waiting) == len(waiters))
+    limiter.release()
+    for waiter in waiters:
+        waiter.join(10)
+    return started
 
 
 def _wait_until(condition, seconds: float = 30.0) -> None:
