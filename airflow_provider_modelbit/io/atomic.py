@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, BinaryIO
 
+import pyarrow as pa
 from airflow.sdk import ObjectStoragePath
 
 if TYPE_CHECKING:
@@ -41,9 +42,12 @@ def resolve_output(path: str | ObjectStoragePath, conn_id: str | None = None) ->
     return ObjectStoragePath(os.path.abspath(os.path.expanduser(text)), protocol="file", conn_id=conn_id)
 
 
-def temporary_sibling(path: ObjectStoragePath) -> ObjectStoragePath:
-    """Return a unique hidden name beside ``path``, so the final move stays within one directory."""
-    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+def is_local(path: ObjectStoragePath) -> bool:
+    """Tell whether ``path`` is on local disk (where a rename is atomic and files can be mapped)."""
+    return path.protocol in LOCAL_PROTOCOLS
 
 
 @contextmanager
@@ -60,18 +64,42 @@ def atomic_output(path: str | ObjectStoragePath, *, lineage: bool = True) -> Ite
     """
     destination = resolve_output(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(destination)
-    try:
-        # Neither the write nor the move goes through ObjectStoragePath's lineage tracking: it would
-        # record the temporary name (as an output, and on object stores as the move's input too).
-        with open_binary(temporary, "wb", lineage=False) as stream:
-            yield stream
-        _move_into_place(temporary, destination)
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
+    # Neither the write nor the move goes through ObjectStoragePath's lineage tracking: it would
+    # record the temporary name (as an output, and on object stores as the move's input too).
+    with atomic_file(destination.fs, destination.path, local=is_local(destination)) as stream:
+        yield stream
     if lineage:
         record_output_lineage(destination)
+
+
+@contextmanager
+def atomic_file(fs: AbstractFileSystem, path: str, *, local: bool) -> Iterator[BinaryIO]:
+    """
+    :func:`atomic_output` for a file named in ``fs``'s terms, whose folder exists.
+
+    For writers of many files into one folder (a checkpoint's chunks), which keep the filesystem
+    and the folder's path and build no path object per file. Local files are written through
+    Arrow's native file, so an Arrow writer's many small writes do not each pass through Python.
+
+    :param fs: the filesystem holding ``path``.
+    :param path: the destination; the temporary file is a hidden name beside it.
+    :param local: ``path`` is on local disk.
+    """
+    folder, separator, name = path.rpartition("/")
+    temporary = f"{folder}{separator}.{name}.tmp-{uuid.uuid4().hex}"
+    try:
+        with pa.OSFile(temporary, "wb") if local else fs.open(temporary, "wb") as stream:
+            yield stream
+        if local:
+            # os.replace is atomic on POSIX and overwrites an existing destination in one step.
+            os.replace(temporary, path)
+        else:
+            # Object stores have no rename: move is a server-side copy (which replaces the
+            # destination in one step) followed by deleting the temporary object.
+            fs.mv(temporary, path)
+    except BaseException:
+        _remove_quietly(fs, temporary)
+        raise
 
 
 def record_output_lineage(destination: ObjectStoragePath) -> None:
@@ -91,22 +119,10 @@ def open_binary(path: ObjectStoragePath, mode: str, *, lineage: bool = True) -> 
     return path.fs.open(path.path, mode)
 
 
-def _move_into_place(temporary: ObjectStoragePath, destination: ObjectStoragePath) -> None:
-    if temporary.protocol in ("", "file", "local"):
-        # os.replace is atomic on POSIX and overwrites an existing destination in one step.
-        os.replace(temporary.path, destination.path)
-        return
-    # Object stores have no rename: move is a server-side copy (which replaces the destination in one
-    # step) followed by deleting the temporary object. Through the filesystem, not
-    # ObjectStoragePath.move, which would record the temporary object for lineage.
-    temporary.fs.mv(temporary.path, destination.path)
-
-
-def _remove_quietly(path: ObjectStoragePath) -> None:
+def _remove_quietly(fs: AbstractFileSystem, path: str) -> None:
     with suppress(FileNotFoundError, OSError):
-        if path.exists():
-            path.unlink()
-            log.debug("Removed incomplete file %s", path)
+        fs.rm_file(path)
+        log.debug("Removed incomplete file %s", path)
 
 
 def create_exclusively(fs: AbstractFileSystem, path: str, record: bytes, *, local: bool) -> bool:

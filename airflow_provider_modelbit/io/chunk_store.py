@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -26,17 +27,18 @@ import pyarrow.ipc as ipc
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch
-from airflow_provider_modelbit.io.atomic import atomic_output, open_binary
+from airflow_provider_modelbit.io.atomic import atomic_file, atomic_output, is_local
 from airflow_provider_modelbit.io.ownership import OWNER_NAME, TaskIdentity
 
 if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
     from airflow_provider_modelbit.io.ownership import OutputLease
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 _CHUNK_NAME = re.compile(r"^chunk-(\d{8})\.arrow$")
-_LOCAL_PROTOCOLS = ("", "file", "local")
 #: Bumped when the checkpoint layout or chunking changes, so old checkpoints are not reused.
 CHECKPOINT_SCHEMA_VERSION = 2
 
@@ -80,11 +82,27 @@ class ChunkStore:
     """
     A folder of finished chunks, local or on any object store.
 
-    :param location: the folder; created when the first file is written.
+    Chunk files are named by strings in the folder's filesystem, not path objects: a batch writes
+    and reads back a chunk every few thousand rows, and a path object costs more to build than
+    an Arrow chunk file costs to write.
+
+    :param location: the folder; created by :meth:`start` (the lease's record may create it first).
     """
 
     def __init__(self, location: ObjectStoragePath) -> None:
         self.location = location
+
+    @cached_property
+    def _fs(self) -> AbstractFileSystem:
+        return self.location.fs
+
+    @cached_property
+    def _folder(self) -> str:
+        return self.location.path.rstrip("/")
+
+    @cached_property
+    def _local(self) -> bool:
+        return is_local(self.location)
 
     @classmethod
     def beside(cls, output: ObjectStoragePath) -> ChunkStore:
@@ -117,18 +135,16 @@ class ChunkStore:
         return None
 
     def put(self, index: int, table: pa.Table) -> None:
-        """Store a finished chunk; it appears whole or not at all."""
+        """Store a finished chunk; it appears whole or not at all. The store must be started."""
         with (
-            atomic_output(self._chunk_path(index), lineage=False) as stream,
+            atomic_file(self._fs, self._chunk_file(index), local=self._local) as stream,
             ipc.new_file(stream, table.schema) as writer,
         ):
             writer.write_table(table)
 
     def indices(self) -> list[int]:
         """Return the finished chunk indices, in order."""
-        if not self.location.exists():
-            return []
-        found = (_CHUNK_NAME.match(path.name) for path in self.location.iterdir())
+        found = (_CHUNK_NAME.match(name) for name in self._names())
         return sorted(int(match.group(1)) for match in found if match)
 
     def schema(self, index: int) -> pa.Schema:
@@ -144,11 +160,10 @@ class ChunkStore:
                 yield reader.get_batch(position)
 
     def _open_chunk(self, index: int) -> Any:
-        path = self._chunk_path(index)
-        if path.protocol in _LOCAL_PROTOCOLS:
+        if self._local:
             # Mapped, the batches point into the file instead of being copied through Python.
-            return pa.memory_map(path.path, "r")
-        return open_binary(path, "rb", lineage=False)
+            return pa.memory_map(self._chunk_file(index), "r")
+        return self._fs.open(self._chunk_file(index), "rb")
 
     def remove(self) -> None:
         """Delete the store and everything in it."""
@@ -157,17 +172,15 @@ class ChunkStore:
 
     def discard(self) -> None:
         """Delete the chunks and the record, leaving the owner record (another run may hold it)."""
-        if not self.location.exists():
-            return
-        for path in self.location.iterdir():
-            if path.name != OWNER_NAME:
+        for name in self._names():
+            if name != OWNER_NAME:
                 with suppress(FileNotFoundError):
-                    path.fs.rm_file(path.path)
+                    self._fs.rm_file(f"{self._folder}/{name}")
 
     def remove_if_empty(self) -> None:
         """Delete the store's folder when nothing is left in it (nothing is left behind on a refusal)."""
         with suppress(OSError):
-            if self.location.exists() and not any(True for _ in self.location.iterdir()):
+            if self.location.exists() and not self._names():
                 self.location.fs.rm(self.location.path, recursive=True)
 
     def verify_complete(self, expected: Iterable[tuple[int, pa.Array]], output: str) -> int:
@@ -208,8 +221,16 @@ class ChunkStore:
             f"to {output} (what was there is untouched); delete the checkpoint and run the task again."
         )
 
-    def _chunk_path(self, index: int) -> ObjectStoragePath:
-        return self.location / f"chunk-{index:08d}.arrow"
+    def _chunk_file(self, index: int) -> str:
+        return f"{self._folder}/chunk-{index:08d}.arrow"
+
+    def _names(self) -> list[str]:
+        """The names of the files in the folder; none when it does not exist."""
+        try:
+            entries = self._fs.ls(self._folder, detail=False)
+        except FileNotFoundError:
+            return []
+        return [str(entry).rstrip("/").rpartition("/")[2] for entry in entries]
 
     def _read_record(self) -> CheckpointRecord | None:
         path = self.location / MANIFEST_NAME

@@ -14,12 +14,11 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from airflow_provider_modelbit.exceptions import ModelbitInputError, ModelbitOutputError
+from airflow_provider_modelbit.io.atomic import is_local
 from airflow_provider_modelbit.io.result_writer import RESULT_COLUMN
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
-
-_LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 def check_output_location(
@@ -39,7 +38,7 @@ def check_output_location(
         _refuse_overwriting_input(output, source, where)
     if is_dir:
         raise ModelbitOutputError(f"{where} is a directory; name a file such as {output}/scores.parquet.")
-    if output.protocol in _LOCAL_PROTOCOLS:
+    if is_local(output):
         _check_local_folder(output.path, where)
     elif not exists:
         _check_remote_writable(output, where)
@@ -95,7 +94,7 @@ def _refuse_overwriting_input(output: ObjectStoragePath, source: ObjectStoragePa
 
 
 def _comparable(path: ObjectStoragePath) -> tuple[str, str]:
-    if path.protocol in _LOCAL_PROTOCOLS:
+    if is_local(path):
         return "file", os.path.realpath(path.path)
     return str(path.protocol), path.path.rstrip("/")
 

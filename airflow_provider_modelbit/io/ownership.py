@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelbit.exceptions import ModelbitOutputBusy
-from airflow_provider_modelbit.io.atomic import create_exclusively
+from airflow_provider_modelbit.io.atomic import create_exclusively, is_local
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -37,7 +37,6 @@ OWNER_SCHEMA_VERSION = 1
 #: Seconds a lease stays valid without renewal; renewed every third of it while the run works.
 DEFAULT_LEASE_SECONDS = 60.0
 _POLL_SECONDS = 0.5
-_LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ class OutputLease:
     def _create_exclusively(self) -> bool:
         """Create the owner record only if none exists; tell whether this call created it."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        local = self.path.protocol in _LOCAL_PROTOCOLS
+        local = is_local(self.path)
         if not create_exclusively(self.path.fs, self.path.path, self._record().to_json(), local=local):
             return False
         if local:
@@ -294,7 +293,7 @@ class OutputLease:
         self._write_raw(record.to_json())
 
     def _write_raw(self, raw: bytes) -> None:
-        if self.path.protocol in _LOCAL_PROTOCOLS:
+        if is_local(self.path):
             temporary = f"{self.path.path}.{uuid.uuid4().hex}"
             with open(temporary, "wb") as stream:
                 stream.write(raw)
