@@ -192,3 +192,10 @@ class TestFailedWorkload:
         assert "\n" not in summary
         assert summary.startswith("Benchmark workload benchmarks.no_such_workload exited with status 1")
         assert summary.endswith("No module named benchmarks.no_such_workload")
+
+
+def test_the_floor_writes_parquet_as_the_operator_does() -> None:
+    from airflow_provider_modelbit.io import result_writer
+    from benchmarks.clients import floor
+
+    assert floor.DICTIONARY_PAGE_BYTES == result_writer.DICTIONARY_PAGE_BYTES

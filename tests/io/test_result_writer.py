@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,22 @@ class TestResultWriter:
             writer.write_parquet(sink)
         metadata = pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata
         assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [4, 4, 2]
+
+    def test_distinct_scores_are_stored_plain_and_few_values_keep_their_dictionary(self) -> None:
+        """A dictionary as large as the column is not kept: distinct doubles take their plain size."""
+        rows = 65_536
+        generator = random.Random(7)
+        results = [{"score": generator.random(), "label": float(index % 3)} for index in range(rows)]
+        sink = io.BytesIO()
+        with ResultWriter() as writer:
+            writer.write(results_table(list(range(rows)), results))
+            writer.write_parquet(sink)
+        row_group = pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata.row_group(0)
+        sizes = {
+            row_group.column(i).path_in_schema: row_group.column(i).total_compressed_size for i in range(3)
+        }
+        assert sizes["result.score"] <= 1.05 * 8 * rows
+        assert sizes["result.label"] <= 0.05 * 8 * rows
 
     def test_no_chunks_writes_the_empty_schema(self) -> None:
         sink = io.BytesIO()
