@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_modelbit.emulator.server import DEFAULT_HOST, EmulatorServer, new_event_loop
+from airflow_provider_modelbit.emulator.server import (
+    DEFAULT_HOST,
+    EmulatorServer,
+    collect_for_serving,
+    new_event_loop,
+)
 from airflow_provider_modelbit.emulator.workspace import DEFAULT_MAX_BODY_BYTES, EmulatorConfig, build_config
 
 DESCRIPTION = """\
@@ -265,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as invalid:
         print(f"modelbit-emulator: {invalid}", file=sys.stderr)
         return 2
+    collect_for_serving()
     loop = new_event_loop()
     try:
         loop.run_until_complete(serve(config, args.host, args.port, args.ready_file))
