@@ -248,10 +248,19 @@ class RequestTries:
         """Return the wait before re-sending, or raise the failure's error when it must not be re-sent."""
         call, schedule = self._call, self._schedule
         verdict = retry_verdict(failure.error, request_sent=failure.request_sent, idempotent=call.idempotent)
-        wait = schedule.next_wait(failure.retry_after) if verdict else None
+        wait = (
+            schedule.next_wait(failure.retry_after, spends_attempt=verdict.spends_attempt)
+            if verdict
+            else None
+        )
         if verdict is None or wait is None:
             if verdict is not None:
-                self._log.warning("%s: giving up after %d attempts.", call.where, schedule.attempt)
+                self._log.warning(
+                    "%s: giving up after %d tries (%.0f s waited).",
+                    call.where,
+                    schedule.tries,
+                    schedule.waited,
+                )
             metrics.request_failed(call.deployment, None)
             failure.error.request_sent = failure.request_sent
             failure.error.refused = failure.refused
@@ -266,9 +275,9 @@ class RequestTries:
                 type(failure.error).__name__,
             )
         self._log.warning(
-            "%s: attempt %d failed (%s); retrying in %.1f s.",
+            "%s: try %d failed (%s); retrying in %.1f s.",
             call.where,
-            schedule.attempt - 1,
+            schedule.tries - 1,
             verdict.reason,
             wait,
         )

@@ -21,11 +21,13 @@ capacity (and as Netflix's concurrency-limits does for services):
 - only a cap's refusal measures a level, so only it is remembered: after a halving the limit
   grows again at its usual rate, one per answer, up to the remembered level or the ceiling. Near
   a remembered level the limit climbs back quickly to just below it and probes beyond it one
-  step at a time, waiting twice as long before each new probe that was refused, so a steady cap
-  costs a refusal every many requests rather than every round trip. After each refusal the
-  limit leaves one place more free for a round trip: batches sharing a cap each refill their own
-  places as their requests finish, so without it a batch that holds none (all its requests of a
-  burst refused, say) would be kept out until the others end, and fail once its retries ran out.
+  step at a time, waiting twice as long before each new probe that was refused (up to twice the
+  refused level in round trips: a probe's gain is one place over it), so a steady cap costs a
+  refusal every many requests rather than every round trip. After each refusal the limit leaves
+  one place more free for a round trip: batches sharing a cap each refill their own places as
+  their requests finish, so without it a batch that holds none (all its requests of a burst
+  refused, say) would be kept out until the others end. Its refused requests wait, spending no
+  retry attempt (:mod:`.retries`), until a place frees or the time budget is spent.
   A probe answered says the room grew (another caller of the same deployment finished, say), by
   how much is unknown: the remembered level is forgotten and the limit grows one per answer, as
   at the start, so a batch left alone under a cap it shared reaches the whole cap in a few round
@@ -61,11 +63,10 @@ from airflow_provider_modelbit.defaults import (
     MAX_PROBE_ROUND_TRIPS,
 )
 from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitRateLimited, ModelbitTimeout
+from airflow_provider_modelbit.hooks.retries import refused_for_capacity
 
 # Statuses by which a server says it has no room now: too many requests, or none served at the moment.
 _NO_ROOM_STATUSES = {429, 503}
-# How Modelbit's refusals by the workspace's in-flight caps begin ("... request count/size limit reached").
-_CAPACITY_MESSAGE = "concurrency request"
 
 
 class Outcome(Enum):
@@ -81,7 +82,7 @@ class Outcome(Enum):
 def load_outcome(error: ModelbitError) -> Outcome:
     """What a failed request says about the deployment's load (the retry decision is made elsewhere)."""
     if isinstance(error, ModelbitRateLimited) or error.status in _NO_ROOM_STATUSES:
-        return Outcome.REFUSED if _CAPACITY_MESSAGE in error.message.lower() else Outcome.RATE_LIMITED
+        return Outcome.REFUSED if refused_for_capacity(error) else Outcome.RATE_LIMITED
     if isinstance(error, ModelbitTimeout):
         return Outcome.TIMED_OUT
     return Outcome.OTHER
@@ -335,7 +336,7 @@ class ConcurrencyLimiter:
             self._start_decrease("refusals")
             if self._too_much is not None and level >= self._too_much:
                 # A probe past the known level was refused again: wait twice as long before the next.
-                self._probe_round_trips = min(2 * self._probe_round_trips, MAX_PROBE_ROUND_TRIPS)
+                self._probe_round_trips = min(2 * self._probe_round_trips, self._longest_probe_wait(level))
         elif self._too_much is not None and level >= self._too_much:
             return  # a request of a burst already answered by a lower refused level
         # Else an earlier request of a burst refused at a lower level: the same decision, more precise.
@@ -344,6 +345,18 @@ class ConcurrencyLimiter:
         # a request sent after this decrease raises the limit to just under it (``_raise``): room
         # for a batch sharing the cap that holds none.
         self._limit = float(min(self.limit, max(1, level - 2)))
+
+    @staticmethod
+    def _longest_probe_wait(level: int) -> float:
+        """
+        Round trips between probes at most, past a cap that refused ``level`` requests.
+
+        A probe stands to gain one place over ``level - 1``, and a refused one costs about the same
+        whatever the level: so the wait is bounded in proportion to the level. A batch alone under
+        a steady cap of 8 probes every 16 round trips at most; a batch held to 2 places by others
+        sharing the cap probes every 4, and finds their places soon after they finish.
+        """
+        return float(min(MAX_PROBE_ROUND_TRIPS, max(FIRST_PROBE_ROUND_TRIPS, 2 * level)))
 
     def _halve(self, slot: Slot, reason: str) -> None:
         """

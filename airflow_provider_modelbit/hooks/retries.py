@@ -32,6 +32,13 @@ UNAVAILABLE = "service unavailable (503)"
 IDEMPOTENT_RESEND = "idempotent re-send"
 
 _SERVER_ASKS = {429: RATE_LIMITED, 502: BAD_GATEWAY, 503: UNAVAILABLE}
+# How Modelbit's refusals by the workspace's in-flight caps begin ("... request count/size limit reached").
+_CAPACITY_MESSAGE = "concurrency request"
+
+
+def refused_for_capacity(error: ModelbitError) -> bool:
+    """Tell whether a refusal names the workspace's in-flight caps: room returns as requests finish."""
+    return _CAPACITY_MESSAGE in error.message.lower()
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,14 @@ class RetryVerdict:
 
     :param reason: one of the module's reason strings, used in logs and in the retry counters.
     :param may_rescore: the model may already have run, so rows may be scored twice.
+    :param spends_attempt: counts against the policy's attempts. A refusal by an in-flight cap
+        spends waiting time only: room returns as requests finish, and under a cap shared with
+        other batches a batch holding no place may be refused many times before one frees.
     """
 
     reason: str
     may_rescore: bool = False
+    spends_attempt: bool = True
 
 
 def retry_verdict(error: ModelbitError, *, request_sent: bool, idempotent: bool) -> RetryVerdict | None:
@@ -59,7 +70,7 @@ def retry_verdict(error: ModelbitError, *, request_sent: bool, idempotent: bool)
         return RetryVerdict(NOT_SENT)
     if isinstance(error, ModelbitRateLimited):
         # The server refused before running the model, whatever status carried the refusal.
-        return RetryVerdict(RATE_LIMITED)
+        return RetryVerdict(RATE_LIMITED, spends_attempt=not refused_for_capacity(error))
     if isinstance(error, ModelbitTransportError) and error.status in _SERVER_ASKS:
         return RetryVerdict(_SERVER_ASKS[error.status])
     if idempotent and isinstance(error, ModelbitDeploymentError | ModelbitTimeout | ModelbitTransportError):
@@ -90,7 +101,8 @@ class RetryPolicy:
     """
     How many times and how long to retry.
 
-    :param max_attempts: attempts in all, the first one included.
+    :param max_attempts: attempts in all, the first one included; refusals by an in-flight cap
+        are not counted (see :class:`RetryVerdict`).
     :param initial_wait: seconds before the first retry, doubled each time; a server's
         ``Retry-After`` is waited when longer, so a request refused again and again backs off
         however short a wait the server names.
@@ -112,18 +124,25 @@ class RetryPolicy:
 @dataclass
 class RetrySchedule:
     """
-    The retry budget of one request: counts attempts and time waited.
+    The retry budget of one request: counts attempts, tries and time waited.
 
     :param policy: the limits to respect.
     """
 
     policy: RetryPolicy
     attempt: int = 1
+    tries: int = 1
     waited: float = 0.0
 
-    def next_wait(self, retry_after: float | None) -> float | None:
-        """Return how long to wait before the next attempt, or ``None`` when the budget is spent."""
-        if self.attempt >= self.policy.max_attempts:
+    def next_wait(self, retry_after: float | None, *, spends_attempt: bool = True) -> float | None:
+        """
+        Return how long to wait before the next try, or ``None`` when the budget is spent.
+
+        The backoff doubles with the attempts spent, so a refusal by an in-flight cap, which
+        spends none, waits what ``Retry-After`` asks (Modelbit's caps ask 1 s) until the time
+        budget is spent.
+        """
+        if spends_attempt and self.attempt >= self.policy.max_attempts:
             return None
         wait = self.policy.backoff(self.attempt)
         if retry_after is not None:
@@ -131,7 +150,9 @@ class RetrySchedule:
         wait = min(wait, self.policy.max_wait)
         if self.waited + wait > self.policy.max_total_wait:
             return None
-        self.attempt += 1
+        if spends_attempt:
+            self.attempt += 1
+        self.tries += 1
         self.waited += wait
         return wait
 

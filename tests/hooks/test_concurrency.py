@@ -196,6 +196,23 @@ class TestBackOff:
         # Back at the cap within a few round trips of each refusal: most round trips run at 8.
         assert levels.count(8) >= 0.8 * len(levels), levels
 
+    def test_probes_past_a_low_level_stay_frequent(self) -> None:
+        """
+        A probe's gain is one place over the refused level: a third more past 3 (a batch held low
+        by others sharing the cap, who may finish any time), an eighth past 8. So the wait between
+        refused probes is bounded by the level: past 3 the probes settle about half as far apart
+        as past 8, whose spacing keeps a steady cap's refusals rare.
+        """
+        settled_gaps = {}
+        for cap in (3, 8):
+            limiter, clock = _limiter()
+            refused_round_trips = [
+                round_trip for round_trip in range(400) if _round_trip(limiter, clock, cap=cap)
+            ]
+            gaps = [later - earlier for earlier, later in pairwise(refused_round_trips)]
+            settled_gaps[cap] = gaps[-1]
+        assert settled_gaps[3] <= 16 < settled_gaps[8], settled_gaps
+
     def test_climbs_to_a_cap_that_grew_in_a_few_round_trips(self) -> None:
         """
         Settled under a cap of 4 (as one of several batches sharing it), then alone under 12: the

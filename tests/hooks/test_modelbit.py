@@ -466,12 +466,43 @@ class TestRetries:
         assert hook.retry_stats == {RATE_LIMITED: 1}
         assert len(scripted_server.received) == 2
 
-    def test_429_after_retries_is_rate_limited(self, emulator, hook_for) -> None:
-        emulator.client.set_faults(rate_429=1.0, retry_after=0)
-        hook = hook_for(emulator.url)
+    def test_a_quota_refusing_throughout_is_rate_limited_after_the_attempts(
+        self, scripted_server, hook_for
+    ) -> None:
+        quota = b'{"error": "RateLimitExceeded: Rate limit \'scoring\' of 100 requests per minute reached"}'
+        scripted_server.script(*[CannedResponse(429, quota, {"Retry-After": "0"})] * 4)
+        hook = hook_for(scripted_server.url)  # 4 attempts
         with pytest.raises(ModelbitRateLimited):
             hook.get_inference("doubler", 1)
         assert hook.retry_stats == {RATE_LIMITED: 3}
+        assert len(scripted_server.received) == 4
+
+    def test_a_cap_refusing_more_times_than_the_attempts_is_waited_out(
+        self, scripted_server, hook_for
+    ) -> None:
+        """Room under an in-flight cap returns as requests finish (another batch's, say): its refusals
+        spend waiting time, not attempts."""
+        cap = b'{"error": "RateLimitExceeded: Concurrency request count limit reached"}'
+        scripted_server.script(
+            *[CannedResponse(429, cap, {"Retry-After": "0"})] * 6, CannedResponse(200, b'{"data": 5}')
+        )
+        hook = hook_for(scripted_server.url)  # 4 attempts
+        assert hook.get_inference("doubler", 1) == 5
+        assert hook.retry_stats == {RATE_LIMITED: 6}
+
+    def test_a_cap_refusing_throughout_is_rate_limited_once_the_wait_is_spent(
+        self, emulator, hook_for
+    ) -> None:
+        emulator.client.set_faults(rate_429=1.0, retry_after=0)
+        policy = RetryPolicy(max_attempts=4, initial_wait=0.01, max_total_wait=1.0)
+        hook = hook_for(emulator.url, retry_policy=policy)
+        runs_before = emulator.client.runs("doubler")
+        started = time.monotonic()
+        with pytest.raises(ModelbitRateLimited):
+            hook.get_inference("doubler", 1)
+        assert time.monotonic() - started >= 0.9
+        assert hook.retry_stats[RATE_LIMITED] > 3
+        assert emulator.client.runs("doubler") == runs_before
 
     def test_retry_after_as_http_date(self, scripted_server, hook_for) -> None:
         when = datetime.now(timezone.utc) + timedelta(seconds=2)
@@ -574,7 +605,7 @@ class TestRetries:
         emulator.client.set_faults(error_rate=1.0, error_statuses=(503,))
         with pytest.raises(ModelbitTransportError):
             hook_for(emulator.url).get_inference("doubler", 1)
-        assert "attempt 1 failed (service unavailable (503)); retrying in" in _logged(capfd)
+        assert "try 1 failed (service unavailable (503)); retrying in" in _logged(capfd)
 
 
 class TestInferChunks:

@@ -75,6 +75,20 @@ class TestRetryVerdict:
         safe = retry_verdict(ModelbitRateLimited("429", status=429), request_sent=True, idempotent=True)
         assert safe is not None and not safe.may_rescore
 
+    @pytest.mark.parametrize(
+        ("message", "spends"),
+        [
+            ("RateLimitExceeded: Concurrency request count limit reached", False),
+            ("RateLimitExceeded: Concurrency request size limit reached", False),
+            ("RateLimitExceeded: 100 requests per minute", True),
+            ("429", True),
+        ],
+    )
+    def test_only_a_quota_refusal_spends_an_attempt(self, message: str, spends: bool) -> None:
+        """Room under an in-flight cap returns as requests finish: waiting for it is bounded by time."""
+        verdict = retry_verdict(ModelbitRateLimited(message, status=429), request_sent=True, idempotent=False)
+        assert verdict is not None and verdict.spends_attempt is spends
+
 
 class TestParseRetryAfter:
     @pytest.mark.parametrize(
@@ -116,6 +130,17 @@ class TestRetrySchedule:
         schedule = RetrySchedule(RetryPolicy(max_total_wait=5.0, max_wait=60.0))
         assert schedule.next_wait(3.0) is not None
         assert schedule.next_wait(3.0) is None
+
+    def test_a_cap_refusal_waits_retry_after_until_the_time_budget_is_spent(self) -> None:
+        schedule = RetrySchedule(RetryPolicy(max_attempts=3, max_total_wait=10.0))
+        waits = [schedule.next_wait(1.0, spends_attempt=False) for _ in range(10)]
+        assert all(wait is not None and 1.0 <= wait <= 1.1 for wait in waits[:9])
+        assert waits[-1] is None
+        assert schedule.tries == 10 and schedule.attempt == 1
+        # Attempts still count the other failures, and start their backoff where they left it.
+        fresh = RetrySchedule(RetryPolicy(max_attempts=3, initial_wait=0.01))
+        fresh.next_wait(0.0, spends_attempt=False)
+        assert [fresh.next_wait(None) is not None for _ in range(3)] == [True, True, False]
 
     def test_single_wait_is_capped(self) -> None:
         wait = RetrySchedule(RetryPolicy(max_wait=2.0)).next_wait(3600.0)

@@ -567,7 +567,7 @@ CASES = [
         with_faults(error_rate=1.0, error_statuses=(502,)),
         ModelbitTransportError,
         DOUBLER + r": bad gateway \(HTTP 502: \d+ bytes of text/html",
-        log=r"giving up after 4 attempts",
+        log=r"giving up after 4 tries",
         where=DOUBLER,
     ),
     BadInput(

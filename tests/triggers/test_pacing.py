@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitPermanentError,
     ModelbitRateLimited,
 )
+from airflow_provider_modelbit.hooks import base as hook_base
 from airflow_provider_modelbit.hooks.modelbit import ModelbitHook
+from airflow_provider_modelbit.hooks.retries import RetryPolicy
 from airflow_provider_modelbit.triggers.callback import ModelbitCallbackTrigger, submission_error
 from tests.asgi_thread import serve_in_thread
 
@@ -303,9 +306,11 @@ class TestRefusedSubmissions:
         assert_nothing_sent(store, job, server)
 
     def test_a_rate_limit_whose_retries_ran_out_is_given_back_and_sent_once_later(
-        self, server: RunningEmulator, store: CallbackStore
+        self, server: RunningEmulator, store: CallbackStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The 429 proves the model never ran: the next trigger sends every chunk, each row runs once."""
+        # A cap refusing throughout is waited out for the whole time budget (120 s): 2 s here.
+        monkeypatch.setattr(hook_base, "RetryPolicy", partial(RetryPolicy, max_total_wait=2.0))
         server.client.set_faults(rate_429=1.0, retry_after=0, deployment=DEPLOYMENT)
         job = stage_job(store, server, chunks=4)
         started = time.monotonic()
