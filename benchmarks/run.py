@@ -29,7 +29,7 @@ from benchmarks.latency_bound import measure_latency_bound
 from benchmarks.linked_results import measure_links
 from benchmarks.machine import describe_machine
 from benchmarks.report_table import render_table
-from benchmarks.scoring import measure_memory, measure_scoring
+from benchmarks.scoring import SCORING_CLIENTS, measure_memory, measure_scoring
 from benchmarks.sizes import SIZES, BenchmarkSize
 from benchmarks.targets import check_targets
 
@@ -95,7 +95,8 @@ def measure_everything(
 
     with run_emulator(mode="process", deployments_file=str(LINKS_DEPLOYMENT_FILE)) as emulator:
         env = BenchmarkEnvironment(Path(sys.executable), bench_python, emulator.url, work_dir)
-        scoring = f"batch scoring, {size.scoring_rows:,} rows, {size.repeats} round(s) of 4 clients"
+        clients = len(SCORING_CLIENTS)
+        scoring = f"batch scoring, {size.scoring_rows:,} rows, {size.repeats} round(s) of {clients} clients"
         section("scoring", scoring, lambda: measure_scoring(env, size))
         memory = f"peak memory at {size.memory_rows[0]:,} and {size.memory_rows[1]:,} rows"
         section("memory", memory, lambda: measure_memory(env, size))
