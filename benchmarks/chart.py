@@ -27,6 +27,14 @@ _SHORT_CLIENT_NAMES = {
     "floor": "floor",
 }
 _BAR_COLOUR, _OTHER_COLOUR = "#1565c0", "#90a4ae"
+# The latency-bound runs measured against the capacity limit, with their targets.
+_CAPACITY_RUNS = {"capped": ("in-flight cap 8", 0.9), "shared": ("4 tasks sharing it", 0.85)}
+_LATENCY_CLIENTS = {
+    "operator_adaptive": "operator,\ndefaults",
+    "operator_fixed_3": "fixed 3",
+    "operator_fixed_16": "fixed 16",
+    "official_client": "official\nclient",
+}
 _VERDICT_COLOURS = {"PASS": "#2e7d32", "MISS": "#c62828"}
 
 
@@ -95,6 +103,29 @@ def _triggers_panel(axes: Axes, triggers: Mapping[str, Any]) -> None:
     axes.set_title("Triggers: delivery-to-event / poll interval")
 
 
+def _latency_panel(axes: Axes, latency: Mapping[str, Any]) -> None:
+    """Rows/s ÷ capacity per client, under the cap and shared by four tasks; refused share on each bar."""
+    width = 0.8 / len(_CAPACITY_RUNS)
+    positions = range(len(_LATENCY_CLIENTS))
+    for offset, (run, (label, target)) in enumerate(_CAPACITY_RUNS.items()):
+        figures = [latency[run].get(client, {}) for client in _LATENCY_CLIENTS]
+        xs = [position + (offset - 0.5) * width for position in positions]
+        fractions = [figure.get("capacity_fraction", 0.0) for figure in figures]
+        colour = _BAR_COLOUR if offset == 0 else _OTHER_COLOUR
+        axes.bar(xs, fractions, width, color=colour, label=f"{label} (target {target})")
+        for x, fraction, figure in zip(xs, fractions, figures, strict=True):
+            refused = figure.get("refused_pct")
+            text = f"{fraction:.2f}" + ("" if refused is None else f"\n{refused:.0f}% ref.")
+            axes.annotate(text, (x, fraction), ha="center", va="bottom", fontsize=6)
+    axes.axhline(1.0, color="black", linewidth=0.5)
+    axes.set_xticks(list(positions), list(_LATENCY_CLIENTS.values()), fontsize=8)
+    axes.set_ylim(0, 1.25)
+    axes.legend(fontsize=7, loc="upper right")
+    axes.set_title(
+        f"Latency-bound: rows/s / capacity ({latency['capacity_rows_per_second']:,.0f} rows/s), refused"
+    )
+
+
 def _status_panel(axes: Axes, title: str, figures: Mapping[str, Any]) -> None:
     axes.text(0.5, 0.5, str(figures["status"])[:200], ha="center", va="center", wrap=True, fontsize=8)
     axes.set_axis_off()
@@ -111,9 +142,9 @@ def _panel_or_status(
 
 
 def draw_chart(results: Mapping[str, Any], output: Path) -> None:
-    """Write the PNG: scoring rate and CPU, memory growth, links memory, triggers and the targets."""
-    figure = plt.figure(figsize=(16, 8.5), layout="constrained")
-    grid = figure.add_gridspec(2, 4)
+    """Write the PNG: scoring, memory, links, triggers, the latency-bound runs and the targets."""
+    figure = plt.figure(figsize=(16, 12), layout="constrained")
+    grid = figure.add_gridspec(3, 4)
     if "status" in results["scoring"]:
         _status_panel(figure.add_subplot(grid[0, 0:2]), "Batch scoring", results["scoring"])
     else:
@@ -121,7 +152,9 @@ def draw_chart(results: Mapping[str, Any], output: Path) -> None:
     _panel_or_status(figure.add_subplot(grid[0, 2]), "Memory", results["memory"], _memory_panel)
     _panel_or_status(figure.add_subplot(grid[0, 3]), "Links", results["links"], _links_panel)
     _triggers_panel(figure.add_subplot(grid[1, 0]), results["triggers"])
-    _targets_panel(figure.add_subplot(grid[1, 1:]), results["targets"])
+    latency = results.get("latency_bound", {"status": "not measured"})
+    _panel_or_status(figure.add_subplot(grid[1, 1:]), "Latency-bound", latency, _latency_panel)
+    _targets_panel(figure.add_subplot(grid[2, :]), results["targets"])
     machine = results["machine"]
     figure.suptitle(
         f"airflow-provider-modelbit benchmarks ({results['size']}) — {machine['cpu_model']}, "
