@@ -354,7 +354,7 @@ class ConcurrencyLimiter:
         A probe stands to gain one place over ``level - 1``, and a refused one costs about the same
         whatever the level: so the wait is bounded in proportion to the level. A batch alone under
         a steady cap of 8 probes every 16 round trips at most; a batch held to 2 places by others
-        sharing the cap probes every 4, and finds their places soon after they finish.
+        sharing the cap (refused at 3) every 6, and finds their places soon after they finish.
         """
         return float(min(MAX_PROBE_ROUND_TRIPS, max(FIRST_PROBE_ROUND_TRIPS, 2 * level)))
 

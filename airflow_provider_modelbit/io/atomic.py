@@ -42,12 +42,12 @@ def resolve_output(path: str | ObjectStoragePath, conn_id: str | None = None) ->
     return ObjectStoragePath(os.path.abspath(os.path.expanduser(text)), protocol="file", conn_id=conn_id)
 
 
-LOCAL_PROTOCOLS = ("", "file", "local")
+_LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 def is_local(path: ObjectStoragePath) -> bool:
     """Tell whether ``path`` is on local disk (where a rename is atomic and files can be mapped)."""
-    return path.protocol in LOCAL_PROTOCOLS
+    return path.protocol in _LOCAL_PROTOCOLS
 
 
 @contextmanager
@@ -110,13 +110,6 @@ def record_output_lineage(destination: ObjectStoragePath) -> None:
         from airflow.lineage.hook import get_hook_lineage_collector  # type: ignore[no-redef]
 
     get_hook_lineage_collector().add_output_asset(context=destination, uri=str(destination))
-
-
-def open_binary(path: ObjectStoragePath, mode: str, *, lineage: bool = True) -> BinaryIO:
-    """Open a file in binary ``mode``, through Airflow's lineage tracking unless ``lineage`` is off."""
-    if lineage:
-        return path.open(mode)
-    return path.fs.open(path.path, mode)
 
 
 def _remove_quietly(fs: AbstractFileSystem, path: str) -> None:
