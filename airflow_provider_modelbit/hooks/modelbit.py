@@ -53,8 +53,8 @@ from airflow_provider_modelbit.hooks.base import (
 )
 from airflow_provider_modelbit.hooks.batching import (
     ChunkResult,
+    collection_for_batch,
     encode_chunk,
-    long_lived_objects_frozen,
     reassemble,
     rows_in_chunks,
     split_by_bytes,
@@ -348,7 +348,7 @@ class ModelbitHook(ModelbitHookBase):
         in_flight: deque[Future[ChunkResult]] = deque()
         # One thread per possible request; the limiter decides how many of them send at once.
         pool = ThreadPoolExecutor(max_workers=limiter.ceiling, thread_name_prefix="modelbit")
-        with long_lived_objects_frozen():
+        with collection_for_batch():
             try:
                 for index, rows in enumerate(chunks):
                     if self._stopping.is_set():

@@ -11,12 +11,17 @@ bytes :func:`~airflow_provider_modelbit.io.encoding.encode_rows` gives for the r
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, overload
 
 from airflow_provider_modelbit.io.encoding import column_key, encode_json, encode_rows
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+
+    #: A column's values: Python values, or an array encoding as they do (see :func:`_exact_array`).
+    Column = list[Any] | np.ndarray
 
 # Rows of a frame converted at a time when its rows are read one by one.
 BLOCK_ROWS = 1_000
@@ -29,13 +34,14 @@ class ColumnRows(Sequence[list[Any]]):
     Batch rows as columns: ``[id, {key: value, ...}]``, or ``[id, *values]`` without keys.
 
     :param ids: the row IDs.
-    :param columns: each column's values, as long as ``ids``.
+    :param columns: each column's values, as long as ``ids``: a list of the Python values, or a
+        numpy array whose orjson encoding is that of its ``tolist()`` (see :func:`_exact_array`).
     :param keys: each column's JSON key; ``None`` sends the values as positional arguments.
     :param plain: which columns hold only numbers, booleans and ``None`` (see :func:`_json_values`).
     """
 
     def __init__(
-        self, ids: list[Any], columns: list[list[Any]], keys: list[str] | None, plain: list[bool]
+        self, ids: list[Any], columns: Sequence[Column], keys: list[str] | None, plain: list[bool]
     ) -> None:
         self.ids = ids
         self._columns = columns
@@ -55,10 +61,12 @@ class ColumnRows(Sequence[list[Any]]):
         if isinstance(item, slice):
             columns = [column[item] for column in self._columns]
             return ColumnRows(self.ids[item], columns, self._keys, self._plain)
-        return self._row(self.ids[item], [column[item] for column in self._columns])
+        position = range(len(self))[item]  # IndexError as a list gives it
+        return next(iter(self[position : position + 1]))
 
     def __iter__(self) -> Iterator[list[Any]]:
-        values = zip(*self._columns, strict=True) if self._columns else ((),) * len(self.ids)
+        columns = [column if isinstance(column, list) else column.tolist() for column in self._columns]
+        values = zip(*columns, strict=True) if columns else ((),) * len(self.ids)
         return (self._row(row_id, row) for row_id, row in zip(self.ids, values, strict=True))
 
     def _row(self, row_id: Any, values: Sequence[Any]) -> list[Any]:
@@ -124,16 +132,20 @@ def _interleaved(values: list[list[bytes]], pieces: list[bytes]) -> bytes:
     return b"[" + b"".join(flat)[:-1] + b"]"
 
 
-def _json_values(values: list[Any], plain: bool) -> list[bytes]:
+def _json_values(values: Column, plain: bool) -> list[bytes]:
     """
     Each value's JSON, as it is written inside a row.
 
     A plain column's values (numbers, booleans, ``None``) have JSON without a comma inside, so
     one call encodes the column and it splits at the commas; any other value is encoded alone.
     A list of plain values as ints is checked cheaply here too, since IDs are usually integers.
+    An array (always plain) is encoded as it is; orjson needs it contiguous, which a column of a
+    frame built from a 2-D array is not.
 
     :raises TypeError: a value cannot be sent as JSON.
     """
+    if not isinstance(values, list):
+        return encode_json(values if values.flags.c_contiguous else values.copy())[1:-1].split(b",")
     if plain or set(map(type, values)) <= _PLAIN_PYTHON_TYPES:
         return encode_json(values)[1:-1].split(b",")
     return [encode_json(value) for value in values]
@@ -155,9 +167,9 @@ class FrameRows(Sequence[list[Any]]):
     :param frame: the DataFrame; its index holds the row IDs.
     """
 
-    def __init__(self, frame: pd.DataFrame, *, keys: list[str] | None = None) -> None:
+    def __init__(self, frame: pd.DataFrame, *, columns: _FrameColumns | None = None) -> None:
         self._frame = frame
-        self._keys = [column_key(column) for column in frame.columns] if keys is None else keys
+        self._layout = _FrameColumns.of(frame) if columns is None else columns
 
     def __len__(self) -> int:
         return len(self._frame)
@@ -170,7 +182,7 @@ class FrameRows(Sequence[list[Any]]):
 
     def __getitem__(self, item: int | slice) -> list[Any] | FrameRows:
         if isinstance(item, slice):
-            return FrameRows(self._frame.iloc[item], keys=self._keys)
+            return FrameRows(self._frame.iloc[item], columns=self._layout[item])
         position = range(len(self))[item]  # IndexError as a list gives it
         return next(iter(self[position : position + 1]))
 
@@ -188,10 +200,43 @@ class FrameRows(Sequence[list[Any]]):
         return self.as_columns().encode()
 
     def as_columns(self) -> ColumnRows:
-        """The rows as column lists, converted now."""
-        frame = self._frame
-        columns = [column_values(frame.iloc[:, position]) for position in range(len(self._keys))]
-        return ColumnRows(self.ids, columns, self._keys, [_is_plain(dtype) for dtype in frame.dtypes])
+        """The rows as columns: arrays where they encode as they are, else Python values converted now."""
+        layout = self._layout
+        columns = [
+            column_values(self._frame.iloc[:, position]) if array is None else array
+            for position, array in enumerate(layout.arrays)
+        ]
+        return ColumnRows(self.ids, columns, layout.keys, layout.plain)
+
+
+@dataclass(frozen=True)
+class _FrameColumns:
+    """
+    What a frame's rows need of its columns, taken once for the whole frame.
+
+    :param keys: each column's JSON key.
+    :param plain: which columns hold only numbers and booleans (see :func:`_is_plain`).
+    :param arrays: each column's numpy array where it encodes as it is (see :func:`_exact_array`),
+        ``None`` where its values are converted to Python first. A chunk's are slices of these,
+        which cost nothing, where taking a column from each slice of the frame costs pandas'
+        indexing every time.
+    """
+
+    keys: list[str]
+    plain: list[bool]
+    arrays: list[np.ndarray | None]
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> _FrameColumns:
+        columns = [frame.iloc[:, position] for position in range(frame.shape[1])]
+        return cls(
+            keys=[column_key(column) for column in frame.columns],
+            plain=[_is_plain(column.dtype) for column in columns],
+            arrays=[_exact_array(column) for column in columns],
+        )
+
+    def __getitem__(self, item: slice) -> _FrameColumns:
+        return replace(self, arrays=[None if array is None else array[item] for array in self.arrays])
 
 
 def column_values(values: pd.Series | pd.Index) -> list[Any]:
@@ -203,6 +248,19 @@ def column_values(values: pd.Series | pd.Index) -> list[Any]:
     (nullable, datetime, categorical, object, Arrow-backed) is iterated as pandas iterates it.
     """
     return values.tolist() if _is_plain(values.dtype) else list(values)
+
+
+def _exact_array(column: pd.Series) -> np.ndarray | None:
+    """
+    The column's numpy array when orjson writes its values as it writes the Python values
+    iterating gives (integers, booleans, float64, in the machine's byte order); ``None`` otherwise.
+    """
+    import numpy as np  # already imported with pandas
+
+    dtype = column.dtype
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS or not dtype.isnative:
+        return None
+    return column.to_numpy() if dtype.kind != "f" or dtype.itemsize == 8 else None
 
 
 def _is_plain(dtype: Any) -> bool:

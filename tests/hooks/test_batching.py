@@ -12,10 +12,11 @@ import pytest
 from airflow_provider_modelbit.exceptions import ModelbitIncompleteBatch, ModelbitInputError
 from airflow_provider_modelbit.hooks.batching import (
     ENVELOPE_BYTES,
+    YOUNG_OBJECTS_PER_COLLECTION,
+    collection_for_batch,
     encode_chunk,
     input_rows,
     is_batch,
-    long_lived_objects_frozen,
     reassemble,
     rows_in_chunks,
     split_by_bytes,
@@ -199,25 +200,41 @@ class TestReassemble:
         assert "Deployment 'scorer' (version 3, branch dev) answered" in caught.value.message
 
 
-class TestLongLivedObjectsFrozen:
+class TestCollectionForBatch:
     def test_objects_are_frozen_inside_and_released_after(self) -> None:
         before = gc.get_freeze_count()
-        with long_lived_objects_frozen():
+        with collection_for_batch():
             assert gc.get_freeze_count() > before
         assert gc.get_freeze_count() == before
 
+    def test_young_objects_are_collected_less_often_inside_and_as_before_after(self) -> None:
+        before = gc.get_threshold()
+        with collection_for_batch():
+            assert gc.get_threshold() == (YOUNG_OBJECTS_PER_COLLECTION, *before[1:])
+        assert gc.get_threshold() == before
+
+    def test_a_higher_threshold_set_by_the_process_is_kept(self) -> None:
+        before = gc.get_threshold()
+        gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION * 2, *before[1:])
+        try:
+            with collection_for_batch():
+                assert gc.get_threshold()[0] == YOUNG_OBJECTS_PER_COLLECTION * 2
+        finally:
+            gc.set_threshold(*before)
+
     def test_nested_blocks_release_only_when_the_last_ends(self) -> None:
-        with long_lived_objects_frozen():
-            with long_lived_objects_frozen():
+        with collection_for_batch():
+            with collection_for_batch():
                 pass
             assert gc.get_freeze_count() > 0
+            assert gc.get_threshold()[0] == YOUNG_OBJECTS_PER_COLLECTION
         assert gc.get_freeze_count() == 0
 
     def test_cycles_made_inside_are_still_collected(self) -> None:
         class Node:
             pass
 
-        with long_lived_objects_frozen():
+        with collection_for_batch():
             node = Node()
             node.self = node  # type: ignore[attr-defined]
             del node

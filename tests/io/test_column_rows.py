@@ -28,7 +28,11 @@ PLAIN_COLUMNS: dict[Any, Any] = {
     "int64 extremes": np.array([-(2**63), 2**63 - 1, 0, 1, -1], dtype="int64"),
     "uint64 extremes": np.array([0, 2**64 - 1, 1, 2, 3], dtype="uint64"),
     "uint8": np.arange(ROWS, dtype="uint8"),
+    **{name: np.arange(ROWS, dtype=name) - 2 for name in ("int8", "int16", "int32")},
+    **{name: np.arange(ROWS, dtype=name) * 1_000 for name in ("uint16", "uint32")},
     "float32": np.arange(ROWS, dtype="float32") / 3,
+    "float16": np.array([0.1, -2.5, 65504, np.nan, 1e-7], dtype="float16"),
+    "big-endian float64": np.array([0.1, 1 / 3, -1e300, np.inf, 2.0**60], dtype=">f8"),
     "float": [np.nan, 1.5, np.inf, -0.0, 1e300],
     "tiny floats": [5e-324, -np.inf, 0.1, 1e16, 123456.789],
     "bool": [True, False, True, False, True],
@@ -130,6 +134,13 @@ class TestEncode:
         frame = pd.DataFrame({"x": np.linspace(0, 1, 50), "y": np.arange(50)}, index=np.arange(50) + 100)
         part = FrameRows(frame)[10:20]
         assert part.encode() == encode_rows(_rows_by_itertuples(frame.iloc[10:20]))
+
+    def test_a_frame_of_one_2d_array_encodes_as_its_rows(self) -> None:
+        """Its columns are strided views of the array, which orjson cannot encode as they are."""
+        values = np.random.default_rng(5).normal(size=(300, 4)) * 1e5
+        frame = pd.DataFrame(values, columns=list("abcd"), copy=False)
+        assert not frame["a"].to_numpy().flags.c_contiguous
+        assert FrameRows(frame)[7:250].encode() == encode_rows(_rows_by_itertuples(frame.iloc[7:250]))
 
     def test_a_large_random_table_encodes_as_its_rows(self) -> None:
         generator = np.random.default_rng(3)
