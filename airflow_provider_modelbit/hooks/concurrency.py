@@ -21,9 +21,12 @@ capacity (and as Netflix's concurrency-limits does for services):
 - only a cap's refusal measures a level, so only it is remembered: after a halving the limit
   grows again at its usual rate, one per answer, up to the remembered level or the ceiling. Near
   a remembered level the limit climbs back quickly to just below it and probes beyond it one
-  step at a time, waiting twice as long before each new probe that was refused (up to twice the
-  refused level in round trips: a probe's gain is one place over it), so a steady cap costs a
-  refusal every many requests rather than every round trip. After each refusal the limit leaves
+  step at a time, waiting twice as long before each new probe that was refused, so a steady cap
+  costs a refusal every many requests rather than every round trip. The wait is at most twice the
+  places the batch holds, in round trips: a probe stands to gain one place, and a batch held to
+  one or two places by others sharing the cap must find theirs soon after they finish. Each wait
+  is drawn between half and one and a half times its length, so batches started together (mapped
+  tasks) do not probe, and leave places free, all at once. After each refusal the limit leaves
   one place more free for a round trip: batches sharing a cap each refill their own places as
   their requests finish, so without it a batch that holds none (all its requests of a burst
   refused, say) would be kept out until the others end. Its refused requests wait, spending no
@@ -36,8 +39,11 @@ capacity (and as Netflix's concurrency-limits does for services):
   sent again. A refusal for a quota (a per-minute rate limit, or any refusal that does not name
   the workspace's concurrency caps) also holds back every new request until then, since requests
   finishing will not reopen it; a refusal by a concurrency cap ("Concurrency request count/size
-  limit reached") does not, since the requests still in flight free their places as they finish,
-  and the lowered limit already keeps the batch below the cap.
+  limit reached") does not while the batch has other requests in flight, since they free their
+  places as they finish and the lowered limit already keeps the batch below the cap. With none in
+  flight, the cap is full of other callers' requests and nothing of the batch's will free a place:
+  it holds back too, rather than send its waiting requests one after another into the same
+  refusal.
 
 A fixed limit (``adaptive=False``) keeps the ceiling throughout and still honours ``Retry-After``.
 """
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -147,6 +154,8 @@ class ConcurrencyLimiter:
     :param log: where decisions are logged, at most once per ``log_interval`` seconds.
     :param log_interval: seconds between decision logs.
     :param clock: monotonic time source, replaceable in tests.
+    :param probe_spread: the factor, between 0.5 and 1.5, each wait between probes is multiplied by;
+        replaceable in tests.
     """
 
     def __init__(
@@ -160,6 +169,7 @@ class ConcurrencyLimiter:
         log: logging.Logger | Any | None = None,
         log_interval: float = CONCURRENCY_LOG_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        probe_spread: Callable[[], float] = lambda: random.uniform(0.5, 1.5),
     ) -> None:
         self.ceiling = ceiling
         self.adaptive = adaptive
@@ -178,6 +188,8 @@ class ConcurrencyLimiter:
         self._paused_until = 0.0
         self._too_much: int | None = None  # the lowest level that brought congestion
         self._probe_round_trips = float(FIRST_PROBE_ROUND_TRIPS)
+        self._probe_spread = probe_spread
+        self._probe_factor = probe_spread()
         self._credit = 0.0
         self._fastest: float | None = None
         self._slow_in_a_row = 0  # answers since the last decrease, each slower than the tolerance
@@ -261,15 +273,18 @@ class ConcurrencyLimiter:
 
     def record(self, slot: Slot, outcome: Outcome, *, retry_after: float | None = None) -> None:
         """
-        Adapt the limit to one request's outcome; after a quota's refusal, hold new requests back
-        until its ``Retry-After``.
+        Adapt the limit to one request's outcome; after a quota's refusal, or a cap's with no other
+        request in flight, hold new requests back until its ``Retry-After``.
 
         Called before :meth:`release`, so the requests still in flight, this one included, are
         the level the server saw when it answered.
         """
         now = self._clock()
         with self._condition:
-            if outcome is Outcome.RATE_LIMITED and retry_after is not None and retry_after > 0:
+            holds_back = outcome is Outcome.RATE_LIMITED or (
+                outcome is Outcome.REFUSED and self._in_flight <= 1
+            )
+            if holds_back and retry_after is not None and retry_after > 0:
                 self._paused_until = max(self._paused_until, now + retry_after)
             if self.adaptive:
                 self._adapt(slot, outcome, now - slot.started)
@@ -322,8 +337,9 @@ class ConcurrencyLimiter:
             return
         # Near the level that brought trouble: one step after a wait of some round trips.
         self._credit += 1 / self.limit
-        if self._credit >= self._probe_round_trips:
+        if self._credit >= self._probe_round_trips * self._probe_factor:
             self._credit = 0.0
+            self._probe_factor = self._probe_spread()
             self._set_limit(self._limit + 1)
 
     def _fit_under_cap(self, slot: Slot) -> None:
@@ -332,14 +348,16 @@ class ConcurrencyLimiter:
         # arrive after another started at 9 and be the one refused. The server saw at least the
         # requests still in flight now, this one included.
         level = max(slot.level, self._in_flight)
+        probe = self._too_much is not None and level >= self._too_much
         if slot.epoch == self._epoch:
             self._start_decrease("refusals")
-            if self._too_much is not None and level >= self._too_much:
+            if probe:
                 # A probe past the known level was refused again: wait twice as long before the next.
-                self._probe_round_trips = min(2 * self._probe_round_trips, self._longest_probe_wait(level))
-        elif self._too_much is not None and level >= self._too_much:
+                self._probe_round_trips *= 2
+        elif probe:
             return  # a request of a burst already answered by a lower refused level
         # Else an earlier request of a burst refused at a lower level: the same decision, more precise.
+        self._probe_round_trips = min(self._probe_round_trips, self._longest_probe_wait(level))
         self._too_much = level
         # Two under the level, so one place more stays free for the round trip until an answer to
         # a request sent after this decrease raises the limit to just under it (``_raise``): room
@@ -351,12 +369,14 @@ class ConcurrencyLimiter:
         """
         Round trips between probes at most, past a cap that refused ``level`` requests.
 
-        A probe stands to gain one place over ``level - 1``, and a refused one costs about the same
-        whatever the level: so the wait is bounded in proportion to the level. A batch alone under
-        a steady cap of 8 probes every 16 round trips at most; a batch held to 2 places by others
-        sharing the cap (refused at 3) every 6, and finds their places soon after they finish.
+        A probe stands to gain one place over the ``level - 1`` the batch holds, so the wait is
+        bounded in proportion to those: twice their number. A batch alone under a steady cap of 8
+        probes every 16 round trips at most; a batch held to 2 places by others sharing the cap
+        (refused at 3) every 4, and to 1 place every 2, so it finds their places soon after they
+        finish. A refused probe of a batch holding one place leaves the limit at one: it costs the
+        refused request's wait alone.
         """
-        return float(min(MAX_PROBE_ROUND_TRIPS, max(FIRST_PROBE_ROUND_TRIPS, 2 * level)))
+        return float(min(MAX_PROBE_ROUND_TRIPS, 2 * max(1, level - 1)))
 
     def _halve(self, slot: Slot, reason: str) -> None:
         """

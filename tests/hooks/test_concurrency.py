@@ -26,8 +26,10 @@ class FakeClock:
 
 
 def _limiter(ceiling: int = 16, **options) -> tuple[ConcurrencyLimiter, FakeClock]:
+    """A limiter on a fake clock whose waits between probes are not spread unless asked."""
     clock = FakeClock()
     options.setdefault("initial", 2)
+    options.setdefault("probe_spread", lambda: 1.0)
     return ConcurrencyLimiter(ceiling, clock=clock, **options), clock
 
 
@@ -198,20 +200,53 @@ class TestBackOff:
 
     def test_probes_past_a_low_level_stay_frequent(self) -> None:
         """
-        A probe's gain is one place over the refused level: a third more past 3 (a batch held low
-        by others sharing the cap, who may finish any time), an eighth past 8. So the wait between
-        refused probes is bounded by the level: past 3 the probes settle about half as far apart
-        as past 8, whose spacing keeps a steady cap's refusals rare.
+        A probe's gain is one place over those the batch holds: all it lacks when held to 1 (by
+        others sharing the cap, who may finish any time), an eighth more when it holds 8. So the
+        wait between refused probes is bounded by twice the places held: every 2 round trips
+        holding 1 (a probe every 3 with its own), and less often the more places are held, while
+        past 8 the spacing keeps a steady cap's refusals rare.
         """
         settled_gaps = {}
-        for cap in (3, 8):
+        for cap in (1, 3, 8):
             limiter, clock = _limiter()
             refused_round_trips = [
                 round_trip for round_trip in range(400) if _round_trip(limiter, clock, cap=cap)
             ]
             gaps = [later - earlier for earlier, later in pairwise(refused_round_trips)]
-            settled_gaps[cap] = gaps[-1]
-        assert settled_gaps[3] <= 16 < settled_gaps[8], settled_gaps
+            settled_gaps[cap] = max(gaps[-5:])
+        assert settled_gaps[1] <= 3 < settled_gaps[3] < 16 <= settled_gaps[8], settled_gaps
+
+    def test_a_refused_probe_holding_one_place_keeps_it(self) -> None:
+        """Held to 1 place, a refused probe leaves the limit at 1: it costs the refused request alone."""
+        limiter, clock = _limiter()
+        for _ in range(50):
+            _round_trip(limiter, clock, cap=1)
+            assert limiter.limit >= 1
+        levels = []
+        for _ in range(20):
+            _round_trip(limiter, clock, cap=1)
+            levels.append(limiter.limit)
+        assert set(levels) == {1, 2}, levels  # 2 only for the probes themselves
+
+    def test_waits_between_probes_are_spread(self) -> None:
+        """
+        Batches started together would probe in the same round trips and leave places free at once:
+        each wait is multiplied by a factor drawn between 0.5 and 1.5.
+        """
+        gaps_by_factor = {}
+        for factor in (0.5, 1.5):
+            limiter, clock = _limiter(probe_spread=lambda factor=factor: factor)
+            refused_round_trips = [
+                round_trip for round_trip in range(300) if _round_trip(limiter, clock, cap=8)
+            ]
+            gaps_by_factor[factor] = [later - earlier for earlier, later in pairwise(refused_round_trips)]
+        settled = {factor: gaps[-1] for factor, gaps in gaps_by_factor.items()}
+        assert 2.5 * settled[0.5] <= settled[1.5], gaps_by_factor
+
+    def test_waits_between_probes_are_drawn_between_half_and_one_and_a_half(self) -> None:
+        limiter = ConcurrencyLimiter(8)
+        factors = [limiter._probe_spread() for _ in range(1_000)]
+        assert 0.5 <= min(factors) < 0.6 and 1.4 < max(factors) <= 1.5
 
     def test_climbs_to_a_cap_that_grew_in_a_few_round_trips(self) -> None:
         """
@@ -347,6 +382,19 @@ class TestRetryAfter:
             limiter.record(slot, Outcome.ANSWERED)
             limiter.release()
         limiter.acquire()  # at once: the fake clock never moves, so a pause would block forever
+
+    def test_a_concurrency_caps_refusal_with_nothing_else_in_flight_holds_the_batch_back(self) -> None:
+        """
+        The cap is full of other callers' requests and none of the batch's will free a place:
+        sending the waiting requests one after another would only be refused in turn.
+        """
+        limiter, clock = _limiter()
+        slot = limiter.acquire()
+        limiter.record(slot, Outcome.REFUSED, retry_after=1.0)
+        limiter.release()
+        assert limiter.try_acquire() is None
+        clock.now += 1.0
+        assert limiter.try_acquire() is not None
 
     def test_a_stopped_batch_stops_waiting(self) -> None:
         limiter, _ = _limiter()
