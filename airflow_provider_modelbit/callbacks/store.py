@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import IO, Any, Literal
 
 from fsspec import AbstractFileSystem, filesystem
+from fsspec.dircache import DirCache
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_modelbit.callbacks.signing import validate_chunk, validate_job_id
@@ -159,10 +161,29 @@ def _resolve_filesystem(location: str) -> tuple[AbstractFileSystem, str]:
 
     path = ObjectStoragePath(location)
     try:
-        return path.fs, path.path.rstrip("/") or "/"
+        fs = path.fs
     except ValueError:
         # Schemes Airflow has no store for (memory://, ...) still work through fsspec's own registry.
-        return filesystem(path.protocol), path.path.rstrip("/") or "/"
+        fs = filesystem(path.protocol)
+    return _without_listing_cache(fs), path.path.rstrip("/") or "/"
+
+
+def _without_listing_cache(fs: AbstractFileSystem) -> AbstractFileSystem:
+    """
+    The store's own view of ``fs``, which never answers from a cached folder listing.
+
+    The receiver, the triggers and the workers write the store's folders from several threads and
+    processes, so a listing one of them cached is stale by design. s3fs checks a file against its
+    folder's cached listing before moving it: a temporary file just written was "not found" because
+    another thread of the triggerer had listed the folder a moment before, and the chunk's
+    submission failed. A shallow copy shares the filesystem's client and credentials, with a cache
+    that keeps nothing.
+    """
+    if getattr(fs, "dircache", None) is None:
+        return fs
+    private = copy.copy(fs)
+    private.dircache = DirCache(use_listings_cache=False)
+    return private
 
 
 def _is_job_id(name: str) -> bool:
@@ -269,7 +290,6 @@ class CallbackStore:
     def delivered_chunks(self, job_id: str) -> set[int]:
         """Return the chunk numbers of ``job_id`` whose delivery is complete."""
         job_dir = self._job_dir(job_id)
-        self._fs.invalidate_cache(job_dir)
         try:
             names = self._fs.ls(job_dir, detail=False)
         except FileNotFoundError:
@@ -344,9 +364,7 @@ class CallbackStore:
 
     def is_retired(self, job_id: str) -> bool:
         """Return whether ``job_id`` was retired (its tombstone exists)."""
-        path = self._tombstone_path(job_id)
-        self._fs.invalidate_cache(path.rsplit("/", 1)[0])
-        return bool(self._fs.exists(path))
+        return bool(self._fs.exists(self._tombstone_path(job_id)))
 
     def tombstone(self, job_id: str) -> Tombstone | None:
         """Return the tombstone of a retired job, or ``None`` when it is not retired."""
@@ -391,7 +409,6 @@ class CallbackStore:
         return [str(info["name"]) for info in self._listing(path) if info.get("type") == kind]
 
     def _listing(self, path: str) -> list[dict[str, Any]]:
-        self._fs.invalidate_cache(path)
         try:
             return list(self._fs.ls(path, detail=True))
         except FileNotFoundError:

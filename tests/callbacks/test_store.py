@@ -9,8 +9,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fsspec import register_implementation
+from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_modelbit.callbacks.cli import cleanup_main
 from airflow_provider_modelbit.callbacks.store import (
@@ -117,6 +120,57 @@ class TestManifest:
         store.write_manifest("job-1", {"batch_ids": {"0": "a"}})
         store.write_manifest("job-1", {"batch_ids": {"0": "b"}})
         assert store.read_manifest("job-1") == {"batch_ids": {"0": "b"}}
+
+
+class _ListingCacheFileSystem(MemoryFileSystem):
+    """
+    An in-memory store that, like s3fs, looks files up in a cached listing of their folder.
+
+    Only the cache's behaviour matters: a listing cached by another thread, taken before a file
+    was written, says the file does not exist.
+    """
+
+    protocol = "listing-cache-memory"
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return MemoryFileSystem._strip_protocol(str(path).removeprefix(f"{cls.protocol}://"))
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path)
+        cached = self._ls_from_cache(path)  # FileNotFoundError when the folder's listing lacks it
+        if cached is not None:
+            return next(entry for entry in cached if entry["name"] == path)
+        return super().info(path, **kwargs)
+
+    def isfile(self, path: str) -> bool:
+        try:
+            return self.info(path)["type"] == "file"
+        except FileNotFoundError:
+            return False
+
+
+class TestListingCache:
+    @pytest.mark.filterwarnings("ignore:UPath 'listing-cache-memory' filesystem not explicitly implemented")
+    def test_a_listing_cached_by_another_thread_does_not_hide_a_file_just_written(self) -> None:
+        """
+        The triggerer's submission thread moved a manifest it had just written while its polling
+        thread listed the job's folder: the move looked the file up in that listing and failed.
+        """
+        register_implementation(_ListingCacheFileSystem.protocol, _ListingCacheFileSystem, clobber=True)
+        store = CallbackStore(f"{_ListingCacheFileSystem.protocol}://modelbit-tests/{uuid.uuid4().hex}")
+        store.write_manifest("job-1", {"chunks": 1})
+        job_dir = f"{store._root}/job-1"
+        stale_listing = store._fs.ls(job_dir, detail=True)  # taken before the next write
+        real_mv = store._fs.mv
+
+        def mv_after_another_threads_listing(source: str, target: str, **kwargs: Any) -> None:
+            store._fs.dircache[job_dir] = stale_listing  # the other thread's listing lands now
+            real_mv(source, target, **kwargs)
+
+        store._fs.mv = mv_after_another_threads_listing  # type: ignore[method-assign]
+        store.write_manifest("job-1", {"chunks": 2})
+        assert store.read_manifest("job-1") == {"chunks": 2}
 
 
 class TestStagedRequestsAndClaims:
