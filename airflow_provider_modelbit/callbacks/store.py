@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import re
@@ -176,12 +175,14 @@ def _without_listing_cache(fs: AbstractFileSystem) -> AbstractFileSystem:
     processes, so a listing one of them cached is stale by design. s3fs checks a file against its
     folder's cached listing before moving it: a temporary file just written was "not found" because
     another thread of the triggerer had listed the folder a moment before, and the chunk's
-    submission failed. A shallow copy shares the filesystem's client and credentials, with a cache
-    that keeps nothing.
+    submission failed. The store's copy shares the filesystem's client and credentials, with a
+    cache that keeps nothing; the filesystem itself, which other code of the process may use, keeps
+    its cache. (``copy.copy`` would give back the same object: fsspec caches its instances.)
     """
     if getattr(fs, "dircache", None) is None:
         return fs
-    private = copy.copy(fs)
+    private = object.__new__(type(fs))
+    private.__dict__.update(vars(fs))
     private.dircache = DirCache(use_listings_cache=False)
     return private
 
