@@ -169,22 +169,18 @@ def _resolve_filesystem(location: str) -> tuple[AbstractFileSystem, str]:
 
 def _without_listing_cache(fs: AbstractFileSystem) -> AbstractFileSystem:
     """
-    The store's own view of ``fs``, which never answers from a cached folder listing.
+    ``fs`` with its cache of folder listings turned off.
 
     The receiver, the triggers and the workers write the store's folders from several threads and
     processes, so a listing one of them cached is stale by design. s3fs checks a file against its
     folder's cached listing before moving it: a temporary file just written was "not found" because
     another thread of the triggerer had listed the folder a moment before, and the chunk's
-    submission failed. The store's copy shares the filesystem's client and credentials, with a
-    cache that keeps nothing; the filesystem itself, which other code of the process may use, keeps
-    its cache. (``copy.copy`` would give back the same object: fsspec caches its instances.)
+    submission failed. fsspec shares one instance per filesystem and options within a process, so
+    other code of the process using the same instance reads fresh listings too.
     """
-    if getattr(fs, "dircache", None) is None:
-        return fs
-    private = object.__new__(type(fs))
-    private.__dict__.update(vars(fs))
-    private.dircache = DirCache(use_listings_cache=False)
-    return private
+    if getattr(fs, "dircache", None) is not None:
+        fs.dircache = DirCache(use_listings_cache=False)
+    return fs
 
 
 def _is_job_id(name: str) -> bool:

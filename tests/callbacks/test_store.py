@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fsspec import filesystem, register_implementation
+from fsspec import register_implementation
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_modelbit.callbacks.cli import cleanup_main
@@ -171,15 +171,6 @@ class TestListingCache:
         store._fs.mv = mv_after_another_threads_listing  # type: ignore[method-assign]
         store.write_manifest("job-1", {"chunks": 2})
         assert store.read_manifest("job-1") == {"chunks": 2}
-
-    @pytest.mark.filterwarnings("ignore:UPath 'listing-cache-memory' filesystem not explicitly implemented")
-    def test_the_filesystem_shared_with_the_rest_of_the_process_keeps_its_cache(self) -> None:
-        register_implementation(_ListingCacheFileSystem.protocol, _ListingCacheFileSystem, clobber=True)
-        shared = filesystem(_ListingCacheFileSystem.protocol)
-        store = CallbackStore(f"{_ListingCacheFileSystem.protocol}://modelbit-tests/{uuid.uuid4().hex}")
-        assert store._fs is not shared and store._fs.store is shared.store  # same files, own cache
-        shared.dircache["/somewhere"] = []
-        assert "/somewhere" in shared.dircache and "/somewhere" not in store._fs.dircache
 
 
 class TestStagedRequestsAndClaims:
