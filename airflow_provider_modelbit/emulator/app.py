@@ -116,10 +116,13 @@ class EmulatorApp:
             record = self.recorder.record_request(
                 request.method, request.path, request.headers, request.body, ""
             )
-            reply = await answer_inference(self, request, record)
-            record["status"] = reply.status if isinstance(reply, HttpResponse) else None
-            record["dropped"] = isinstance(reply, DropConnection)
-            record["seconds"] = time.time() - record["time"]  # the request's latency as the server saw it
+            try:
+                reply = await answer_inference(self, request, record)
+                record["status"] = reply.status if isinstance(reply, HttpResponse) else None
+                record["dropped"] = isinstance(reply, DropConnection)
+            finally:
+                record["seconds"] = time.time() - record["time"]  # the request's latency as the server saw it
+                self.recorder.finish_request(record)
             return reply
         if request.path.startswith(LINK_PATH_PREFIX):
             return self._answer_link(request)

@@ -88,7 +88,7 @@ def _batch(app: EmulatorApp, _request: HttpRequest, batch_id: str) -> Any:
 
 ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "health"): lambda app, request, _: {"status": "ok"},
-    ("GET", "requests"): lambda app, request, _: list(app.recorder.requests),
+    ("GET", "requests"): lambda app, request, _: app.recorder.requests(),
     ("GET", "runs"): lambda app, request, deployment: app.recorder.runs_of(deployment),
     ("GET", "batches"): lambda app, request, batch_id: (
         _batch(app, request, batch_id) if batch_id else list(app.recorder.batches.values())
