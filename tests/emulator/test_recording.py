@@ -25,7 +25,8 @@ class TestRecorder:
         recorder = Recorder()
         recorder.count_runs("m", [1, "1", 2])
         recorder.count_runs("m", [[1, 2]])  # unhashable IDs are counted by their text
-        assert recorder.runs_of("m") == {"1": 2, "2": 1, "[1, 2]": 1}
+        recorder.count_runs("m", [3, [4]])  # once each, whatever comes after them
+        assert recorder.runs_of("m") == {"1": 2, "2": 1, "[1, 2]": 1, "3": 1, "[4]": 1}
         assert recorder.runs_of("other") == {}
 
     def test_requests_are_listed_oldest_first_answered_or_not(self) -> None:
