@@ -17,8 +17,8 @@ import orjson
 REQUEST_LOG_SIZE = 10_000
 RECORDED_BODY_BYTES = 4 * 1024
 REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
-# Row IDs of requests not yet counted, in their JSON form. Past this, the oldest are counted as new
-# ones arrive, so a server nobody asks for counts holds a bounded backlog (about nine million IDs).
+# Row IDs not yet counted, in their JSON form. Past this they are all counted at once, so a server
+# nobody asks for counts holds a bounded backlog (about nine million IDs).
 UNCOUNTED_ID_BYTES = 64 * 1024 * 1024
 
 
@@ -30,19 +30,19 @@ class Recorder:
     """
     In-memory logs behind the ``/_emulator/`` inspection routes.
 
-    What it keeps of an answered request is one bytes object: its record as JSON, and its row IDs
-    as JSON until the counts are read. As Python objects (a record's dict, header strings and
-    numbers; a counter entry per ID) they stayed behind among the memory of each request's parsed
-    rows and spread every later request's rows thinner: after ten million rows the server spent
-    about a third more CPU per row, and counting each request's IDs as it came cost a tenth of its
-    time besides.
+    What it keeps of an answered request is its record as one bytes object (JSON), and its row
+    IDs appended to one buffer per deployment (JSON) until the counts are read. As Python objects
+    (a record's dict, header strings and numbers; a counter entry per ID) they stayed behind among
+    the memory of each request's parsed rows and spread every later request's rows thinner: after
+    ten million rows the server spent about a third more CPU per row, and counting each request's
+    IDs as it came cost a tenth of its time besides.
     """
 
     def __init__(self) -> None:
         self._open_requests: dict[int, dict[str, Any]] = {}
         self._answered_requests: deque[bytes] = deque(maxlen=REQUEST_LOG_SIZE)
-        self._runs: dict[str, Counter[str]] = {}
-        self._uncounted: deque[tuple[str, bytes]] = deque()
+        self._runs: dict[str, Counter[Any]] = {}
+        self._uncounted: dict[str, bytearray] = {}
         self._uncounted_bytes = 0
         self.batches: dict[str, dict[str, Any]] = {}
 
@@ -76,22 +76,37 @@ class Recorder:
 
     def count_runs(self, deployment: str, row_ids: list[Any]) -> None:
         """Note one model run for each of ``row_ids`` (counted when read: see the class)."""
+        if not row_ids:
+            return
         encoded = orjson.dumps(row_ids)
-        self._uncounted.append((deployment, encoded))
+        uncounted = self._uncounted.setdefault(deployment, bytearray(b"["))
+        if len(uncounted) > 1:
+            uncounted += b","
+        uncounted += memoryview(encoded)[1:-1]
         self._uncounted_bytes += len(encoded)
-        while self._uncounted_bytes > UNCOUNTED_ID_BYTES:
-            self._count_oldest()
+        if self._uncounted_bytes > UNCOUNTED_ID_BYTES:
+            self._count_uncounted()
 
     def runs_of(self, deployment: str) -> dict[str, int]:
         """Model runs per row ID of ``deployment``, IDs by their text (``1`` and ``"1"`` are one row)."""
-        while self._uncounted:
-            self._count_oldest()
-        return dict(self._runs.get(deployment, {}))
+        self._count_uncounted()
+        runs: Counter[str] = Counter()
+        for row_id, count in self._runs.get(deployment, {}).items():
+            runs[str(row_id)] += count
+        return dict(runs)
 
-    def _count_oldest(self) -> None:
-        deployment, encoded = self._uncounted.popleft()
-        self._uncounted_bytes -= len(encoded)
-        self._runs.setdefault(deployment, Counter()).update(map(str, orjson.loads(encoded)))
+    def _count_uncounted(self) -> None:
+        for deployment, uncounted in self._uncounted.items():
+            uncounted += b"]"
+            ids = orjson.loads(uncounted)
+            try:
+                hash(tuple(ids))
+            except TypeError:  # an unhashable ID (a list): every ID by its text, as all are read
+                ids = [str(row_id) for row_id in ids]
+            # IDs as sent, turned into text only when read: str() per row costs throughput.
+            self._runs.setdefault(deployment, Counter()).update(ids)
+        self._uncounted.clear()
+        self._uncounted_bytes = 0
 
     def new_batch(self, batch_id: str, **details: Any) -> dict[str, Any]:
         batch = {"batchId": batch_id, "created": time.time(), "state": "queued", "attempts": [], **details}
