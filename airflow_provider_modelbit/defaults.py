@@ -40,7 +40,8 @@ DEFAULT_LATENCY_TOLERANCE = 2.0
 #: jitter of a busy worker does not pass for a queue on a deployment that answers in milliseconds.
 LATENCY_SLACK_SECONDS = 0.05
 #: Round trips spent at the level below a refused one before probing it again; doubled on each
-#: refused probe, halved on each answered one.
+#: refused probe (up to twice the places held, and ``MAX_PROBE_ROUND_TRIPS``), and back to this
+#: once a probe is answered.
 FIRST_PROBE_ROUND_TRIPS = 4
 #: Longest wait, in round trips, between two probes past a level that was refused.
 MAX_PROBE_ROUND_TRIPS = 16

@@ -226,7 +226,7 @@ class RequestTries:
         self._started = time.monotonic()
 
     def start(self) -> None:
-        """Mark the start of a try (its duration is logged when it is answered)."""
+        """Mark the start of a try as it is sent, after any wait for a place (its duration is logged)."""
         self._started = time.monotonic()
 
     def answered(self, answer: Answer) -> Answer:

@@ -7,6 +7,13 @@ capacity (and as Netflix's concurrency-limits does for services):
 
 - it starts low and, while nothing is refused and latency stays flat, raises the limit by one per
   answer (doubling every round trip) until the first sign of congestion;
+- past the most requests it ever had in flight, it paces the growth as TCP paces a window:
+  requests start there one per fastest answer's time divided by the limit, spread over the
+  round trip rather than one per answer as a round trip's answers arrive together. A cap's
+  refusal comes back long before a round trip ends, so the first request past the cap is
+  refused before the next one starts, where unpaced each answer of that round trip would send
+  one more into the same refusal. Below that level (climbing back after a decrease) requests
+  start as places free, and before any answer (the first requests) they are not paced;
 - a refusal by the workspace's in-flight cap ("Concurrency request count/size limit reached")
   says how much was too much: the server saw at least as many requests as were in flight when the
   refused one started, or when its refusal came back (requests started together reach the server
@@ -184,6 +191,8 @@ class ConcurrencyLimiter:
         self._waiting: list[tuple[int, int]] = []  # (order, arrival) of the requests waiting to start
         self._arrivals = itertools.count()
         self._in_flight = 0
+        self._reached = 0  # the most requests ever in flight at once
+        self._next_growth = 0.0  # when the next request past that level may start
         self._epoch = 0
         self._paused_until = 0.0
         self._too_much: int | None = None  # the lowest level that brought congestion
@@ -239,8 +248,7 @@ class ConcurrencyLimiter:
             finally:
                 self._waiting.remove(turn)
                 self._condition.notify_all()
-            self._in_flight += 1
-            return Slot(self._in_flight, self._epoch, self._clock())
+            return self._admit()
 
     def try_acquire(self) -> Slot | None:
         """
@@ -250,19 +258,33 @@ class ConcurrencyLimiter:
         on :meth:`acquire` would block every other trigger of the loop.
         """
         with self._condition:
-            if self._waiting or self._paused_until > self._clock() or self._in_flight >= self.limit:
+            if self._waiting or self._wait_before_start(None) > 0:
                 return None
-            self._in_flight += 1
-            return Slot(self._in_flight, self._epoch, self._clock())
+            return self._admit()
 
-    def _wait_before_start(self, turn: tuple[int, int]) -> float:
-        """0 when ``turn`` may start now, else a bound on how long to wait before looking again."""
-        pause = self._paused_until - self._clock()
+    def _wait_before_start(self, turn: tuple[int, int] | None) -> float:
+        """
+        0 when a request may start now (``turn``, or any request when ``None``), else a bound on
+        how long to wait before looking again.
+        """
+        now = self._clock()
+        pause = self._paused_until - now
         if pause > 0:
             return pause
-        if min(self._waiting) != turn or self._in_flight >= self.limit:
+        if (turn is not None and min(self._waiting) != turn) or self._in_flight >= self.limit:
             return 0.5
+        if self._in_flight >= self._reached:
+            return max(0.0, self._next_growth - now)  # it would be a level never reached: paced
         return 0.0
+
+    def _admit(self) -> Slot:
+        now = self._clock()
+        self._in_flight += 1
+        if self._in_flight > self._reached:
+            self._reached = self._in_flight
+            if self._fastest is not None:
+                self._next_growth = now + self._fastest / self.limit
+        return Slot(self._in_flight, self._epoch, now)
 
     def release(self) -> None:
         with self._condition:

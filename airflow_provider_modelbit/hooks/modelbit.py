@@ -463,9 +463,10 @@ class ModelbitHook(ModelbitHookBase):
         while True:
             if self._stopping.is_set():
                 raise _batch_stopped(call)
-            tries.start()
             try:
-                return tries.answered(self._send_limited(call, body, read_timeout, limiter, order))
+                return tries.answered(
+                    self._send_limited(call, body, read_timeout, limiter, order, tries.start)
+                )
             except SendFailed as failure:
                 if self._stopping.is_set():
                     raise _batch_stopped(call) from None
@@ -478,14 +479,20 @@ class ModelbitHook(ModelbitHookBase):
         read_timeout: float,
         limiter: ConcurrencyLimiter | None,
         order: int,
+        started: Callable[[], None],
     ) -> Answer:
-        """Send once, holding a slot of ``limiter`` (when given) and telling it how the request went."""
+        """
+        Send once, holding a slot of ``limiter`` (when given) and telling it how the request went;
+        ``started`` is called as the request starts, once it holds its slot.
+        """
         if limiter is None:
+            started()
             return self._send_once(call, body, read_timeout)
         try:
             slot = limiter.acquire(self._stopping, order=order)
         except InterruptedError:
             raise _batch_stopped(call) from None
+        started()
         try:
             answer = self._send_once(call, body, read_timeout)
         except SendFailed as failure:

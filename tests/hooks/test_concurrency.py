@@ -14,7 +14,7 @@ from airflow_provider_modelbit.exceptions import (
     ModelbitTimeout,
     ModelbitTransportError,
 )
-from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, load_outcome
+from airflow_provider_modelbit.hooks.concurrency import ConcurrencyLimiter, Outcome, Slot, load_outcome
 
 
 class FakeClock:
@@ -33,6 +33,15 @@ def _limiter(ceiling: int = 16, **options) -> tuple[ConcurrencyLimiter, FakeCloc
     return ConcurrencyLimiter(ceiling, clock=clock, **options), clock
 
 
+def _start(limiter: ConcurrencyLimiter, clock: FakeClock) -> Slot:
+    """Start a request as a batch's thread would, the fake clock moving on while its start is paced."""
+    for _ in range(10_000):
+        if (slot := limiter.try_acquire()) is not None:
+            return slot
+        clock.now += 0.001
+    raise AssertionError("no request could start")
+
+
 def _round_trip(
     limiter: ConcurrencyLimiter,
     clock: FakeClock,
@@ -46,7 +55,7 @@ def _round_trip(
     With a ``cap``, requests past it are refused and the others answered, as a server's in-flight
     limit does. Returns the number of requests refused.
     """
-    slots = [limiter.acquire() for _ in range(limiter.limit)]
+    slots = [_start(limiter, clock) for _ in range(limiter.limit)]
     clock.now += seconds
     refused = 0
     for slot in reversed(slots):  # those past the cap are refused at once, before the others answer
@@ -87,7 +96,7 @@ class TestGrowth:
         limiter, clock = _limiter()
         reached = _grow(limiter, clock, 2)[-1]
         for _ in range(5):
-            slot = limiter.acquire()
+            slot = _start(limiter, clock)
             clock.now += 0.5
             limiter.record(slot, Outcome.ANSWERED)
             limiter.release()
@@ -97,6 +106,44 @@ class TestGrowth:
         limiter, clock = _limiter(ceiling=3, adaptive=False)
         _round_trip(limiter, clock, Outcome.REFUSED)
         assert limiter.limit == 3 and limiter.summary()["mode"] == "fixed"
+
+
+class TestPacing:
+    """Past the most requests ever in flight, starts are spread over a round trip, not sent in a burst."""
+
+    def test_requests_past_the_most_ever_in_flight_start_one_per_fastest_answer_over_the_limit(self) -> None:
+        limiter, clock = _limiter()
+        first = [limiter.try_acquire() for _ in range(2)]  # before any answer: not paced
+        assert all(first)
+        clock.now += 0.5
+        for slot in first:
+            limiter.record(slot, Outcome.ANSWERED)
+            limiter.release()
+        assert limiter.limit == 4
+        assert all(limiter.try_acquire() for _ in range(3))  # two as before, then the first past them
+        assert limiter.try_acquire() is None  # the next one past them: 0.5 s / 4 after the last
+        clock.now += 0.12
+        assert limiter.try_acquire() is None
+        clock.now += 0.01
+        assert limiter.try_acquire() is not None
+
+    def test_a_round_trips_answers_arriving_together_start_one_request_past_the_level_reached(self) -> None:
+        """
+        Eight answers arrive at once and most raise the limit: each frees a place its successor
+        takes at once, but only one request goes past the 8 ever in flight until time passes, so a
+        cap of 8 refuses one request, not one per answer.
+        """
+        limiter, clock = _limiter(initial=8)
+        slots = [limiter.try_acquire() for _ in range(8)]
+        clock.now += 0.5
+        levels = []
+        for slot in slots:
+            limiter.record(slot, Outcome.ANSWERED)
+            limiter.release()
+            while (started := limiter.try_acquire()) is not None:
+                levels.append(started.level)
+        assert limiter.limit > 9  # room for more, unpaced
+        assert len(levels) == 9 and max(levels) == 9, levels  # eight successors, and one more
 
 
 class TestBackOff:
@@ -137,7 +184,7 @@ class TestBackOff:
         limiter, clock = _limiter(ceiling=8)
         assert _grow(limiter, clock)[-1] == 8
         for _ in range(10):
-            slots = [limiter.acquire() for _ in range(limiter.limit)]
+            slots = [_start(limiter, clock) for _ in range(limiter.limit)]
             started = clock.now
             for position, slot in enumerate(slots):  # five answers in 0.5 s, then three in 2 s
                 clock.now = started + (0.5 if position < 5 else 2.0)
@@ -148,7 +195,7 @@ class TestBackOff:
     def test_a_rise_counts_once_it_lasts_a_round_trip_of_answers(self) -> None:
         limiter, clock = _limiter(ceiling=8)
         assert _grow(limiter, clock)[-1] == 8
-        slots = [limiter.acquire() for _ in range(8)]
+        slots = [_start(limiter, clock) for _ in range(8)]
         clock.now += 2.0
         for slot in slots[:7]:  # seven slow answers in a row: one short of a round trip
             limiter.record(slot, Outcome.ANSWERED)
@@ -273,7 +320,7 @@ class TestBackOff:
         """
         limiter, clock = _limiter(ceiling=9)
         assert _grow(limiter, clock)[-1] == 9
-        slots = [limiter.acquire() for _ in range(9)]
+        slots = [_start(limiter, clock) for _ in range(9)]
         limiter.record(slots[7], Outcome.REFUSED)
         limiter.release()
         for slot in slots[:7] + slots[8:]:
@@ -292,7 +339,7 @@ class TestBackOff:
             _round_trip(limiter, clock, cap=8)
         while limiter.limit < 9:
             _round_trip(limiter, clock, cap=8)  # until the next probe
-        slots = [limiter.acquire() for _ in range(9)]
+        slots = [_start(limiter, clock) for _ in range(9)]
         limiter.record(slots[8], Outcome.REFUSED)
         limiter.release()
         assert limiter.limit == 7
@@ -301,7 +348,7 @@ class TestBackOff:
             limiter.record(slot, Outcome.ANSWERED)
             limiter.release()
         assert limiter.limit == 7
-        sent_after = [limiter.acquire() for _ in range(7)]
+        sent_after = [_start(limiter, clock) for _ in range(7)]
         limiter.record(sent_after[-1], Outcome.ANSWERED)
         limiter.release()
         assert limiter.limit == 8
@@ -374,7 +421,7 @@ class TestRetryAfter:
         """Requests in flight free the cap's places as they finish; the refused one waits by itself."""
         limiter, clock = _limiter()
         _grow(limiter, clock)
-        slots = [limiter.acquire() for _ in range(4)]
+        slots = [_start(limiter, clock) for _ in range(4)]
         limiter.record(slots[-1], Outcome.REFUSED, retry_after=1.0)
         limiter.release()
         assert limiter.limit == 2  # under the refused level, one place more left free for a round trip
