@@ -278,6 +278,7 @@ class ConcurrencyLimiter:
         return 0.0
 
     def _admit(self) -> Slot:
+        """Count a request in flight; past the most ever in flight, set when the next one past may start."""
         now = self._clock()
         self._in_flight += 1
         if self._in_flight > self._reached:
