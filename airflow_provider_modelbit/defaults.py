@@ -40,11 +40,14 @@ DEFAULT_LATENCY_TOLERANCE = 2.0
 #: jitter of a busy worker does not pass for a queue on a deployment that answers in milliseconds.
 LATENCY_SLACK_SECONDS = 0.05
 #: Round trips spent at the level below a refused one before probing it again; doubled on each
-#: refused probe (up to twice the places held, and ``MAX_PROBE_ROUND_TRIPS``), and back to this
-#: once a probe is answered.
+#: refused probe (up to a quarter of the square of the places held, and ``MAX_PROBE_ROUND_TRIPS``),
+#: and back to this once a probe is answered.
 FIRST_PROBE_ROUND_TRIPS = 4
 #: Longest wait, in round trips, between two probes past a level that was refused.
 MAX_PROBE_ROUND_TRIPS = 16
+#: Refused probes leave one place free for a round trip per this many places held, summed over the
+#: probes: a batch holding 8 places leaves one at each refused probe, a batch holding 2 at every fourth.
+PLACES_PER_PLACE_LEFT_FREE = 8
 #: Seconds between two log lines about the concurrency limit's decisions.
 CONCURRENCY_LOG_INTERVAL_SECONDS = 10.0
 
@@ -73,5 +76,6 @@ __all__ = [
     "LATEST",
     "LINKS",
     "MAX_PROBE_ROUND_TRIPS",
+    "PLACES_PER_PLACE_LEFT_FREE",
     "SYNC_TIMEOUT_LIMIT",
 ]

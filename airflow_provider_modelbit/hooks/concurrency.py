@@ -18,8 +18,7 @@ capacity (and as Netflix's concurrency-limits does for services):
   says how much was too much: the server saw at least as many requests as were in flight when the
   refused one started, or when its refusal came back (requests started together reach the server
   in either order), so the cap is below that level. The limit goes just under the lowest refused
-  level, however many requests of one burst were refused (and one lower still for a round trip,
-  below);
+  level, however many requests of one burst were refused;
 - any other refusal (429 for a quota, 503) or a timeout carries no such measure and halves the
   limit, once per round trip however many requests report the same congestion;
 - rising latency halves it too, once every answer of a whole round trip came back slower than
@@ -29,16 +28,24 @@ capacity (and as Netflix's concurrency-limits does for services):
   grows again at its usual rate, one per answer, up to the remembered level or the ceiling. Near
   a remembered level the limit climbs back quickly to just below it and probes beyond it one
   step at a time, waiting twice as long before each new probe that was refused, so a steady cap
-  costs a refusal every many requests rather than every round trip. The wait is at most twice the
-  places the batch holds, in round trips: a probe stands to gain one place, and a batch held to
-  one or two places by others sharing the cap must find theirs soon after they finish. Each wait
-  is drawn between half and one and a half times its length, so batches started together (mapped
-  tasks) do not probe, and leave places free, all at once. After each refusal the limit leaves
-  one place more free for a round trip: batches sharing a cap each refill their own places as
-  their requests finish, so without it a batch that holds none (all its requests of a burst
-  refused, say) would be kept out until the others end. Its refused requests wait, spending no
-  retry attempt (:mod:`.retries`), until a place frees or the time budget is spent.
-  A probe answered says the room grew (another caller of the same deployment finished, say), by
+  costs a refusal every many requests rather than every round trip. The wait is at most a quarter
+  of the square of the places the batch holds, in round trips: a probe stands to gain one place,
+  an eighth more for a batch holding 8 but all it lacks for one held to one or two places by
+  others sharing the cap, which must find theirs soon after they finish. Each wait is drawn
+  between half and one and a half times its length, so batches started together (mapped tasks)
+  do not probe all at once;
+- batches sharing a cap each refill their own places as their requests finish, so a batch that
+  holds none (started after the others filled the cap, say) would be kept out until the others
+  end: a refused probe leaves one place more free for a round trip, in proportion to the places
+  the batch holds (at each refused probe holding 8, at every fourth holding 2). A batch holding
+  many gives way more often than one holding few, which probes more often and takes the places
+  left: the shares of batches sharing a cap drift less far apart, so they finish closer together
+  and the last one spends less time alone under the cap. Other refusals leave none: the first,
+  when no level is known yet, comes as batches started together fill the cap with even shares,
+  and one below the known level says others took places the batch held, not that one lacks any.
+  A batch's refused requests wait, spending no retry attempt (:mod:`.retries`), until a place
+  frees or the time budget is spent;
+- a probe answered says the room grew (another caller of the same deployment finished, say), by
   how much is unknown: the remembered level is forgotten and the limit grows one per answer, as
   at the start, so a batch left alone under a cap it shared reaches the whole cap in a few round
   trips;
@@ -75,6 +82,7 @@ from airflow_provider_modelbit.defaults import (
     FIRST_PROBE_ROUND_TRIPS,
     LATENCY_SLACK_SECONDS,
     MAX_PROBE_ROUND_TRIPS,
+    PLACES_PER_PLACE_LEFT_FREE,
 )
 from airflow_provider_modelbit.exceptions import ModelbitError, ModelbitRateLimited, ModelbitTimeout
 from airflow_provider_modelbit.hooks.retries import refused_for_capacity
@@ -200,6 +208,7 @@ class ConcurrencyLimiter:
         self._probe_spread = probe_spread
         self._probe_factor = probe_spread()
         self._credit = 0.0
+        self._free_credit = 0.0  # places held by refused probes, over PLACES_PER_PLACE_LEFT_FREE
         self._fastest: float | None = None
         self._slow_in_a_row = 0  # answers since the last decrease, each slower than the tolerance
         self._decisions = _Decisions()
@@ -382,24 +391,41 @@ class ConcurrencyLimiter:
         # Else an earlier request of a burst refused at a lower level: the same decision, more precise.
         self._probe_round_trips = min(self._probe_round_trips, self._longest_probe_wait(level))
         self._too_much = level
-        # Two under the level, so one place more stays free for the round trip until an answer to
-        # a request sent after this decrease raises the limit to just under it (``_raise``): room
-        # for a batch sharing the cap that holds none.
-        self._limit = float(min(self.limit, max(1, level - 2)))
+        left_free = 1 if probe and self._leave_a_place_free(held=level - 1) else 0
+        self._limit = float(min(self.limit, max(1, level - 1 - left_free)))
+
+    def _leave_a_place_free(self, held: int) -> bool:
+        """
+        Count a refused probe's ``held`` places toward the next place left free; tell whether this
+        probe leaves one more free for a round trip (until an answer to a request sent after it
+        raises the limit, ``_raise``).
+
+        Batches sharing a cap each refill their own places as their requests finish, so a batch
+        that holds none (started after the others filled the cap, say) is kept out until one leaves
+        a place free. The places a batch leaves free are in proportion to those it holds, so a
+        batch holding many gives way more often than one holding few, which probes more often
+        (:meth:`_longest_probe_wait`) and takes the places left: the shares drift less far apart.
+        """
+        self._free_credit += held / PLACES_PER_PLACE_LEFT_FREE
+        if self._free_credit < 1:
+            return False
+        self._free_credit -= 1
+        return True
 
     @staticmethod
     def _longest_probe_wait(level: int) -> float:
         """
         Round trips between probes at most, past a cap that refused ``level`` requests.
 
-        A probe stands to gain one place over the ``level - 1`` the batch holds, so the wait is
-        bounded in proportion to those: twice their number. A batch alone under a steady cap of 8
-        probes every 16 round trips at most; a batch held to 2 places by others sharing the cap
-        (refused at 3) every 4, and to 1 place every 2, so it finds their places soon after they
-        finish. A refused probe of a batch holding one place leaves the limit at one: it costs the
-        refused request's wait alone.
+        A probe stands to gain one place over the ``level - 1`` the batch holds: all it lacks when
+        held to one or two places by others sharing the cap (who may finish any time), an eighth
+        more when it holds 8. So the wait grows faster than the places held, as a quarter of their
+        square: a batch alone under a steady cap of 8 probes every 16 round trips at most, one held
+        to 4 places every 4, and one held to 1 or 2 every round trip, so it finds the others' places
+        soon after they finish. A refused probe costs the refused request alone, unless it leaves a
+        place free (:meth:`_leave_a_place_free`).
         """
-        return float(min(MAX_PROBE_ROUND_TRIPS, 2 * max(1, level - 1)))
+        return float(min(MAX_PROBE_ROUND_TRIPS, max(1.0, (level - 1) ** 2 / 4)))
 
     def _halve(self, slot: Slot, reason: str) -> None:
         """
