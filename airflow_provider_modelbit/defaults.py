@@ -32,8 +32,9 @@ DEFAULT_BATCH_BYTES = 20_000_000
 DEFAULT_MAX_CONCURRENCY = 16
 #: Whether a batch adapts its requests in flight to the deployment's answers (see ``hooks/concurrency.py``).
 DEFAULT_ADAPTIVE_CONCURRENCY = True
-#: Requests in flight an adaptive batch starts with, before any answer.
-DEFAULT_INITIAL_CONCURRENCY = 2
+#: Requests in flight an adaptive batch starts with, before any answer: the level Modelbit's own
+#: client always keeps, so no deployment sees more at first from a batch than from it.
+DEFAULT_INITIAL_CONCURRENCY = 3
 #: A round trip of answers, each slower than this multiple of the fastest one, counts as congestion.
 DEFAULT_LATENCY_TOLERANCE = 2.0
 #: Latency that counts as congestion also exceeds the fastest answer's multiple by this much, so the

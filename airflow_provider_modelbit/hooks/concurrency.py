@@ -5,8 +5,9 @@ is unknown in advance: it depends on the workspace's in-flight caps, the deploym
 and everyone else calling it. The :class:`ConcurrencyLimiter` finds it as TCP finds a path's
 capacity (and as Netflix's concurrency-limits does for services):
 
-- it starts low and, while nothing is refused and latency stays flat, raises the limit by one per
-  answer (doubling every round trip) until the first sign of congestion;
+- it starts low (3, the level Modelbit's own client always keeps) and, while nothing is refused
+  and latency stays flat, raises the limit by one per answer (doubling every round trip) until
+  the first sign of congestion;
 - past the most requests it ever had in flight, it paces the growth as TCP paces a window:
   requests start there one per fastest answer's time divided by the limit, spread over the
   round trip rather than one per answer as a round trip's answers arrive together. A cap's
