@@ -307,6 +307,9 @@ def load_job(store: CallbackStore, job_id: str) -> CallbackJob | None:
     return None if record is None else CallbackJob.from_json(record)
 
 
-def save_job(store: CallbackStore, job: CallbackJob) -> None:
-    """Save the job atomically (the receiver keeps deliveries only for saved, unretired jobs)."""
-    store.write_manifest(job.job_id, job.to_json())
+def save_job(store: CallbackStore, job: CallbackJob) -> bool:
+    """
+    Save the job atomically (the receiver keeps deliveries only for saved, unretired jobs);
+    ``False`` when it was retired (the task was killed or cleared): its folder is not made again.
+    """
+    return store.write_manifest(job.job_id, job.to_json())

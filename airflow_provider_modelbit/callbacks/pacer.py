@@ -178,13 +178,18 @@ class SubmissionPacer:
         tasks: set[asyncio.Task[None]],
         total: int,
     ) -> bool:
-        """The pacing loop; return whether the job was retired meanwhile."""
-        while (pending and self._failure is None) or tasks:
+        """
+        The pacing loop; return whether the job was retired meanwhile.
+
+        Every way out passes a look at the store, so a failure the retirement caused (the job's
+        folder deleted under a ledger write) ends as the retirement it is.
+        """
+        while True:
             retired, delivered = await asyncio.to_thread(self._look, list(self._outstanding))
             if retired:
                 return True
             self._free_slots(limiter, delivered)
-            if time.time() >= job.wait_until():
+            if not ((pending and self._failure is None) or tasks) or time.time() >= job.wait_until():
                 return False
             while pending and self._failure is None and (slot := self._room(limiter)) is not None:
                 chunk = pending.popleft()
@@ -192,10 +197,7 @@ class SubmissionPacer:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             self._log_progress(job, limiter, total)
-            if not pending and not tasks:
-                break
             await asyncio.sleep(self.scan_interval)
-        return False
 
     def _look(self, outstanding: list[int]) -> tuple[bool, dict[int, float]]:
         """Whether the job is retired, and when each newly delivered outstanding chunk arrived."""

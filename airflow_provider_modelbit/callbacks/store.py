@@ -9,10 +9,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import IO, Any, Literal
+from functools import partial
+from typing import IO, Any, Literal, TypeVar
 
 from fsspec import AbstractFileSystem, filesystem
 from fsspec.dircache import DirCache
@@ -34,6 +35,8 @@ _STOP_REQUEST = "stop.json"
 _REMOVE_ATTEMPTS = 5
 TOMBSTONE_SCHEMA_VERSION = 1
 STOP_REQUEST_SCHEMA_VERSION = 1
+
+_T = TypeVar("_T")
 
 
 def _versioned_record(raw: bytes, version: int, what: str) -> dict[str, Any]:
@@ -215,8 +218,9 @@ class CallbackStore:
     A delivery counts only once its meta file exists; both files are written to a temporary
     name and moved into place, so readers never see half a delivery.
 
-    A retired job (:meth:`retire_job`) keeps only its tombstone: no delivery is stored for it
-    again, even one that was being written while it was retired.
+    A retired job (:meth:`retire_job`) keeps only its tombstone: nothing is written to its folder
+    again, not even a delivery, manifest, stop request or claim that was being written while it
+    was retired (see :meth:`_write_in_job`).
 
     :param location: folder or object-storage URL; ``None`` uses :func:`default_store_location`.
     """
@@ -252,29 +256,19 @@ class CallbackStore:
         try:
             if self.is_retired(job_id) or self._fs.exists(self._meta_path(job_id, chunk)):
                 return False
-            try:
-                self._write_delivery(job_id, chunk, batch_id, body_chunks, kind)
-            except FileNotFoundError:
-                # Retiring deleted the folder under the half-written delivery.
-                if not self.is_retired(job_id):
-                    raise
-            if self.is_retired(job_id):
-                # Retired while this delivery was being written. retire_job writes the tombstone
-                # before it deletes the folder, so either its deletion saw these files or this
-                # check sees the tombstone: whichever runs last removes them, nothing resurrects.
-                self._remove_job_dir(job_id)
-                return False
-            return True
+            write = partial(self._write_delivery, job_id, chunk, batch_id, body_chunks, kind)
+            return self._write_in_job(job_id, write) is not None
         finally:
             with self._write_lock:
                 self._in_progress.discard(key)
 
     def _write_delivery(
         self, job_id: str, chunk: int, batch_id: str, body_chunks: Iterable[bytes], kind: DeliveryKind
-    ) -> None:
+    ) -> int:
         size = self._write_atomic(self._body_path(job_id, chunk), body_chunks)
         meta = {"batch_id": batch_id, "received_at": time.time(), "size": size, "kind": kind}
         self._write_atomic(self._meta_path(job_id, chunk), [json.dumps(meta).encode()])
+        return size
 
     def _claim(self, key: tuple[str, int]) -> bool:
         """Reserve a chunk for this process's writer; concurrent redeliveries see it taken."""
@@ -324,11 +318,7 @@ class CallbackStore:
         if self.is_retired(job_id) or not self.has_manifest(job_id):
             return False
         request = StopRequest(validate_job_id(job_id), time.time(), reason)
-        self._write_atomic(self._stop_path(job_id), [request.to_bytes()])
-        if self.is_retired(job_id):
-            self._remove_job_dir(job_id)  # retired meanwhile: its folder is not made again
-            return False
-        return True
+        return self._write_job_file(job_id, self._stop_path(job_id), [request.to_bytes()])
 
     def stop_request(self, job_id: str) -> StopRequest | None:
         """Return the job's pending stop request, or ``None``."""
@@ -427,9 +417,9 @@ class CallbackStore:
                 if attempt == _REMOVE_ATTEMPTS - 1:
                     raise
 
-    def stage_request(self, job_id: str, chunk: int, encoded_data: bytes) -> None:
-        """Keep a chunk's encoded data for the trigger to submit (it goes with its job)."""
-        self._write_atomic(self._request_path(job_id, chunk), [encoded_data])
+    def stage_request(self, job_id: str, chunk: int, encoded_data: bytes) -> bool:
+        """Keep a chunk's encoded data for the trigger to submit; ``False`` when the job is retired."""
+        return self._write_job_file(job_id, self._request_path(job_id, chunk), [encoded_data])
 
     def staged_request(self, job_id: str, chunk: int) -> bytes | None:
         """Return a chunk's staged data, or ``None`` when none was staged."""
@@ -450,11 +440,8 @@ class CallbackStore:
         """
         if self.is_retired(job_id):
             return False
-        claimed = self._create_claim(self._claim_path(job_id, chunk, attempt))
-        if claimed and self.is_retired(job_id):
-            self._remove_job_dir(job_id)  # retired meanwhile: leave nothing behind
-            return False
-        return claimed
+        claim = partial(self._create_claim, self._claim_path(job_id, chunk, attempt))
+        return self._write_in_job(job_id, claim) is True
 
     def _create_claim(self, path: str) -> bool:
         self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -465,9 +452,10 @@ class CallbackStore:
         """Give a claim back: its request was refused before it could run, so it may be sent again."""
         self._remove_quietly(self._claim_path(job_id, chunk, attempt))
 
-    def write_manifest(self, job_id: str, manifest: dict[str, Any]) -> None:
-        """Atomically replace the job's manifest (a JSON object)."""
-        self._write_atomic(self._manifest_path(job_id), [json.dumps(manifest, sort_keys=True).encode()])
+    def write_manifest(self, job_id: str, manifest: dict[str, Any]) -> bool:
+        """Atomically replace the job's manifest (a JSON object); ``False`` when the job is retired."""
+        record = json.dumps(manifest, sort_keys=True).encode()
+        return self._write_job_file(job_id, self._manifest_path(job_id), [record])
 
     def has_manifest(self, job_id: str) -> bool:
         """Return whether a task is (or was) waiting for ``job_id``: its manifest exists."""
@@ -480,6 +468,30 @@ class CallbackStore:
                 return json.loads(manifest_file.read())
         except FileNotFoundError:
             return None
+
+    def _write_in_job(self, job_id: str, write: Callable[[], _T]) -> _T | None:
+        """
+        Run ``write`` (files of ``job_id``'s folder); ``None``, and nothing left, when the job is retired.
+
+        retire_job writes the tombstone before it deletes the folder, so either its deletion sees
+        what ``write`` wrote or the look after it sees the tombstone: whichever runs last removes
+        the folder, and no write resurrects a retired job. A write whose folder the deletion took
+        from under it is no error then.
+        """
+        try:
+            written = write()
+        except FileNotFoundError:
+            if not self.is_retired(job_id):
+                raise
+        else:
+            if not self.is_retired(job_id):
+                return written
+        self._remove_job_dir(job_id)
+        return None
+
+    def _write_job_file(self, job_id: str, target: str, pieces: Iterable[bytes]) -> bool:
+        """Write one file of ``job_id``'s folder atomically; ``False`` when the job is retired."""
+        return self._write_in_job(job_id, partial(self._write_atomic, target, pieces)) is not None
 
     def _write_atomic(self, target: str, pieces: Iterable[bytes]) -> int:
         """Write ``pieces`` to a temporary sibling of ``target`` and move it into place; return the size."""

@@ -108,19 +108,21 @@ class ChunkSubmission:
     def open(self) -> None:
         """Save the job with a deadline before the first request (the receiver keeps only saved jobs')."""
         self.job.extend_deadline(time.time() + self.target.timeout_seconds + self.target.delivery_margin)
-        self._save()
+        save_job(self.store, self.job)
 
     def begin(self, chunk: int) -> str | None:
         """
         Count and claim an attempt before its request; return its webhook URL, or ``None`` when
-        another triggerer already sent this attempt (its delivery is awaited, nothing is sent).
+        nothing may be sent: another triggerer already sent this attempt (its delivery is
+        awaited), or the job was retired meanwhile (the caller's next look at the store says so).
         """
         job, now = self.job, time.time()
         job.mark_sent(chunk, now)
         # Every chunk gets its full time from its own submission, not from the first one's.
         job.extend_deadline(now + self.target.timeout_seconds + self.target.delivery_margin)
         claimed = self.store.claim_submission(job.job_id, chunk, job.chunks[chunk].attempts)
-        self._save()  # a retry must know this request may have gone out
+        if not save_job(self.store, job):  # a retry must know this request may have gone out
+            return None
         if claimed:
             self._claimed.add(chunk)
         else:
@@ -134,7 +136,7 @@ class ChunkSubmission:
     def accepted(self, chunk: int, batch_id: str | None) -> None:
         self._claimed.discard(chunk)
         self.job.accept(chunk, batch_id)
-        self._save()
+        save_job(self.store, self.job)
 
     def failed(self, chunk: int, error: ModelbitError) -> bool:
         """
@@ -155,19 +157,10 @@ class ChunkSubmission:
         if chunk not in self._claimed:
             return
         self._claimed.discard(chunk)
-        if not self.store.is_retired(self.job.job_id):  # a retired job's folder is never made again
-            self._give_back(chunk)
+        self._give_back(chunk)
 
     def _give_back(self, chunk: int) -> None:
         job = self.job
         self.store.release_submission(job.job_id, chunk, job.chunks[chunk].attempts)
         job.mark_not_sent(chunk)
-        self._save()
-
-    def _save(self) -> None:
-        """Save the job; a job retired meanwhile (the task was killed or cleared) is not made again."""
         save_job(self.store, self.job)
-        if self.store.is_retired(self.job.job_id):
-            # retire_job writes its tombstone before it deletes the folder, so either its deletion
-            # saw this manifest or this check sees the tombstone, as for a delivery being stored.
-            self.store.remove_job(self.job.job_id)

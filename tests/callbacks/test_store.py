@@ -265,6 +265,34 @@ class TestRetireJob:
         assert store.delivered_chunks("job-1") == set()
         assert not store._fs.exists(store._job_dir("job-1"))
 
+    @pytest.mark.parametrize("write", ["manifest", "staged request", "stop request", "claim"])
+    def test_a_write_whose_folder_retiring_deletes_is_no_error_and_leaves_nothing(
+        self, store: CallbackStore, monkeypatch: pytest.MonkeyPatch, write: str
+    ) -> None:
+        """
+        The job is retired between a write making its folder and writing into it (the triggerer
+        saving its ledger while the task is cleared): the write reports the retirement, raises
+        nothing, and the folder stays gone.
+        """
+        store.write_manifest("job-1", {"chunks": 1})
+        makedirs, job_dir = store._fs.makedirs, store._job_dir("job-1")
+
+        def makedirs_then_retired(path: str, exist_ok: bool = False) -> None:
+            makedirs(path, exist_ok=exist_ok)
+            if path == job_dir:
+                store.retire_job("job-1", "task cleared")
+
+        monkeypatch.setattr(store._fs, "makedirs", makedirs_then_retired)
+        writes = {
+            "manifest": lambda: store.write_manifest("job-1", {"chunks": 2}),
+            "staged request": lambda: store.stage_request("job-1", 0, b"[[1, 2]]"),
+            "stop request": lambda: store.request_stop("job-1", "trigger cancelled"),
+            "claim": lambda: store.claim_submission("job-1", 0, 1),
+        }
+        assert writes[write]() is False
+        assert store.is_retired("job-1")
+        assert not store._fs.exists(job_dir)
+
     def test_another_remover_deleting_the_same_files_leaves_no_folder(
         self, store: CallbackStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:

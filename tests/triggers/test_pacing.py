@@ -263,6 +263,32 @@ class TestPacedSubmission:
         assert sent < 10
         assert not Path(store.location, job.job_id).exists()
 
+    def test_a_job_retired_under_a_submission_ends_as_retired_at_once(
+        self, server: RunningEmulator, store: CallbackStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        Retiring deletes the job's folder while a submission reads its staged data: the pacing
+        ends with the retirement, not with the data missing, and waits for no delivery.
+        """
+        job = stage_job(store, server, chunks=10)
+        staged_request = CallbackStore.staged_request
+
+        def retired_before_chunk_2(self: CallbackStore, job_id: str, chunk: int) -> bytes | None:
+            if chunk == 2:
+                self.retire_job(job_id, "task cleared")
+            return staged_request(self, job_id, chunk)
+
+        monkeypatch.setattr(CallbackStore, "staged_request", retired_before_chunk_2)
+        started = time.monotonic()
+        event = asyncio.run(first_event(pacing_trigger(store, job, ceiling=2)))
+        assert time.monotonic() - started < 60, "not held until the delivery deadline (120 s away)"
+        assert event["status"] == "error" and "retired" in event["submission_error"], event
+        sent = len(server.client.batches())
+        assert 2 <= sent < 10
+        runs = server.client.runs(DEPLOYMENT)
+        assert sum(runs.values()) == sent * ROWS_PER_CHUNK and set(runs.values()) == {1}
+        assert not Path(store.location, job.job_id).exists()
+
 
 def assert_nothing_sent(store: CallbackStore, job: CallbackJob, server: RunningEmulator) -> None:
     """Every refused submission was given back: pending, no attempt counted, no batch, no run."""
