@@ -38,16 +38,18 @@ def _scoring_lines(scoring: Mapping[str, Any]) -> list[str]:
         f"Batch scoring, {scoring['rows']:,} rows x 8 features, `echo`, Parquet out "
         "(median of the runs, lowest-highest in brackets):",
         "",
-        "| client | rows/s | client CPU s per 1M rows | peak RSS MB |",
-        "|---|---:|---:|---:|",
+        "| client | rows/s | client CPU s per 1M rows | peak RSS MB | scoring call alone, rows/s |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, figures in scoring["clients"].items():
+        call = figures.get("scoring_call_rows_per_second")
         lines.append(
             _row(
                 CLIENT_LABELS.get(name, name),
                 _spread(figures["rows_per_second"], digits=0),
                 _spread(figures["cpu_seconds_per_million_rows"]),
                 _spread(figures["peak_rss_bytes"], 1 / _MB, 0),
+                "—" if call is None else _spread(call, digits=0),
             )
         )
     return [*lines, ""]

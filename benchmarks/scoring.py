@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.child_process import run_workload
+from benchmarks.clients.report import SCORING_CALL_SECONDS
 from benchmarks.datasets import write_feature_table
 from benchmarks.environment import BENCHMARK_CONN_ID, WORKLOAD_TIMEOUT_SECONDS, BenchmarkEnvironment
 from benchmarks.sizes import BenchmarkSize
@@ -69,12 +70,17 @@ def _run_client(
 
 
 def _client_figures(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    figures = {
         "rows_measured": reports[0]["rows"],
         "rows_per_second": summarize([r["rows"] / r["wall_seconds"] for r in reports]),
         "cpu_seconds_per_million_rows": summarize([r["cpu_seconds"] / r["rows"] * 1e6 for r in reports]),
         "peak_rss_bytes": summarize([r["peak_rss_bytes"] for r in reports]),
     }
+    if all(SCORING_CALL_SECONDS in r["details"] for r in reports):
+        # A DataFrame client's scoring call alone: DataFrame in, rows out, no Parquet either side.
+        call_rates = [r["rows"] / r["details"][SCORING_CALL_SECONDS] for r in reports]
+        figures["scoring_call_rows_per_second"] = summarize(call_rates)
+    return figures
 
 
 def _ratios(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -87,6 +93,10 @@ def _ratios(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ),
         "hook_dataframe_vs_official_client_rows_per_second": paired_ratios(
             runs("hook_dataframe", "rows_per_second"), runs("official_client", "rows_per_second")
+        ),
+        "hook_dataframe_vs_official_client_scoring_call_rows_per_second": paired_ratios(
+            runs("hook_dataframe", "scoring_call_rows_per_second"),
+            runs("official_client", "scoring_call_rows_per_second"),
         ),
         "operator_vs_per_row_loop_rows_per_second": paired_ratios(
             runs("operator", "rows_per_second"), runs("per_row_loop", "rows_per_second")

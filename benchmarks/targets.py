@@ -115,8 +115,8 @@ TARGETS = (
         "x",
     ),
     Target(
-        "hook DataFrame path: rows/s vs the official client",
-        ("scoring", "ratios", "hook_dataframe_vs_official_client_rows_per_second"),
+        "hook DataFrame path (DataFrame in, rows out): rows/s vs the official client",
+        ("scoring", "ratios", "hook_dataframe_vs_official_client_scoring_call_rows_per_second"),
         ">=",
         3,
         "x",

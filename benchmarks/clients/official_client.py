@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.clients.report import client_arguments, measured, report
+from benchmarks.clients.report import SCORING_CALL_SECONDS, client_arguments, measured, report
 
 WORKSPACE = "bench"
 REGION = "us-east-2.aws"
@@ -43,19 +43,27 @@ def redirect_to_local_server(local_base_url: str) -> None:
     session.post = post_to_local_server
 
 
-def score_with_official_client(input_path: Path, output_path: Path, deployment: str = "echo") -> int:
-    """Read the table into a DataFrame, score it with ``get_inference``, write the results as Parquet."""
+def score_with_official_client(
+    input_path: Path, output_path: Path, deployment: str = "echo"
+) -> tuple[int, float]:
+    """
+    Read the table into a DataFrame, score it with ``get_inference``, write the results as Parquet.
+
+    :return: the rows scored, and the seconds the scoring call (DataFrame in, rows out) took.
+    """
     import modelbit
 
     frame = pd.read_parquet(input_path)
+    started = time.perf_counter()
     answer = modelbit.get_inference(
         deployment=deployment, data=frame, region=REGION, workspace=WORKSPACE, branch="main"
     )
+    call_seconds = time.perf_counter() - started
     ids = [row[0] for row in answer["data"]]
     results = pd.DataFrame.from_records([row[1] for row in answer["data"]])
     results.insert(0, "id", ids)
     results.to_parquet(output_path, index=False)
-    return len(results)
+    return len(results), call_seconds
 
 
 def main() -> None:
@@ -70,7 +78,9 @@ def main() -> None:
         time.sleep(max(0.0, arguments.start_at - time.time()))
     with measured() as measurement:
         measurement.details["started_at"] = time.time()
-        measurement.rows = score_with_official_client(arguments.input, arguments.output, arguments.deployment)
+        measurement.rows, measurement.details[SCORING_CALL_SECONDS] = score_with_official_client(
+            arguments.input, arguments.output, arguments.deployment
+        )
         measurement.details["finished_at"] = time.time()
     report(measurement)
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 REPORT_PREFIX = "BENCHMARK-REPORT "
+#: The detail a DataFrame client reports: seconds of its scoring call alone (DataFrame in, rows out).
+SCORING_CALL_SECONDS = "scoring_call_seconds"
 _WARM_UP_HELP = (
     "a small table processed once before the measured run, so one-time costs (lazy imports, "
     "connection set-up) are not counted against the table"

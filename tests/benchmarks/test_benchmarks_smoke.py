@@ -35,6 +35,11 @@ EVERY_FIGURE = [
     ],
     ("scoring", "ratios", "operator_vs_official_client_rows_per_second"),
     ("scoring", "ratios", "hook_dataframe_vs_official_client_rows_per_second"),
+    *[
+        ("scoring", "clients", client, "scoring_call_rows_per_second")
+        for client in ("hook_dataframe", "official_client")
+    ],
+    ("scoring", "ratios", "hook_dataframe_vs_official_client_scoring_call_rows_per_second"),
     ("scoring", "ratios", "operator_vs_per_row_loop_rows_per_second"),
     ("scoring", "ratios", "operator_vs_floor_cpu_per_row"),
     ("memory", "peak_rss_bytes_small"),
@@ -171,7 +176,9 @@ class TestOnly:
         assert results["emulator_throughput"]["rows_per_second"]["median"] > 0
         assert not {"scoring", "memory", "links", "latency_bound", "triggers"} & results.keys()
         verdicts = {target["name"]: target["verdict"] for target in results["targets"]}
-        assert verdicts["hook DataFrame path: rows/s vs the official client"] == "NOT MEASURED"
+        assert verdicts["hook DataFrame path (DataFrame in, rows out): rows/s vs the official client"] == (
+            "NOT MEASURED"
+        )
         assert (tmp_path / "partial.md").exists()
         assert not (tmp_path / "latest.json").exists() and not (tmp_path / "latest.png").exists()
 
